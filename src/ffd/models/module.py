@@ -1,0 +1,136 @@
+"""The LightningModule: a (frozen) backbone, a head, cross-entropy and an optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import get_class
+
+from ffd.data.manifest import CLASS_NAMES, FAKE
+from ffd.metrics import classification_metrics
+from ffd.models.backbones import build_backbone
+from ffd.models.heads import build_head
+
+FREEZE_MODES = ("frozen", "full")
+
+
+def _optimizer_spec(optimizer: Callable | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A primitive description of an optimizer, so checkpoints hold no pickled callables."""
+    if optimizer is None:
+        return {"_target_": "torch.optim.Adam", "lr": 1e-3}
+    if isinstance(optimizer, Mapping):
+        return {k: v for k, v in optimizer.items() if k != "_partial_"}
+    func = getattr(optimizer, "func", optimizer)  # functools.partial from Hydra's _partial_
+    return {
+        "_target_": f"{func.__module__}.{func.__qualname__}",
+        **getattr(optimizer, "keywords", {}),
+    }
+
+
+class FakeFaceClassifier(L.LightningModule):
+    """Real (0) vs fake (1) face classifier: backbone trunk -> head -> 2 logits.
+
+    Built from primitives only, so ``FakeFaceClassifier.load_from_checkpoint(path)``
+    works without Hydra or the config that trained it.
+
+    Args:
+        backbone: torchvision model name (see ``ffd.models.backbones``).
+        pretrained: Start from ImageNet weights.
+        weights: torchvision weights enum member.
+        head: ``flatten`` (the seed's) or ``avgpool``.
+        num_classes: Output classes (2: real, fake).
+        freeze: ``frozen`` trains the head only, with backbone BatchNorm statistics
+            frozen too (Keras ``trainable=False``); ``full`` trains everything.
+        input_size: Square input side in pixels.
+        optimizer: A partial optimizer (Hydra ``_partial_: true``) or its
+            ``{_target_, **kwargs}`` description; default Adam(lr=1e-3).
+        channels_last: Run the backbone in NHWC memory layout (faster on CPU and tensor cores).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v2",
+        pretrained: bool = True,
+        weights: str = "IMAGENET1K_V1",
+        head: str = "flatten",
+        num_classes: int = 2,
+        freeze: str = "frozen",
+        input_size: int = 224,
+        optimizer: Callable | Mapping[str, Any] | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if freeze not in FREEZE_MODES:
+            raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}.")
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.hparams["optimizer"] = _optimizer_spec(optimizer)
+        self.backbone, defaults = build_backbone(backbone, pretrained, weights)
+        self.preprocess = {"size": input_size, **defaults}
+        self.frozen = freeze == "frozen"
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.backbone.to(memory_format=self.memory_format)
+        with torch.no_grad():
+            c, h, w = self.backbone.eval()(torch.zeros(1, 3, input_size, input_size)).shape[1:]
+        self.backbone.train(not self.frozen)
+        self.head = build_head(head, c, h, w, num_classes)
+        base = classification_metrics()
+        self.train_metrics = base.clone(prefix="train/")
+        self.val_metrics = base.clone(prefix="val/")
+        self.test_metrics = base.clone(prefix="test/")
+
+    def train(self, mode: bool = True) -> FakeFaceClassifier:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()  # Lightning calls train() every epoch; BN stats must not move
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        if self.frozen:
+            with torch.no_grad():  # no graph through a frozen trunk: less memory, faster
+                return self.backbone(x)
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W), normalized -> logits (N, num_classes)."""
+        return self.head(self.features(x))
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x).float()
+        loss = F.cross_entropy(logits, y)
+        metrics = getattr(self, f"{split}_metrics")
+        metrics.update(logits.softmax(-1)[:, FAKE], y)
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=split != "train")
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """p_fake for each image."""
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(x).float().softmax(-1)[:, FAKE]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        spec = dict(self.hparams["optimizer"])
+        optimizer_cls = get_class(spec.pop("_target_"))
+        return optimizer_cls([p for p in self.parameters() if p.requires_grad], **spec)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What any consumer (eval, predict, export) needs to feed the model exactly as in training.
+        checkpoint["ffd"] = {"preprocess": self.preprocess, "class_names": list(CLASS_NAMES)}

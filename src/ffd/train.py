@@ -1,0 +1,71 @@
+"""Train a model: ``python -m ffd.train +experiment=seed`` (Hydra; ``-m`` for sweeps)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from ffd.errors import FfdError
+from ffd.runtime import register_resolvers, tune_malloc
+
+log = logging.getLogger(__name__)
+register_resolvers()
+# The frozen backbone is in eval mode on purpose (BatchNorm statistics stay fixed).
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test the best checkpoint; return the final metrics (also written to metrics.json)."""
+    L.seed_everything(cfg.seed, workers=True)
+    model = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data, preprocess=model.preprocess)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test"):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if not best:
+            log.warning(
+                "No best checkpoint (fast_dev_run or no checkpoint callback): testing the last weights."
+            )
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+
+    out = Path(cfg.paths.output_dir)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    log.info("Final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    log.info("Run folder: %s", out.resolve())
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        # Hydra wraps errors raised while instantiating: find the user's error in the chain.
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, FfdError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        log.error("%s", cause)
+        sys.exit(2)
+    # Returned for sweepers (e.g. Optuna) that optimize one value.
+    return metrics.get(cfg.get("optimized_metric") or "")
+
+
+if __name__ == "__main__":
+    tune_malloc()
+    main()

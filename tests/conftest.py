@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny synthetic data sets and composed configs."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from ffd.data.synthetic import ensure_synthetic
+from ffd.runtime import register_resolvers
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+register_resolvers()
+
+
+def write_jpegs(folder: Path, names: list[str], seed: int = 0, size: int = 48) -> list[Path]:
+    """Write small JPEGs with distinct random content."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, zlib.crc32(str(folder).encode())])
+    paths = []
+    for name in names:
+        p = folder / name
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(p, "JPEG")
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16 real + 16 fake synthetic CIPLAB set (shared, read-only)."""
+    out = tmp_path_factory.mktemp("synthetic")
+    ensure_synthetic(out, num_real=16, num_fake=16, seed=1)
+    return out
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose conf/train.yaml with overrides, writing into tmp_path, as `python -m ffd.train` would."""
+
+    (tmp_path / "data" / "ciplab").mkdir(parents=True)  # the default data folder exists
+
+    def _make(*overrides: str) -> DictConfig:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(tmp_path)
+            cfg.paths.output_dir = str(tmp_path / "run")
+            del cfg["hydra"]
+        return cfg
+
+    return _make

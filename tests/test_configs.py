@@ -1,0 +1,71 @@
+"""Every experiment and every config group option composes and instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from conftest import CONF_DIR
+from hydra.utils import instantiate
+
+from ffd.data.datamodule import FaceDataModule
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+GROUPS = {
+    g: sorted(p.stem for p in (CONF_DIR / g).glob("*.yaml")) for g in ("data", "model", "trainer", "logger")
+}
+DEBUG = sorted(p.stem for p in (CONF_DIR / "debug").glob("*.yaml"))
+
+
+def check(cfg) -> None:
+    model = instantiate(cfg.model, pretrained=False, input_size=64)
+    data = instantiate(cfg.data, preprocess=model.preprocess)
+    assert isinstance(data, FaceDataModule)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    assert isinstance(trainer, L.Trainer)
+
+
+def test_groups_were_found() -> None:
+    assert {"seed", "demo"} <= set(EXPERIMENTS) and {"fdr", "overfit"} <= set(DEBUG)
+    assert GROUPS["data"] == ["ciplab", "synthetic"] and "mobilenet_v2" in GROUPS["model"]
+    assert {"default", "cpu", "gpu"} <= set(GROUPS["trainer"])
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment(make_cfg, experiment: str) -> None:
+    check(make_cfg(f"+experiment={experiment}"))
+
+
+@pytest.mark.parametrize("debug", DEBUG)
+def test_debug(make_cfg, debug: str) -> None:
+    check(make_cfg(f"+debug={debug}"))
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_group_option(make_cfg, group: str, option: str) -> None:
+    if group == "trainer" and option == "gpu":
+        cfg = make_cfg("trainer=gpu")
+        assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "16-mixed"
+        return  # building a GPU trainer needs a GPU; its config is checked above
+    if group == "logger":
+        cfg = make_cfg(f"logger={option}")
+        assert list(cfg.logger) == [option]
+    else:
+        cfg = make_cfg(f"{group}={option}")
+    check(cfg)
+
+
+def test_seed_recipe_values(make_cfg) -> None:
+    cfg = make_cfg("+experiment=seed")
+    assert cfg.trainer.max_epochs == 20 and cfg.model.freeze == "frozen" and cfg.model.head == "flatten"
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-3
+    assert cfg.data.root == cfg.paths.data_dir and cfg.data._target_.endswith("FaceDataModule")
+    assert cfg.trainer.precision in ("16-mixed", "bf16-mixed")
+
+
+def test_data_dir_from_environment(make_cfg, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FFD_DATA_DIR", str(tmp_path / "faces"))
+    assert make_cfg("+experiment=seed").data.root == str(tmp_path / "faces")

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import write_jpegs
+
+from ffd.data.manifest import (
+    FAKE,
+    REAL,
+    DataLayoutError,
+    LeakageError,
+    Record,
+    build_manifest,
+    check_no_leakage,
+    discover,
+    parse_fake_name,
+    read_manifest,
+    write_manifest,
+)
+
+FAKE_NAMES = [
+    f"{d}_{i}_{bits}.jpg"
+    for i, (d, bits) in enumerate(
+        [
+            ("easy", "1000"),
+            ("easy", "0110"),
+            ("mid", "0001"),
+            ("mid", "1111"),
+            ("mid", "0100"),
+            ("hard", "1010"),
+        ]
+        * 5
+    )
+]
+
+
+def ciplab_tree(root: Path, n_real: int = 30) -> Path:
+    tree = root / "real_and_fake_face"
+    write_jpegs(tree / "training_real", [f"real_{i:05d}.jpg" for i in range(1, n_real + 1)], seed=1)
+    write_jpegs(tree / "training_fake", FAKE_NAMES, seed=2)
+    return tree
+
+
+def test_parse_fake_name() -> None:
+    assert parse_fake_name("/x/hard_12_1010.jpg") == ("hard", "1010")
+    assert parse_fake_name("mid_1_0001.JPG") == ("mid", "0001")
+    assert parse_fake_name("real_00001.jpg") == ("", "")
+    assert parse_fake_name("hard_12_10.jpg") == ("", "")
+
+
+def test_discovers_nested_archive_and_drops_duplicate_tree(tmp_path: Path) -> None:
+    ciplab_tree(tmp_path)
+    # The Kaggle archive also unpacks an identical second tree.
+    shutil.copytree(
+        tmp_path / "real_and_fake_face",
+        tmp_path / "real_and_fake_face_detection" / "real_and_fake_face",
+    )
+    records = build_manifest(tmp_path, seed=0)
+    assert len(records) == 2 * (30 + 30)
+    kept = [r for r in records if r.ok]
+    dupes = [r for r in records if r.status == "duplicate"]
+    assert len(kept) == len(dupes) == 60
+    assert all("/real_and_fake_face/training_" in r.path for r in kept)
+    assert all("same content as" in r.reason and not r.split for r in dupes)
+    labels = Counter(r.label for r in kept)
+    assert labels == {REAL: 30, FAKE: 30}
+    hard = [r for r in kept if r.difficulty == "hard"]
+    assert len(hard) == 5 and all(r.parts == "1010" and r.label == FAKE for r in hard)
+    assert all(r.difficulty == "" and r.parts == "" for r in kept if r.label == REAL)
+
+
+def test_split_is_stratified_disjoint_and_deterministic(tmp_path: Path) -> None:
+    ciplab_tree(tmp_path, n_real=40)
+    a = build_manifest(tmp_path, val=0.15, test=0.15, seed=3)
+    b = build_manifest(tmp_path, val=0.15, test=0.15, seed=3)
+    c = build_manifest(tmp_path, val=0.15, test=0.15, seed=4)
+    assert [r.split for r in a] == [r.split for r in b]
+    assert [r.split for r in a] != [r.split for r in c]
+    counts = Counter((r.label, r.split) for r in a)
+    assert counts[REAL, "train"] == 28 and counts[REAL, "val"] == 6 and counts[REAL, "test"] == 6
+    # Fakes are stratified by difficulty too: easy 10, mid 15, hard 5 -> 2/2/0 or 1/1 in test.
+    for difficulty, n in (("easy", 10), ("mid", 15), ("hard", 5)):
+        test = [r for r in a if r.difficulty == difficulty and r.split == "test"]
+        assert len(test) == round(n * 0.15)
+    splits_of_hash: dict[str, set[str]] = {}
+    for r in a:
+        splits_of_hash.setdefault(r.sha256, set()).add(r.split)
+    assert all(len(s) == 1 for s in splits_of_hash.values())
+
+
+def test_split_does_not_depend_on_file_names(tmp_path: Path) -> None:
+    tree = ciplab_tree(tmp_path / "a")
+    before = {r.sha256: r.split for r in build_manifest(tmp_path / "a", seed=0)}
+    for p in (tree / "training_real").iterdir():
+        p.rename(p.with_name("x" + p.name))
+    after = {r.sha256: r.split for r in build_manifest(tmp_path / "a", seed=0)}
+    assert before == after
+
+
+def test_leakage_is_an_error() -> None:
+    rows = [
+        Record("/a.jpg", REAL, "x", sha256="h", split="train"),
+        Record("/b.jpg", REAL, "x", sha256="h", split="test"),
+    ]
+    with pytest.raises(LeakageError, match="both train and test"):
+        check_no_leakage(rows)
+
+
+def test_bad_files_are_recorded_not_fatal(tmp_path: Path) -> None:
+    tree = ciplab_tree(tmp_path)
+    fake_dir = tree / "training_fake"
+    (fake_dir / "mid_90_0001.jpg").write_bytes(b"")
+    (fake_dir / "mid_91_0001.jpg").write_text("this is not an image")
+    good = (fake_dir / "easy_0_1000.jpg").read_bytes()
+    (fake_dir / "mid_92_0001.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (fake_dir / "mid_93_0001.jpg").write_bytes(good[:20] + b"\x00" * 50 + good[70:])  # corrupt header
+    records = {Path(r.path).name: r for r in build_manifest(tmp_path, seed=0)}
+    assert records["mid_90_0001.jpg"].reason == "empty file (0 bytes)"
+    for name in ("mid_90_0001.jpg", "mid_91_0001.jpg", "mid_92_0001.jpg", "mid_93_0001.jpg"):
+        assert records[name].status == "unreadable" and records[name].reason and not records[name].split
+    assert sum(r.ok for r in records.values()) == 60
+
+
+def test_missing_folder_names_layout_and_fix(tmp_path: Path) -> None:
+    with pytest.raises(DataLayoutError, match="does not exist") as err:
+        discover(tmp_path / "nope")
+    assert "training_real" in str(err.value) and "make data" in str(err.value)
+
+
+def test_unknown_layout(tmp_path: Path) -> None:
+    write_jpegs(tmp_path / "pictures", ["a.jpg"])
+    with pytest.raises(DataLayoutError, match="No known image layout"):
+        discover(tmp_path)
+
+
+def test_empty_class_folder(tmp_path: Path) -> None:
+    write_jpegs(tmp_path / "training_real", ["real_00001.jpg"])
+    (tmp_path / "training_fake").mkdir()
+    with pytest.raises(DataLayoutError, match="fake folder .* holds no images"):
+        discover(tmp_path)
+
+
+def test_class_without_readable_image(tmp_path: Path) -> None:
+    write_jpegs(tmp_path / "real", ["a.jpg", "b.jpg"])
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "x.jpg").write_bytes(b"junk")
+    with pytest.raises(DataLayoutError, match="No readable fake image"):
+        build_manifest(tmp_path)
+
+
+def test_other_layouts(tmp_path: Path) -> None:
+    write_jpegs(tmp_path / "flat" / "real", ["a.jpg", "b.jpg"], seed=1)
+    write_jpegs(tmp_path / "flat" / "fake", ["c.png"], seed=2)
+    flat = discover(tmp_path / "flat")
+    assert sorted((Path(r.path).name, r.label, r.source) for r in flat) == [
+        ("a.jpg", 0, "folders"),
+        ("b.jpg", 0, "folders"),
+        ("c.png", 1, "folders"),
+    ]
+    for split in ("train", "valid", "test"):
+        write_jpegs(tmp_path / "pre" / split / "real", ["r.jpg"], seed=3)
+        write_jpegs(tmp_path / "pre" / split / "fake", ["f.jpg"], seed=4)
+    pre = build_manifest(tmp_path / "pre")
+    assert Counter(r.split for r in pre) == {"train": 2, "val": 2, "test": 2}
+    csv = tmp_path / "list.csv"
+    csv.write_text("path,label\nflat/real/a.jpg,real\nflat/fake/c.png,1\n")
+    rows = discover(csv)
+    assert [(Path(r.path).name, r.label) for r in rows] == [("a.jpg", 0), ("c.png", 1)]
+    csv.write_text("path,label\nflat/real/a.jpg,maybe\n")
+    with pytest.raises(DataLayoutError, match="line 2"):
+        discover(csv)
+
+
+def test_manifest_round_trip(tmp_path: Path) -> None:
+    ciplab_tree(tmp_path / "d")
+    records = build_manifest(tmp_path / "d")
+    write_manifest(records, tmp_path / "m.csv")
+    assert read_manifest(tmp_path / "m.csv") == records

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ffd.models.module import FakeFaceClassifier
+
+
+def tiny_model(**kwargs) -> FakeFaceClassifier:
+    return FakeFaceClassifier(pretrained=False, input_size=64, **kwargs)
+
+
+def test_output_shape_and_head_width() -> None:
+    model = tiny_model().eval()
+    assert model(torch.randn(3, 3, 64, 64)).shape == (3, 2)
+    assert model.head[1].in_features == 1280 * 2 * 2  # flatten keeps the 2x2 map at 64 px
+    assert tiny_model(head="avgpool").head[-1].in_features == 1280
+    assert model.preprocess == {
+        "size": 64,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear",
+    }
+
+
+def test_frozen_backbone_and_bn_stats_stay_head_learns() -> None:
+    torch.manual_seed(0)
+    model = tiny_model(optimizer=partial(torch.optim.Adam, lr=1e-2))
+    model.train()
+    assert not model.backbone.training and model.head.training
+    backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}  # incl. BN running stats
+    head = {k: v.clone() for k, v in model.head.state_dict().items()}
+    optimizer = model.configure_optimizers()
+    for _ in range(3):
+        x, y = torch.randn(8, 3, 64, 64) * 3 + 1, torch.randint(0, 2, (8,))
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(torch.equal(backbone[k], v) for k, v in model.backbone.state_dict().items())
+    assert any(not torch.equal(head[k], v) for k, v in model.head.state_dict().items())
+    assert all(p.requires_grad for p in optimizer.param_groups[0]["params"])
+    assert len(optimizer.param_groups[0]["params"]) == 2  # head weight and bias only
+
+
+def test_full_finetune_trains_backbone() -> None:
+    model = tiny_model(freeze="full")
+    model.train()
+    assert model.backbone.training
+    assert all(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_checkpoint_loads_without_hydra_and_holds_no_pickled_code(tmp_path: Path) -> None:
+    model = tiny_model(optimizer=partial(torch.optim.Adam, lr=3e-4))
+    data = TensorDataset(torch.randn(8, 3, 64, 64), torch.randint(0, 2, (8,)))
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, DataLoader(data, batch_size=4))
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    raw = torch.load(path, map_location="cpu", weights_only=True)  # no pickled callables or modules
+    assert raw["hyper_parameters"]["optimizer"] == {"_target_": "torch.optim.adam.Adam", "lr": 3e-4}
+    assert raw["ffd"]["preprocess"]["size"] == 64 and raw["ffd"]["class_names"] == ["real", "fake"]
+    loaded = FakeFaceClassifier.load_from_checkpoint(path, weights_only=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+    assert isinstance(loaded.configure_optimizers(), torch.optim.Adam)
+
+
+def test_bad_arguments_are_explained() -> None:
+    with pytest.raises(ValueError, match="freeze must be one of"):
+        tiny_model(freeze="half")
+    with pytest.raises(ValueError, match="Unknown torchvision backbone"):
+        FakeFaceClassifier(backbone="not_a_net", pretrained=False)
+    with pytest.raises(ValueError, match="has no weights"):
+        FakeFaceClassifier(weights="IMAGENET9K", pretrained=False)
+    with pytest.raises(ValueError, match="Unknown head"):
+        tiny_model(head="mlp")

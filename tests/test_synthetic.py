@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ffd.data.manifest import PARTS, build_manifest
+from ffd.data.synthetic import PART_BOXES, TREE, draw_face, ensure_synthetic, generate, swap_parts
+from ffd.errors import FfdError
+
+
+def test_layout_names_and_format(tiny_synthetic: Path) -> None:
+    real = sorted((tiny_synthetic / TREE / "training_real").iterdir())
+    fake = sorted((tiny_synthetic / TREE / "training_fake").iterdir())
+    assert [p.name for p in real[:2]] == ["real_00001.jpg", "real_00002.jpg"] and len(real) == 16
+    assert len(fake) == 16
+    with Image.open(fake[0]) as img:
+        assert img.format == "JPEG" and img.size == (600, 600) and img.mode == "RGB"
+    records = build_manifest(tiny_synthetic)
+    fakes = [r for r in records if r.label == 1]
+    assert all(
+        r.difficulty in ("easy", "mid", "hard") and len(r.parts) == 4 and "1" in r.parts for r in fakes
+    )
+    assert {r.difficulty for r in fakes} == {"easy", "mid", "hard"}
+    assert all(r.ok for r in records)
+
+
+def test_deterministic_across_worker_counts(tmp_path: Path) -> None:
+    a = generate(tmp_path / "a", 3, 3, seed=5, workers=1)
+    b = generate(tmp_path / "b", 3, 3, seed=5, workers=2)
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*.jpg"))
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
+    c = generate(tmp_path / "c", 3, 3, seed=6, workers=1)
+    first_real = Path("training_real", "real_00001.jpg")
+    assert (a / first_real).read_bytes() != (c / first_real).read_bytes()
+
+
+@pytest.mark.parametrize("difficulty", ["easy", "mid", "hard"])
+def test_swap_changes_only_the_chosen_parts(difficulty: str) -> None:
+    rng = np.random.default_rng(0)
+    target, donor = draw_face(rng), draw_face(rng)
+    out = np.asarray(swap_parts(target, donor, "1001", difficulty), dtype=np.int16)
+    before = np.asarray(target, dtype=np.int16)
+    changed = np.abs(out - before).sum(-1) > 0
+    inside = np.zeros_like(changed)
+    for part, bit in zip(PARTS, "1001", strict=True):
+        x0, y0, x1, y1 = PART_BOXES[part]
+        if bit == "1":
+            inside[y0 : y1 + 1, x0 : x1 + 1] = True
+            assert changed[y0:y1, x0:x1].mean() > 0.2, part
+    assert not changed[~inside].any()
+
+
+def test_no_global_colour_cue(tiny_synthetic: Path) -> None:
+    def means(folder: str) -> np.ndarray:
+        files = sorted((tiny_synthetic / TREE / folder).iterdir())
+        return np.array([np.asarray(Image.open(f), dtype=np.float32).mean((0, 1)) for f in files])
+
+    real, fake = means("training_real"), means("training_fake")
+    spread = np.concatenate([real, fake]).std(0)
+    # Class means of whole-image colour differ by far less than images differ from each other.
+    assert (np.abs(real.mean(0) - fake.mean(0)) < 0.6 * spread).all()
+
+
+def test_ensure_reuses_and_protects_user_folders(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    tree = ensure_synthetic(out, 2, 2, seed=0)
+    first = next((tree / "training_real").iterdir())
+    stamp = first.stat().st_mtime_ns
+    ensure_synthetic(out, 2, 2, seed=0)
+    assert first.stat().st_mtime_ns == stamp  # reused, not regenerated
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(FfdError, match="refusing to write"):
+        ensure_synthetic(user, 2, 2)
+    assert (user / "holiday.jpg").read_bytes() == b"precious"

@@ -1,0 +1,33 @@
+"""A map-style dataset over manifest rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ffd.data.io import load_rgb
+from ffd.data.manifest import Record
+
+
+class ImageDataset(Dataset):
+    """Yields ``(image tensor, label)`` for each manifest row.
+
+    Args:
+        records: Rows to serve (all readable: the manifest checked them).
+        transform: Image -> tensor.
+        decode_size: Smallest side the decoder must keep (the model's input size).
+    """
+
+    def __init__(self, records: Sequence[Record], transform: Callable, decode_size: int) -> None:
+        self.records = list(records)
+        self.transform = transform
+        self.decode_size = decode_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        r = self.records[index]
+        return self.transform(load_rgb(r.path, self.decode_size)), r.label

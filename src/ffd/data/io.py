@@ -1,0 +1,36 @@
+"""Image decoding: the one place where files become RGB images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+
+class ImageDecodeError(ValueError):
+    """A file could not be decoded as an image."""
+
+
+def load_rgb(path: str | Path, min_size: int) -> Image.Image:
+    """Decode an image file as upright 8-bit RGB.
+
+    JPEGs are decoded in draft mode: libjpeg scales the DCT by 1/2, 1/4 or 1/8
+    while decoding, as long as both sides stay >= ``min_size``. For a 600x600
+    CIPLAB file resized to 224 this decodes at 300x300, about 3x faster than a
+    full decode, and the later resize hides the difference.
+
+    Raises:
+        ImageDecodeError: the file is empty, truncated, corrupt, too large or not an image.
+    """
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (min_size, min_size))
+            img.load()
+            upright: Image.Image = ImageOps.exif_transpose(img)
+            if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
+                upright = upright.point(lambda v: v / 256).convert("L")
+            return upright.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(f"{type(err).__name__}: {err}") from err

@@ -1,0 +1,281 @@
+"""A synthetic CIPLAB-like data set: procedurally drawn faces and part-swapped fakes.
+
+Real images are faces drawn from random identity parameters (skin, hair,
+eyes, brows, nose, mouth, background, lighting, pose). A fake is a drawn face
+whose eyes, nose and/or mouth were replaced by the same region of another
+face, as CIPLAB's experts did in Photoshop. Difficulty sets how well the
+paste is hidden: ``easy`` pastes a hard-edged box, ``mid`` a feathered one
+with half the skin tone matched, ``hard`` a soft ellipse colour-matched to
+the face. Real and fake identities come from the same distribution and get
+the same lighting, pose, noise and JPEG settings, so no global cue (colour,
+brightness, file size) tells them apart: only the edit does.
+
+Files follow CIPLAB's layout and names::
+
+    <out>/real_and_fake_face/training_real/real_00001.jpg
+    <out>/real_and_fake_face/training_fake/{easy|mid|hard}_{id}_{LRNM}.jpg
+
+Run ``python -m ffd.data.synthetic --out DIR`` or let ``data=synthetic`` make it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from ffd.data.manifest import DIFFICULTIES, PARTS
+from ffd.errors import FfdError
+
+log = logging.getLogger(__name__)
+
+SIZE = 600
+TREE = "real_and_fake_face"
+MARKER = "synthetic.json"
+# Bump when the drawing changes, so sets made by an older generator are remade, not reused.
+GENERATOR_VERSION = 1
+_PARTIAL = ".ffd-synthetic-incomplete"
+
+# Where each part lies on the canonical face (x0, y0, x1, y1), before pose.
+# Fakes replace exactly these boxes, so an explanation can be scored against them.
+PART_BOXES: dict[str, tuple[int, int, int, int]] = {
+    "left_eye": (175, 212, 285, 300),
+    "right_eye": (315, 212, 425, 300),
+    "nose": (258, 300, 342, 378),
+    "mouth": (228, 380, 372, 452),
+}
+# Feather radius (px) and share of the skin-tone difference removed, per difficulty.
+_BLEND = {"easy": (0.0, 0.0), "mid": (4.0, 0.5), "hard": (10.0, 1.0)}
+_DIFFICULTY_SHARE = {"easy": 0.25, "mid": 0.5, "hard": 0.25}  # CIPLAB's rough proportions
+
+_SKIN_LIGHT, _SKIN_DARK = np.array([236, 200, 172]), np.array([92, 58, 38])
+_HAIR = [(20, 16, 14), (58, 38, 24), (110, 74, 42), (196, 160, 100), (150, 60, 30), (150, 150, 150)]
+_IRIS = [(70, 44, 24), (110, 72, 40), (60, 100, 150), (70, 110, 70), (110, 115, 120)]
+
+
+def _rgb(values: np.ndarray) -> tuple[int, int, int]:
+    r, g, b = np.clip(values, 0, 255).astype(int)
+    return int(r), int(g), int(b)
+
+
+def _ellipse(draw: ImageDraw.ImageDraw, cx: float, cy: float, rx: float, ry: float, fill) -> None:
+    draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=fill)
+
+
+def draw_face(rng: np.random.Generator) -> Image.Image:
+    """Draw one canonical (frontal, centred) face with random identity parameters."""
+    u = rng.uniform
+    # Background: a smooth random field, drawn small and upscaled (cheap and blotchy).
+    small = rng.integers(0, 256, size=(3, 3, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+
+    skin = _SKIN_DARK + (_SKIN_LIGHT - _SKIN_DARK) * u(0, 1) + rng.normal(0, 6, 3)
+    hair = np.array(_HAIR[rng.integers(len(_HAIR))]) + rng.normal(0, 8, 3)
+    cx, cy = SIZE / 2 + u(-8, 8), 310 + u(-6, 6)
+    rx, ry = u(165, 195), u(215, 245)
+
+    # Clothes, neck, hair behind the head, ears, face.
+    _ellipse(draw, cx, SIZE + 60, u(230, 300), 170, _rgb(rng.integers(0, 256, 3)))
+    draw.rectangle((cx - 0.45 * rx, cy + 0.6 * ry, cx + 0.45 * rx, SIZE), fill=_rgb(skin * 0.85))
+    style = rng.integers(3)  # 0 short, 1 long, 2 very short
+    if style != 2:
+        _ellipse(draw, cx, cy - 0.15 * ry, rx * 1.12, ry * (1.05 if style == 0 else 1.25), _rgb(hair))
+    for side in (-1, 1):
+        _ellipse(draw, cx + side * rx * 0.98, cy - 0.02 * ry, 22, 38, _rgb(skin * 0.93))
+    for k in range(6):  # darker rim, lighter centre: a hint of 3D shading
+        shade = 0.88 + 0.025 * k
+        _ellipse(draw, cx, cy, rx * (1 - 0.06 * k), ry * (1 - 0.05 * k), _rgb(skin * shade))
+    if style != 2:  # fringe, kept above the brows
+        top = cy - ry
+        draw.chord((cx - rx, top - 20, cx + rx, top + 0.55 * ry), 180, 360, fill=_rgb(hair))
+
+    # Brows and eyes.
+    eye_y = cy - 0.18 * ry + u(-5, 5)
+    eye_dx, eye_w, eye_h = 0.38 * rx + u(-4, 4), u(28, 36), u(11, 16)
+    iris = np.array(_IRIS[rng.integers(len(_IRIS))]) + rng.normal(0, 6, 3)
+    brow_dy, brow_w, tilt = u(26, 36), int(u(5, 11)), u(-6, 6)
+    for side in (-1, 1):
+        ex = cx + side * eye_dx
+        by = eye_y - brow_dy
+        draw.line(
+            (ex - 1.1 * eye_w, by + side * tilt, ex + 1.1 * eye_w, by - side * tilt),
+            fill=_rgb(hair * 0.8),
+            width=brow_w,
+        )
+        _ellipse(draw, ex, eye_y, eye_w, eye_h, _rgb(np.array([240, 236, 230]) - u(0, 20)))
+        ir = eye_h * u(0.8, 0.95)
+        _ellipse(draw, ex, eye_y, ir, ir, _rgb(iris))
+        _ellipse(draw, ex, eye_y, ir * 0.45, ir * 0.45, (12, 10, 10))
+        _ellipse(draw, ex + ir * 0.3, eye_y - ir * 0.3, 2.5, 2.5, (250, 250, 250))
+        draw.arc((ex - eye_w, eye_y - eye_h, ex + eye_w, eye_y + eye_h), 190, 350, fill=_rgb(skin * 0.4), width=3)
+
+    # Nose: bridge shadows, tip, nostrils.
+    ny, nw, nl = cy + 0.1 * ry + u(-4, 4), u(14, 22), u(45, 60)
+    dark = _rgb(skin * 0.75)
+    for side in (-1, 1):
+        draw.line((cx + side * nw * 0.5, ny - nl * 0.8, cx + side * nw, ny + nl * 0.35), fill=dark, width=3)
+        _ellipse(draw, cx + side * nw * 0.55, ny + nl * 0.45, nw * 0.35, nw * 0.18, _rgb(skin * 0.35))
+    _ellipse(draw, cx, ny + nl * 0.25, nw * 0.7, nw * 0.5, _rgb(skin * 1.06))
+
+    # Mouth: lips and the line between them.
+    my, mw, mh = cy + 0.45 * ry + u(-4, 4), u(40, 60), u(10, 17)
+    lips = skin * np.array([0.85, 0.55, 0.55]) + rng.normal(0, 8, 3)
+    _ellipse(draw, cx, my - mh * 0.35, mw, mh * 0.7, _rgb(lips * 0.92))
+    _ellipse(draw, cx, my + mh * 0.4, mw * 0.85, mh * 0.8, _rgb(lips))
+    smile = u(-6, 8)
+    draw.line((cx - mw, my, cx, my + smile * 0.4, cx + mw, my), fill=_rgb(lips * 0.45), width=3, joint="curve")
+    return img
+
+
+def _feathered_mask(box: tuple[int, int, int, int], difficulty: str) -> np.ndarray:
+    radius, _ = _BLEND[difficulty]
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    d = ImageDraw.Draw(mask)
+    if difficulty == "easy":
+        d.rectangle(box, fill=255)
+    else:
+        x0, y0, x1, y1 = box
+        inset = 2 * radius  # the blur's tail beyond 2 sigma is < 2 %: clipping it leaves no edge
+        d.ellipse((x0 + inset, y0 + inset, x1 - inset, y1 - inset), fill=255)
+        mask = mask.filter(ImageFilter.GaussianBlur(radius))
+    out = np.zeros((SIZE, SIZE, 1), dtype=np.float32)
+    x0, y0, x1, y1 = box
+    out[y0:y1, x0:x1, 0] = np.asarray(mask, dtype=np.float32)[y0:y1, x0:x1] / 255  # never outside the box
+    return out
+
+
+def swap_parts(target: Image.Image, donor: Image.Image, bits: str, difficulty: str) -> Image.Image:
+    """Replace the parts marked in ``bits`` (LRNM) of target by the donor's, blended by difficulty."""
+    out = np.asarray(target, dtype=np.float32).copy()
+    src = np.asarray(donor, dtype=np.float32)
+    _, match = _BLEND[difficulty]
+    for part, bit in zip(PARTS, bits, strict=True):
+        if bit != "1":
+            continue
+        x0, y0, x1, y1 = PART_BOXES[part]
+        patch = src.copy()
+        if match:
+            # Move the donor region's colour statistics toward the target's (a colour match).
+            t, s = out[y0:y1, x0:x1].reshape(-1, 3), src[y0:y1, x0:x1].reshape(-1, 3)
+            scale = 1 + match * (t.std(0) / (s.std(0) + 1e-3) - 1)
+            patch = (src - s.mean(0)) * scale + s.mean(0) + match * (t.mean(0) - s.mean(0))
+        m = _feathered_mask(PART_BOXES[part], difficulty)
+        out = out * (1 - m) + patch * m
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+def photograph(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Apply what a camera and a pipeline would: lighting, pose, softness, sensor noise."""
+    u = rng.uniform
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE - 0.5
+    angle = u(0, 2 * np.pi)
+    light = 1 + u(0, 0.35) * (np.cos(angle) * xx + np.sin(angle) * yy) * 2
+    arr = np.asarray(img, dtype=np.float32) * light[..., None] * (1 + rng.normal(0, 0.03, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    fill = tuple(int(v) for v in np.asarray(img)[5, 5])
+    img = img.rotate(u(-6, 6), Image.Resampling.BICUBIC, translate=(int(rng.integers(-12, 13)), int(rng.integers(-12, 13))), fillcolor=fill)
+    img = img.filter(ImageFilter.GaussianBlur(u(0.3, 1.0)))
+    noise = rng.standard_normal((SIZE, SIZE, 3), dtype=np.float32) * u(2, 6)
+    return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def _render(task: tuple[str, int, str, str, int]) -> None:
+    """Render and save one file; each file has its own seed, so workers need no coordination."""
+    path, seed, kind, difficulty_bits, index = task
+    rng = np.random.default_rng([seed, 0 if kind == "real" else 1, index])
+    face = draw_face(rng)
+    if kind == "fake":
+        difficulty, bits = difficulty_bits.split("_")
+        face = swap_parts(face, draw_face(rng), bits, difficulty)
+    photograph(face, rng).save(path, "JPEG", quality=int(rng.integers(85, 96)))
+
+
+def _plan(out: Path, num_real: int, num_fake: int, seed: int) -> list[tuple[str, int, str, str, int]]:
+    real_dir, fake_dir = out / TREE / "training_real", out / TREE / "training_fake"
+    tasks = [(str(real_dir / f"real_{i:05d}.jpg"), seed, "real", "", i) for i in range(1, num_real + 1)]
+    rng = np.random.default_rng([seed, 2])
+    counts = {d: round(num_fake * _DIFFICULTY_SHARE[d]) for d in DIFFICULTIES[:-1]}
+    counts["hard"] = num_fake - sum(counts.values())
+    difficulties = rng.permutation([d for d in DIFFICULTIES for _ in range(counts[d])])
+    ids = dict.fromkeys(DIFFICULTIES, 0)
+    for j, difficulty in enumerate(difficulties, start=1):
+        ids[difficulty] += 1
+        bits = format(int(rng.integers(1, 16)), "04b")
+        name = f"{difficulty}_{ids[difficulty]}_{bits}.jpg"
+        tasks.append((str(fake_dir / name), seed, "fake", f"{difficulty}_{bits}", j))
+    return tasks
+
+
+def generate(out: str | Path, num_real: int, num_fake: int, seed: int = 0, workers: int | None = None) -> Path:
+    """Write a synthetic CIPLAB-like set under ``out`` and return the CIPLAB tree's path.
+
+    Deterministic: the same arguments give byte-identical files.
+    """
+    out = Path(out)
+    if num_real < 1 or num_fake < 1:
+        raise ValueError(f"Need at least one real and one fake image (got {num_real} real, {num_fake} fake).")
+    for d in ("training_real", "training_fake"):
+        shutil.rmtree(out / TREE / d, ignore_errors=True)
+        (out / TREE / d).mkdir(parents=True)
+    tasks = _plan(out, num_real, num_fake, seed)
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_render, tasks, chunksize=8):
+                pass
+    else:
+        for task in tasks:
+            _render(task)
+    return out / TREE
+
+
+def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int = 0) -> Path:
+    """Generate the set under ``out`` unless an identical complete one is there already.
+
+    Refuses to write into a non-empty folder that ffd did not generate, so a
+    user's own data is never overwritten.
+    """
+    out = Path(out)
+    spec = {"num_real": num_real, "num_fake": num_fake, "seed": seed, "version": GENERATOR_VERSION}
+    marker = out / MARKER
+    if marker.exists():
+        if json.loads(marker.read_text()) == spec:
+            return out / TREE
+        log.info("Synthetic set at %s was made with other settings; regenerating it.", out)
+    elif out.exists() and any(out.iterdir()) and not (out / _PARTIAL).exists():
+        raise FfdError(
+            f"{out} is not empty and was not made by ffd's generator; refusing to write into it. "
+            "Point the synthetic data at an empty or new folder."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    (out / _PARTIAL).touch()
+    log.info("Generating %d real + %d fake synthetic images in %s ...", num_real, num_fake, out)
+    tree = generate(out, num_real, num_fake, seed)
+    marker.write_text(json.dumps(spec))
+    (out / _PARTIAL).unlink()
+    return tree
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="folder to write into")
+    parser.add_argument("--num-real", type=int, default=1081, help="real images (CIPLAB: 1081)")
+    parser.add_argument("--num-fake", type=int, default=960, help="fake images (CIPLAB: 960)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tree = ensure_synthetic(args.out, args.num_real, args.num_fake, args.seed)
+    log.info("Synthetic CIPLAB-like set ready: %s", tree)
+
+
+if __name__ == "__main__":
+    main()

@@ -48,10 +48,13 @@ format: install ## Format and fix with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+bench: install ## Benchmark: naive vs default seed recipe, predict throughput (~25 min on 2 cores)
+	$(PY) -m ffd.bench
+
 tensorboard: install ## Serve the curves of every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
 
 clean: ## Remove caches (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache
 
-.PHONY: help install weights demo train data test test-all lint format tensorboard clean
+.PHONY: help install weights demo train data test test-all lint format bench tensorboard clean

@@ -31,25 +31,26 @@ def test_fast_dev_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
 
 
 def test_short_run_learns_the_synthetic_set(make_cfg, tmp_path: Path) -> None:
-    """The seed recipe (pretrained, frozen, flatten head) at 128 px on 240 images, 6 epochs.
+    """The seed recipe (pretrained, frozen, flatten head, feature cache) at 160 px on 400 images.
 
     A broken pipeline (labels lost, backbone not loaded, head not trained, splits
-    mixed up) scores ~0.5 here; the working one scores ~0.9 AUROC.
+    mixed up) scores ~0.5 here; the working one ~0.8 AUROC on its 120 test images
+    (standard error ~0.04).
     """
     cfg = make_cfg(
         "+experiment=demo",
         f"data.root={tmp_path / 'synthetic'}",
-        "data.synthetic.num_real=120",
-        "data.synthetic.num_fake=120",
+        "data.synthetic.num_real=200",
+        "data.synthetic.num_fake=200",
         "data.test_fraction=0.3",
-        "model.input_size=128",
-        "trainer.max_epochs=6",
+        "model.input_size=160",
+        "trainer.max_epochs=8",
         "trainer.accelerator=cpu",
         "+trainer.enable_progress_bar=false",
     )
     metrics = train(cfg)
-    assert metrics["test/auroc"] > 0.75, metrics
-    assert metrics["test/acc"] > 0.65, metrics
+    assert metrics["test/auroc"] > 0.7, metrics
+    assert metrics["test/acc"] > 0.6, metrics
     run = tmp_path / "run"
     assert (run / "curves.png").stat().st_size > 10_000
     assert list((run / "checkpoints").glob("epoch*.ckpt")) and (run / "checkpoints" / "last.ckpt").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -26,12 +27,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; return the final metrics (also written to metrics.json)."""
     L.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model)
-    datamodule = instantiate(cfg.data, preprocess=model.preprocess)
+    datamodule = instantiate(cfg.data, preprocess=model.preprocess, encoder=model.encoder)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    timings = {"setup_s": datamodule.setup_seconds, "fit_s": time.perf_counter() - start}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
@@ -39,11 +42,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning(
                 "No best checkpoint (fast_dev_run or no checkpoint callback): testing the last weights."
             )
+        start = time.perf_counter()
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        timings["test_s"] = time.perf_counter() - start
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
 
     out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    (out / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}, indent=2))
     log.info("Final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     log.info("Run folder: %s", out.resolve())
     return metrics

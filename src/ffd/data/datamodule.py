@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from ffd.data.cache import (
+    CACHE_MODES,
+    Encoder,
+    FeatureDataset,
+    PixelDataset,
+    build_feature_cache,
+    feature_key,
+)
 from ffd.data.dataset import ImageDataset
-from ffd.data.manifest import DataLayoutError, Record, build_manifest, write_manifest
+from ffd.data.manifest import SPLITS, DataLayoutError, Record, build_manifest, write_manifest
 from ffd.data.synthetic import ensure_synthetic
 from ffd.data.transforms import build_transform
+from ffd.errors import FfdError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +47,16 @@ class FaceDataModule(L.LightningDataModule):
         synthetic: If given (``num_real``, ``num_fake``, ``seed``), generate a synthetic
             CIPLAB-like set into ``root`` first, unless it is there already.
         manifest_path: Where to write the manifest CSV (normally the run folder).
+        cache: ``none`` (decode and run the model on every image every epoch),
+            ``pixels`` (decode and resize once), ``features`` (run a frozen backbone once
+            per image and view; see ``ffd.data.cache``), or ``auto``: features when the
+            backbone is frozen, else none.
+        views: Augmented views cached per training image with ``cache=features``.
+        cache_dir: Folder for the feature cache.
+        decode_draft: Decode JPEGs at reduced size (libjpeg DCT scaling, never below
+            the input size); False decodes every file at full size.
+        encoder: Returns the model's frozen backbone, or None if it trains
+            (``FakeFaceClassifier.encoder``); used by ``cache=features|auto``.
     """
 
     def __init__(
@@ -51,6 +72,11 @@ class FaceDataModule(L.LightningDataModule):
         split_seed: int = 42,
         synthetic: Mapping[str, int] | None = None,
         manifest_path: str | None = None,
+        cache: str = "none",
+        views: int = 8,
+        cache_dir: str | None = None,
+        encoder: Callable[[], Encoder | None] | None = None,
+        decode_draft: bool = True,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -64,8 +90,23 @@ class FaceDataModule(L.LightningDataModule):
         if not self.synthetic and not self.root.exists():  # fail before any model is built
             raise DataLayoutError(f"The data folder {self.root} does not exist.")
         self.manifest_path = manifest_path
+        if cache not in CACHE_MODES:
+            raise FfdError(f"data.cache must be one of {CACHE_MODES}, got {cache!r}.")
+        if cache in ("features", "auto") and (cache_dir is None or views < 1):
+            raise FfdError(f"data.cache={cache} needs data.cache_dir and data.views >= 1.")
+        self.cache, self.views, self.cache_dir = cache, views, cache_dir
+        self._encoder = encoder() if encoder and cache in ("features", "auto") else None
+        if cache == "features" and self._encoder is None:
+            raise FfdError(
+                "data.cache=features needs a frozen backbone (model.freeze=frozen): a backbone that "
+                "trains changes its features every step. Use data.cache=pixels to decode images once."
+            )
+        if cache == "auto":
+            self.cache = "features" if self._encoder else "none"
         self.records: list[Record] = []
-        self.datasets: dict[str, ImageDataset] = {}
+        self.datasets: dict[str, Dataset] = {}
+        self.decode_draft = decode_draft
+        self.setup_seconds = 0.0
 
     def prepare_data(self) -> None:
         if self.synthetic:
@@ -74,30 +115,64 @@ class FaceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.records:
             return
+        start = time.perf_counter()
         self.records = build_manifest(self.root, self.val_fraction, self.test_fraction, self.split_seed)
         if self.manifest_path:
             write_manifest(self.records, self.manifest_path)
             log.info("Manifest written to %s", self.manifest_path)
+        rows = {s: [r for r in self.records if r.ok and r.split == s] for s in SPLITS}
+        transforms = {
+            s: build_transform(self.preprocess, self.augment if s == "train" else None) for s in SPLITS
+        }
         size = int(self.preprocess["size"])
-        for split in ("train", "val", "test"):
-            rows = [r for r in self.records if r.ok and r.split == split]
-            augment = self.augment if split == "train" else None
-            self.datasets[split] = ImageDataset(rows, build_transform(self.preprocess, augment), size)
+        if self.cache == "features":
+            self.datasets = self._feature_datasets(rows, transforms)
+        elif self.cache == "pixels":
+            interpolation = self.preprocess["interpolation"]
+            self.datasets = {s: PixelDataset(rows[s], transforms[s], size, interpolation) for s in SPLITS}
+        else:
+            decode = size if self.decode_draft else None
+            self.datasets = {s: ImageDataset(rows[s], transforms[s], decode) for s in SPLITS}
+        self.setup_seconds = time.perf_counter() - start
+
+    def _feature_datasets(self, rows: dict[str, list[Record]], transforms: dict) -> dict[str, Dataset]:
+        encoder = self._encoder
+        assert encoder is not None and self.cache_dir is not None
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        autocast = trainer.precision_plugin.forward_context if trainer else contextlib.nullcontext
+        settings = {
+            "preprocess": self.preprocess,
+            "augment": self.augment,
+            "views": self.views,
+            "precision": str(trainer.precision) if trainer else "32-true",
+            "decoder": "pil-draft",
+            "seed": self.split_seed,
+        }
+        folder = Path(self.cache_dir) / f"features-{feature_key(encoder, settings, rows)}"
+        splits = {s: (rows[s], transforms[s], self.views if s == "train" else 1) for s in SPLITS}
+        size = int(self.preprocess["size"])
+        store = build_feature_cache(
+            folder, encoder, splits, size, device, autocast, self.num_workers, self.split_seed
+        )
+        return {s: FeatureDataset(store[s], [r.label for r in rows[s]]) for s in SPLITS}
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         dataset = self.datasets[split]
-        if not len(dataset):
+        if not len(dataset):  # type: ignore[arg-type]
             raise ValueError(
                 f"The {split} split is empty ({len(self.records)} files under {self.root}); "
                 "use more data or larger data.val_fraction / data.test_fraction."
             )
+        # Cached features are slices of a memory map: worker processes would only add copies.
+        workers = 0 if self.cache == "features" else self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

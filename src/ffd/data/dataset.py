@@ -17,10 +17,11 @@ class ImageDataset(Dataset):
     Args:
         records: Rows to serve (all readable: the manifest checked them).
         transform: Image -> tensor.
-        decode_size: Smallest side the decoder must keep (the model's input size).
+        decode_size: Smallest side the decoder must keep (the model's input size);
+            None decodes at full size.
     """
 
-    def __init__(self, records: Sequence[Record], transform: Callable, decode_size: int) -> None:
+    def __init__(self, records: Sequence[Record], transform: Callable, decode_size: int | None) -> None:
         self.records = list(records)
         self.transform = transform
         self.decode_size = decode_size

@@ -11,20 +11,21 @@ class ImageDecodeError(ValueError):
     """A file could not be decoded as an image."""
 
 
-def load_rgb(path: str | Path, min_size: int) -> Image.Image:
+def load_rgb(path: str | Path, min_size: int | None) -> Image.Image:
     """Decode an image file as upright 8-bit RGB.
 
     JPEGs are decoded in draft mode: libjpeg scales the DCT by 1/2, 1/4 or 1/8
     while decoding, as long as both sides stay >= ``min_size``. For a 600x600
     CIPLAB file resized to 224 this decodes at 300x300, about 3x faster than a
-    full decode, and the later resize hides the difference.
+    full decode, and the later resize hides the difference. ``min_size=None``
+    decodes at full size.
 
     Raises:
         ImageDecodeError: the file is empty, truncated, corrupt, too large or not an image.
     """
     try:
         with Image.open(path) as img:
-            if img.format == "JPEG":
+            if img.format == "JPEG" and min_size:
                 img.draft("RGB", (min_size, min_size))
             img.load()
             upright: Image.Image = ImageOps.exif_transpose(img)

@@ -262,7 +262,9 @@ def build_manifest(root: str | Path, val: float = 0.15, test: float = 0.15, seed
     check_files(records)
     dropped = drop_duplicates(records)
     if dropped:
-        log.warning("Dropped %d exact duplicate files (same sha256); see the manifest's reason column.", dropped)
+        log.warning(
+            "Dropped %d exact duplicate files (same sha256); see the manifest's reason column.", dropped
+        )
     for label, name in enumerate(CLASS_NAMES):
         if not any(r.ok and r.label == label for r in records):
             raise DataLayoutError(f"No readable {name} image under {root}.")

@@ -115,7 +115,9 @@ def draw_face(rng: np.random.Generator) -> Image.Image:
         _ellipse(draw, ex, eye_y, ir, ir, _rgb(iris))
         _ellipse(draw, ex, eye_y, ir * 0.45, ir * 0.45, (12, 10, 10))
         _ellipse(draw, ex + ir * 0.3, eye_y - ir * 0.3, 2.5, 2.5, (250, 250, 250))
-        draw.arc((ex - eye_w, eye_y - eye_h, ex + eye_w, eye_y + eye_h), 190, 350, fill=_rgb(skin * 0.4), width=3)
+        draw.arc(
+            (ex - eye_w, eye_y - eye_h, ex + eye_w, eye_y + eye_h), 190, 350, fill=_rgb(skin * 0.4), width=3
+        )
 
     # Nose: bridge shadows, tip, nostrils.
     ny, nw, nl = cy + 0.1 * ry + u(-4, 4), u(14, 22), u(45, 60)
@@ -131,7 +133,9 @@ def draw_face(rng: np.random.Generator) -> Image.Image:
     _ellipse(draw, cx, my - mh * 0.35, mw, mh * 0.7, _rgb(lips * 0.92))
     _ellipse(draw, cx, my + mh * 0.4, mw * 0.85, mh * 0.8, _rgb(lips))
     smile = u(-6, 8)
-    draw.line((cx - mw, my, cx, my + smile * 0.4, cx + mw, my), fill=_rgb(lips * 0.45), width=3, joint="curve")
+    draw.line(
+        (cx - mw, my, cx, my + smile * 0.4, cx + mw, my), fill=_rgb(lips * 0.45), width=3, joint="curve"
+    )
     return img
 
 
@@ -181,7 +185,12 @@ def photograph(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     arr = np.asarray(img, dtype=np.float32) * light[..., None] * (1 + rng.normal(0, 0.03, 3))
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     fill = tuple(int(v) for v in np.asarray(img)[5, 5])
-    img = img.rotate(u(-6, 6), Image.Resampling.BICUBIC, translate=(int(rng.integers(-12, 13)), int(rng.integers(-12, 13))), fillcolor=fill)
+    img = img.rotate(
+        u(-6, 6),
+        Image.Resampling.BICUBIC,
+        translate=(int(rng.integers(-12, 13)), int(rng.integers(-12, 13))),
+        fillcolor=fill,
+    )
     img = img.filter(ImageFilter.GaussianBlur(u(0.3, 1.0)))
     noise = rng.standard_normal((SIZE, SIZE, 3), dtype=np.float32) * u(2, 6)
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
@@ -214,7 +223,9 @@ def _plan(out: Path, num_real: int, num_fake: int, seed: int) -> list[tuple[str,
     return tasks
 
 
-def generate(out: str | Path, num_real: int, num_fake: int, seed: int = 0, workers: int | None = None) -> Path:
+def generate(
+    out: str | Path, num_real: int, num_fake: int, seed: int = 0, workers: int | None = None
+) -> Path:
     """Write a synthetic CIPLAB-like set under ``out`` and return the CIPLAB tree's path.
 
     Deterministic: the same arguments give byte-identical files.
@@ -266,7 +277,9 @@ def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder to write into")
     parser.add_argument("--num-real", type=int, default=1081, help="real images (CIPLAB: 1081)")
     parser.add_argument("--num-fake", type=int, default=960, help="fake images (CIPLAB: 960)")

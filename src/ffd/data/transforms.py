@@ -23,11 +23,16 @@ def build_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] 
         T.ToImage(),
         T.Resize((size, size), interpolation=InterpolationMode(preprocess["interpolation"]), antialias=True),
     ]
-    if augment:
-        steps += [
-            T.RandomHorizontalFlip(augment.get("hflip", 0.0)),
-            T.RandomVerticalFlip(augment.get("vflip", 0.0)),
-            T.RandomRotation(augment.get("rotation", 0.0)),
-        ]
-    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(list(preprocess["mean"]), list(preprocess["std"]))]
+    augment = augment or {}
+    # Zero-strength steps are left out: they would still draw random numbers.
+    if augment.get("hflip"):
+        steps.append(T.RandomHorizontalFlip(augment["hflip"]))
+    if augment.get("vflip"):
+        steps.append(T.RandomVerticalFlip(augment["vflip"]))
+    if augment.get("rotation"):
+        steps.append(T.RandomRotation(augment["rotation"]))
+    steps += [
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(list(preprocess["mean"]), list(preprocess["std"])),
+    ]
     return T.Compose(steps)

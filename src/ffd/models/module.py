@@ -10,12 +10,15 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import get_class
 
+from ffd.data.cache import Encoder, state_fingerprint
 from ffd.data.manifest import CLASS_NAMES, FAKE
 from ffd.metrics import classification_metrics
 from ffd.models.backbones import build_backbone
 from ffd.models.heads import build_head
 
 FREEZE_MODES = ("frozen", "full")
+# (images, labels), or {"features", "label"} from the feature cache.
+Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]
 
 
 def _optimizer_spec(optimizer: Callable | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -102,9 +105,20 @@ class FakeFaceClassifier(L.LightningModule):
         """Images (N, 3, H, W), normalized -> logits (N, num_classes)."""
         return self.head(self.features(x))
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
-        x, y = batch
-        logits = self(x).float()
+    def encoder(self) -> Encoder | None:
+        """The frozen trunk with its fingerprint, for caching its features; None if it trains."""
+        if not self.frozen:
+            return None
+        h = self.hparams
+        fingerprint = f"{h['backbone']}:{h['weights']}:{h['input_size']}:{state_fingerprint(self.backbone)}"
+        return Encoder(self.backbone, fingerprint, self.memory_format)
+
+    def _step(self, batch: Batch, split: str) -> torch.Tensor:
+        if isinstance(batch, dict):  # cached backbone features: the head is all that runs
+            logits, y = self.head(batch["features"]).float(), batch["label"]
+        else:
+            x, y = batch
+            logits = self(x).float()
         loss = F.cross_entropy(logits, y)
         metrics = getattr(self, f"{split}_metrics")
         metrics.update(logits.softmax(-1)[:, FAKE], y)
@@ -112,13 +126,13 @@ class FakeFaceClassifier(L.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=split != "train")
         return loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -1,0 +1,179 @@
+"""Benchmark the seed recipe: ``make bench`` (= ``python -m ffd.bench``).
+
+On a CIPLAB-sized synthetic set (1,081 real + 960 fake 600x600 JPEGs, made
+once), in one run:
+
+1. the seed recipe, 20 epochs, naive path (decode every epoch at full size,
+   fp32, contiguous memory, glibc's default allocator) vs ffd's default path
+   (feature cache, bf16, channels-last, tuned allocator): wall time, train
+   img/s, peak RSS, test accuracy/AUROC, same seed and split;
+2. predict throughput from the fast run's checkpoint (JPEG decode included)
+   against the raw backbone forward pass at the same precision;
+3. where the fast run's time goes: cache build vs head training.
+
+Writes ``bench.json`` and ``bench.md`` under ``outputs/bench/<date_time>/``.
+Absolute times vary between machines: compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ffd.data.dataset import ImageDataset
+from ffd.data.manifest import read_manifest
+from ffd.data.synthetic import ensure_synthetic
+from ffd.data.transforms import build_transform
+from ffd.models.module import FakeFaceClassifier
+from ffd.runtime import auto_precision, tune_malloc
+
+VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "naive": (
+        [
+            "data.cache=none",
+            "data.decode_draft=false",
+            "trainer.precision=32-true",
+            "model.channels_last=false",
+        ],
+        {"FFD_TUNE_MALLOC": "0"},
+    ),
+    "fast": ([], {}),
+}
+
+
+def run_training(
+    name: str, out: Path, data: Path, overrides: list[str], env: dict[str, str]
+) -> dict[str, Any]:
+    """One ``python -m ffd.train`` in a child process; its wall time and peak RSS."""
+    run_dir = out / name
+    cmd = [
+        sys.executable, "-m", "ffd.train", f"hydra.run.dir={run_dir}", f"data.root={data}",
+        f"paths.cache_dir={out / 'cache'}", "logger=csv", *overrides,
+    ]  # fmt: skip
+    print(f"[bench] {name}: {' '.join(cmd[3:])}", flush=True)
+    start = time.perf_counter()
+    with open(out / f"{name}.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"[bench] {name} failed; see {out / f'{name}.log'}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    timings = json.loads((run_dir / "timings.json").read_text())
+    n_train = sum(r.ok and r.split == "train" for r in read_manifest(run_dir / "manifest.csv"))
+    return {
+        "wall_s": round(wall, 1),
+        "fit_s": timings["fit_s"],
+        "setup_s": timings["setup_s"],
+        "train_img_per_s": round(20 * n_train / timings["fit_s"], 1),
+        "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+        "test_acc": round(metrics["test/acc"], 4),
+        "test_auroc": round(metrics["test/auroc"], 4),
+        "run_dir": str(run_dir),
+    }
+
+
+def throughput(fn, batches: list, images: int) -> float:
+    fn(batches[0])  # warm-up
+    start = time.perf_counter()
+    for b in batches:
+        fn(b)
+    return images / (time.perf_counter() - start)
+
+
+def measure_predict(run_dir: Path, repeats: int = 2) -> dict[str, float]:
+    """img/s of checkpoint predict (decode included) vs the raw backbone forward pass."""
+    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    model = FakeFaceClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    rows = [r for r in read_manifest(run_dir / "manifest.csv") if r.ok and r.split in ("val", "test")]
+    dataset = ImageDataset(rows * repeats, build_transform(model.preprocess), model.preprocess["size"])
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=auto_precision() == "bf16-mixed")
+
+    def predict(loader: DataLoader) -> None:
+        with torch.no_grad(), autocast:
+            for x, _ in loader:
+                model(x).float().softmax(-1)
+
+    loader = DataLoader(dataset, batch_size=32, num_workers=2, persistent_workers=True)
+    predict(loader)  # warm-up: workers, allocator
+    start = time.perf_counter()
+    predict(loader)
+    predict_ips = len(dataset) / (time.perf_counter() - start)
+
+    x = torch.randn(32, 3, model.preprocess["size"], model.preprocess["size"])
+    batches = [x] * (len(dataset) // 32)
+    with torch.no_grad(), autocast:
+        raw_ips = throughput(model.features, batches, 32 * len(batches))
+    return {"predict_img_per_s": round(predict_ips, 1), "backbone_img_per_s": round(raw_ips, 1)}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    n, f, p = report["naive"], report["fast"], report["predict"]
+    lines = [
+        f"Machine: {report['machine']}",
+        "",
+        "| seed recipe, 20 epochs | wall | train img/s | peak RSS | test acc | test AUROC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in (("naive", n), ("ffd default", f)):
+        lines.append(
+            f"| {name} | {r['wall_s']:.0f} s | {r['train_img_per_s']:.0f} | {r['peak_rss_gib']:.2f} GiB "
+            f"| {r['test_acc']:.3f} | {r['test_auroc']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Speed-up (wall): **{n['wall_s'] / f['wall_s']:.1f}x**; fit only: {n['fit_s'] / f['fit_s']:.1f}x.",
+        f"Fast run: manifest + feature cache {f['setup_s']:.1f} s, head training + validation "
+        f"{f['fit_s'] - f['setup_s']:.1f} s, wall {f['wall_s']:.1f} s (includes start-up and test).",
+        f"Predict from checkpoint (decode included): {p['predict_img_per_s']:.0f} img/s; raw backbone "
+        f"forward at the same precision: {p['backbone_img_per_s']:.0f} img/s "
+        f"({100 * p['predict_img_per_s'] / p['backbone_img_per_s']:.0f} %).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/bench") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    )
+    parser.add_argument("--skip-naive", action="store_true", help="only the fast path (no speed-up figure)")
+    args = parser.parse_args(argv)
+    tune_malloc()
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = Path("data/synthetic/r1081_f960_s0")  # the same folder data=synthetic uses
+    ensure_synthetic(data, num_real=1081, num_fake=960, seed=0)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
+    machine = (
+        f"{os.cpu_count()} cores, {device}, torch {torch.__version__}, Python {platform.python_version()}"
+    )
+    report: dict[str, Any] = {"machine": machine}
+    for name, (overrides, env) in VARIANTS.items():
+        if name == "naive" and args.skip_naive:
+            continue
+        report[name] = run_training(name, args.out, data, overrides, env)
+        print(f"[bench] {name}: {report[name]}", flush=True)
+    report["predict"] = measure_predict(Path(report["fast"]["run_dir"]))
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    if "naive" in report:
+        table = markdown(report)
+        (args.out / "bench.md").write_text(table)
+        print(table)
+    print(f"[bench] results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

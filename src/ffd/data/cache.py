@@ -1,0 +1,200 @@
+"""Caches that take repeated work out of the epoch loop.
+
+``features``: a frozen backbone computes the same output for the same input
+every epoch, and it is >95 % of the seed recipe's compute. The feature cache
+runs it once per image and *view*: K augmented views per training image (the
+same flip/rotate distribution as the uncached path) and the one plain view
+for val/test. Training then draws one view per image per epoch and trains
+the head alone, so augmentation stays real and epochs cost almost nothing.
+The cache sits in memory-mapped ``.npy`` files (fp16) under a key made of
+everything that changes the features; any change gives a new key, so a stale
+cache is never read.
+
+``pixels``: for a backbone that trains, decode and resize each image once and
+keep the uint8 pixels; augmentation still runs every epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+
+from ffd.data.io import load_rgb
+from ffd.data.manifest import Record
+
+log = logging.getLogger(__name__)
+
+CACHE_MODES = ("none", "pixels", "features", "auto")
+
+
+@dataclass
+class Encoder:
+    """A frozen backbone and a fingerprint of everything about it that shapes its output."""
+
+    module: nn.Module
+    fingerprint: str
+    memory_format: torch.memory_format = torch.contiguous_format
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """sha256 over a module's parameters and buffers (names, shapes, values)."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Views(Dataset):
+    """Each item: ``views`` transformed copies of one decoded image, stacked."""
+
+    def __init__(self, records: Sequence[Record], transform: Callable, views: int, decode_size: int) -> None:
+        self.records, self.transform, self.views, self.decode_size = records, transform, views, decode_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img = T.functional.to_image(load_rgb(self.records[i].path, self.decode_size))
+        return torch.stack([self.transform(img) for _ in range(self.views)])
+
+
+class FeatureDataset(Dataset):
+    """Serves cached features as ``{"features", "label"}``, one random view per item.
+
+    The dict marks the batch as features, so the model runs its head only.
+    """
+
+    def __init__(self, features: np.ndarray, labels: Sequence[int]) -> None:
+        self.features, self.labels = features, list(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        views = self.features.shape[1]
+        v = int(torch.randint(views, ())) if views > 1 else 0  # seeded by seed_everything
+        return {"features": torch.from_numpy(self.features[i, v].astype(np.float32)), "label": self.labels[i]}
+
+
+def feature_key(
+    encoder: Encoder, settings: Mapping[str, Any], records: Mapping[str, Sequence[Record]]
+) -> str:
+    """Cache key: the encoder's fingerprint, preprocessing/augmentation settings and the files' hashes."""
+    h = hashlib.sha256()
+    h.update(encoder.fingerprint.encode())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for split in sorted(records):
+        h.update(split.encode())
+        for r in records[split]:
+            h.update(r.sha256.encode())
+    return h.hexdigest()[:20]
+
+
+def build_feature_cache(
+    folder: Path,
+    encoder: Encoder,
+    splits: Mapping[str, tuple[Sequence[Record], Callable, int]],
+    decode_size: int,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    num_workers: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Compute and store the features of every (image, view), or reuse a complete cache in ``folder``.
+
+    Args:
+        splits: ``split -> (records, transform, views)``.
+        autocast: The training precision's forward context, so cached features equal
+            the ones the uncached path would compute.
+
+    Returns:
+        ``split -> read-only memmap of shape (n, views, C, h, w)``.
+    """
+    meta = folder / "meta.json"
+    if meta.exists():  # written last: its presence means the cache is complete
+        log.info("Reusing feature cache %s", folder)
+        return {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in splits}
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    start = time.perf_counter()
+    module = encoder.module.to(device).eval()
+    n_views = 0
+    # A private RNG: building the cache must not change the training run's random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for split, (records, transform, views) in splits.items():
+            loader = DataLoader(
+                _Views(records, transform, views, decode_size),
+                batch_size=max(1, 64 // views),
+                num_workers=num_workers,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            store: np.memmap | None = None
+            row = 0
+            for batch in loader:
+                b = batch.shape[0]
+                x = (
+                    batch.flatten(0, 1)
+                    .to(device, non_blocking=True)
+                    .contiguous(memory_format=encoder.memory_format)
+                )
+                with torch.no_grad(), autocast():
+                    f = module(x).float()
+                if store is None:
+                    shape = (len(records), views, *f.shape[1:])
+                    store = np.lib.format.open_memmap(folder / f"{split}.npy", "w+", np.float16, shape)
+                store[row : row + b] = f.view(b, views, *f.shape[1:]).cpu().numpy().astype(np.float16)
+                row += b
+                n_views += b * views
+            if store is not None:
+                store.flush()
+    seconds = time.perf_counter() - start
+    meta.write_text(json.dumps({"views": n_views, "seconds": round(seconds, 2)}))
+    log.info(
+        "Feature cache: %d views in %.1f s (%.0f views/s) -> %s", n_views, seconds, n_views / seconds, folder
+    )
+    return {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in splits}
+
+
+class PixelDataset(Dataset):
+    """Decoded, resized uint8 images kept in memory: JPEG decoding happens once per run.
+
+    Args:
+        records: Rows to serve.
+        transform: The full image transform (its resize is then a no-op).
+        size: Side the images are resized to once.
+    """
+
+    def __init__(self, records: Sequence[Record], transform: Callable, size: int, interpolation: str) -> None:
+        self.labels = [r.label for r in records]
+        self.transform = transform
+        resize = T.Resize((size, size), interpolation=T.InterpolationMode(interpolation), antialias=True)
+
+        def decode(r: Record) -> torch.Tensor:
+            return resize(T.functional.to_image(load_rgb(r.path, size)))
+
+        with ThreadPoolExecutor() as pool:  # PIL releases the GIL while decoding
+            self.pixels = list(pool.map(decode, records))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.pixels[i]), self.labels[i]

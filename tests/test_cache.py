@@ -1,0 +1,171 @@
+"""Feature and pixel caches: correct, keyed, reused, and equivalent to the uncached path."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ffd.data.cache import Encoder, feature_key
+from ffd.data.datamodule import FaceDataModule
+from ffd.data.manifest import Record
+from ffd.errors import FfdError
+from ffd.models.module import FakeFaceClassifier
+from ffd.train import train
+
+NO_AUGMENT = {"hflip": 0, "vflip": 0, "rotation": 0}
+SEED_AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotation": 20}
+
+
+def make_dm(root: Path, model: FakeFaceClassifier, cache_dir: Path, **kwargs) -> FaceDataModule:
+    kwargs = {"cache": "features", "views": 3, "num_workers": 0, **kwargs}
+    dm = FaceDataModule(
+        str(root), model.preprocess, cache_dir=str(cache_dir), encoder=model.encoder, **kwargs
+    )
+    dm.setup()
+    return dm
+
+
+@pytest.fixture(scope="module")
+def model() -> FakeFaceClassifier:
+    # Pretrained: a random-init trunk in eval mode outputs (nearly) all zeros, which would hide errors.
+    return FakeFaceClassifier(pretrained=True, input_size=64).eval()
+
+
+def fresh_features(model: FakeFaceClassifier, dm: FaceDataModule, split: str) -> torch.Tensor:
+    plain = FaceDataModule(str(dm.root), model.preprocess, augment=dm.augment, num_workers=0)
+    plain.setup()
+    x = torch.stack([plain.datasets[split][i][0] for i in range(len(plain.datasets[split]))])
+    return model.features(x).float()
+
+
+def test_cached_features_equal_fresh_ones(tiny_synthetic: Path, model, tmp_path: Path) -> None:
+    dm = make_dm(tiny_synthetic, model, tmp_path, augment=NO_AUGMENT)
+    cached = torch.from_numpy(np.asarray(dm.datasets["val"].features, dtype=np.float32))
+    fresh = fresh_features(model, dm, "val")
+    # fp16 storage: relative rounding error <= 2^-11.
+    assert fresh.abs().mean() > 0.1  # real features, not a dead trunk
+    torch.testing.assert_close(cached[:, 0], fresh, rtol=1e-3, atol=1e-3)
+    # Without augmentation every training view is the plain image.
+    train_views = torch.from_numpy(np.asarray(dm.datasets["train"].features, dtype=np.float32))
+    torch.testing.assert_close(train_views[:, 2], fresh_features(model, dm, "train"), rtol=1e-3, atol=1e-3)
+    item = dm.datasets["train"][0]
+    assert item["features"].shape == (1280, 2, 2) and item["label"] in (0, 1)
+
+
+def test_augmented_views_differ(tiny_synthetic: Path, model, tmp_path: Path) -> None:
+    dm = make_dm(tiny_synthetic, model, tmp_path, augment=SEED_AUGMENT)
+    views = np.asarray(dm.datasets["train"].features, dtype=np.float32)
+    assert views.shape[1] == 3
+    for i in range(len(views)):
+        assert not np.array_equal(views[i, 0], views[i, 1]) and not np.array_equal(views[i, 1], views[i, 2])
+
+
+def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny_synthetic: Path, model, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(tiny_synthetic, data)
+    make_dm(data, model, tmp_path / "cache")
+    folders = list((tmp_path / "cache").iterdir())
+    assert len(folders) == 1
+    stamp = (folders[0] / "train.npy").stat().st_mtime_ns
+    make_dm(data, model, tmp_path / "cache")
+    assert (folders[0] / "train.npy").stat().st_mtime_ns == stamp  # reused
+    image = next((data / "real_and_fake_face" / "training_real").iterdir())
+    image.write_bytes(
+        next((data / "real_and_fake_face" / "training_fake").iterdir()).read_bytes()[:-1] + b"\xd9"
+    )
+    make_dm(data, model, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # new content, new key
+
+
+def test_key_covers_everything_that_changes_features() -> None:
+    enc = Encoder(torch.nn.Identity(), "mobilenet_v2:IMAGENET1K_V1:224:abc")
+    settings = {"preprocess": {"size": 224, "mean": [0.5] * 3}, "augment": {"hflip": 0.5}, "views": 8}
+    rows = {"train": [Record("/a.jpg", 0, "x", sha256="1")], "val": [Record("/b.jpg", 1, "x", sha256="2")]}
+    key = feature_key(enc, settings, rows)
+    assert key == feature_key(enc, settings, rows)
+    other_weights = dataclasses.replace(enc, fingerprint="mobilenet_v2:IMAGENET1K_V1:224:abd")
+    changed = [
+        feature_key(other_weights, settings, rows),
+        feature_key(enc, {**settings, "preprocess": {"size": 160, "mean": [0.5] * 3}}, rows),
+        feature_key(enc, {**settings, "augment": {"hflip": 0.0}}, rows),
+        feature_key(enc, {**settings, "views": 4}, rows),
+        feature_key(enc, settings, {**rows, "val": [Record("/b.jpg", 1, "x", sha256="3")]}),
+    ]
+    assert key not in changed and len(set(changed)) == len(changed)
+
+
+def test_backbone_fingerprint_follows_weights(model) -> None:
+    before = model.encoder().fingerprint
+    other = FakeFaceClassifier(pretrained=False, input_size=64)
+    assert other.encoder().fingerprint != before
+    assert FakeFaceClassifier(pretrained=True, input_size=64).encoder().fingerprint == before
+    assert FakeFaceClassifier(pretrained=False, input_size=96).encoder().fingerprint.split(":")[2] == "96"
+
+
+def test_feature_cache_refused_for_a_training_backbone(tiny_synthetic: Path, tmp_path: Path) -> None:
+    full = FakeFaceClassifier(pretrained=False, input_size=64, freeze="full")
+    assert full.encoder() is None
+    with pytest.raises(FfdError, match="frozen backbone.*data.cache=pixels"):
+        FaceDataModule(
+            str(tiny_synthetic),
+            full.preprocess,
+            cache="features",
+            cache_dir=str(tmp_path),
+            encoder=full.encoder,
+        )
+    auto = FaceDataModule(
+        str(tiny_synthetic), full.preprocess, cache="auto", cache_dir=str(tmp_path), encoder=full.encoder
+    )
+    assert auto.cache == "none"
+
+
+def test_pixel_cache_serves_the_same_tensors(tiny_synthetic: Path, model) -> None:
+    plain = FaceDataModule(str(tiny_synthetic), model.preprocess, num_workers=0)
+    pixels = FaceDataModule(str(tiny_synthetic), model.preprocess, num_workers=0, cache="pixels")
+    plain.setup()
+    pixels.setup()
+    for i in range(len(plain.datasets["test"])):
+        a, b = plain.datasets["test"][i], pixels.datasets["test"][i]
+        assert a[1] == b[1]
+        torch.testing.assert_close(a[0], b[0])
+
+
+def test_cached_and_uncached_training_agree(make_cfg, tiny_synthetic: Path) -> None:
+    """Same seed, no augmentation, one view, fp32: both paths see the same inputs in the same order.
+
+    The only difference is fp16 storage of the features (relative error <= 2^-11), so
+    losses agree to ~1e-3 and accuracies to within one borderline image.
+    """
+    common = [
+        "data=ciplab",
+        f"data.root={tiny_synthetic}",
+        "model.input_size=64",
+        "data.num_workers=0",
+        "data.views=1",
+        "data.augment.hflip=0",
+        "data.augment.vflip=0",
+        "data.augment.rotation=0",
+        "trainer.max_epochs=3",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "~callbacks",
+        "data.batch_size=8",
+    ]
+    results = {}
+    for cache in ("features", "none"):
+        cfg = make_cfg(*common, f"data.cache={cache}")
+        cfg.logger = None
+        results[cache] = train(cfg)
+    cached, uncached = results["features"], results["none"]
+    assert cached.keys() == uncached.keys()
+    for k in cached:
+        if k.endswith("loss"):
+            assert cached[k] == pytest.approx(uncached[k], rel=1e-2, abs=1e-3), k
+        else:
+            assert abs(cached[k] - uncached[k]) <= 0.1, k

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2 as T
 
 from ffd.data.io import load_rgb
 from ffd.data.manifest import Record
@@ -62,17 +61,20 @@ def state_fingerprint(module: nn.Module) -> str:
 
 
 class _Views(Dataset):
-    """Each item: ``views`` transformed copies of one decoded image, stacked."""
+    """Each item: ``views`` augmented copies of one decoded, resized image, stacked."""
 
-    def __init__(self, records: Sequence[Record], transform: Callable, views: int, decode_size: int) -> None:
-        self.records, self.transform, self.views, self.decode_size = records, transform, views, decode_size
+    def __init__(
+        self, records: Sequence[Record], resize: Callable, view: Callable, views: int, decode_size: int
+    ) -> None:
+        self.records, self.resize, self.view = records, resize, view
+        self.views, self.decode_size = views, decode_size
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = T.functional.to_image(load_rgb(self.records[i].path, self.decode_size))
-        return torch.stack([self.transform(img) for _ in range(self.views)])
+        img = self.resize(load_rgb(self.records[i].path, self.decode_size))  # once per image
+        return torch.stack([self.view(img) for _ in range(self.views)])
 
 
 class FeatureDataset(Dataset):
@@ -111,6 +113,7 @@ def build_feature_cache(
     folder: Path,
     encoder: Encoder,
     splits: Mapping[str, tuple[Sequence[Record], Callable, int]],
+    resize: Callable,
     decode_size: int,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager],
@@ -120,7 +123,8 @@ def build_feature_cache(
     """Compute and store the features of every (image, view), or reuse a complete cache in ``folder``.
 
     Args:
-        splits: ``split -> (records, transform, views)``.
+        splits: ``split -> (records, view transform, views)``.
+        resize: The deterministic decode-stage transform, run once per image.
         autocast: The training precision's forward context, so cached features equal
             the ones the uncached path would compute.
 
@@ -139,9 +143,9 @@ def build_feature_cache(
     # A private RNG: building the cache must not change the training run's random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for split, (records, transform, views) in splits.items():
+        for split, (records, view, views) in splits.items():
             loader = DataLoader(
-                _Views(records, transform, views, decode_size),
+                _Views(records, resize, view, views, decode_size),
                 batch_size=max(1, 64 // views),
                 num_workers=num_workers,
                 generator=torch.Generator().manual_seed(seed),
@@ -178,23 +182,19 @@ class PixelDataset(Dataset):
 
     Args:
         records: Rows to serve.
-        transform: The full image transform (its resize is then a no-op).
-        size: Side the images are resized to once.
+        resize: Decode-stage transform (to the model's input size), run once per image.
+        view: Per-epoch transform (augmentation, normalization).
+        decode_size: Smallest side the JPEG decoder must keep.
     """
 
-    def __init__(self, records: Sequence[Record], transform: Callable, size: int, interpolation: str) -> None:
+    def __init__(self, records: Sequence[Record], resize: Callable, view: Callable, decode_size: int) -> None:
         self.labels = [r.label for r in records]
-        self.transform = transform
-        resize = T.Resize((size, size), interpolation=T.InterpolationMode(interpolation), antialias=True)
-
-        def decode(r: Record) -> torch.Tensor:
-            return resize(T.functional.to_image(load_rgb(r.path, size)))
-
-        with ThreadPoolExecutor() as pool:  # PIL releases the GIL while decoding
-            self.pixels = list(pool.map(decode, records))
+        self.view = view
+        with ThreadPoolExecutor() as pool:  # PIL and torch release the GIL while they work
+            self.pixels = list(pool.map(lambda r: resize(load_rgb(r.path, decode_size)), records))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.pixels[i]), self.labels[i]
+        return self.view(self.pixels[i]), self.labels[i]

@@ -24,7 +24,7 @@ from ffd.data.cache import (
 from ffd.data.dataset import ImageDataset
 from ffd.data.manifest import SPLITS, DataLayoutError, Record, build_manifest, write_manifest
 from ffd.data.synthetic import ensure_synthetic
-from ffd.data.transforms import build_transform
+from ffd.data.transforms import build_transform, resize_transform, view_transform
 from ffd.errors import FfdError
 
 log = logging.getLogger(__name__)
@@ -121,21 +121,24 @@ class FaceDataModule(L.LightningDataModule):
             write_manifest(self.records, self.manifest_path)
             log.info("Manifest written to %s", self.manifest_path)
         rows = {s: [r for r in self.records if r.ok and r.split == s] for s in SPLITS}
-        transforms = {
-            s: build_transform(self.preprocess, self.augment if s == "train" else None) for s in SPLITS
-        }
+        augment = {s: self.augment if s == "train" else None for s in SPLITS}
         size = int(self.preprocess["size"])
         if self.cache == "features":
-            self.datasets = self._feature_datasets(rows, transforms)
+            self.datasets = self._feature_datasets(rows, augment)
         elif self.cache == "pixels":
-            interpolation = self.preprocess["interpolation"]
-            self.datasets = {s: PixelDataset(rows[s], transforms[s], size, interpolation) for s in SPLITS}
+            resize = resize_transform(self.preprocess)
+            self.datasets = {
+                s: PixelDataset(rows[s], resize, view_transform(self.preprocess, augment[s]), size)
+                for s in SPLITS
+            }
         else:
             decode = size if self.decode_draft else None
-            self.datasets = {s: ImageDataset(rows[s], transforms[s], decode) for s in SPLITS}
+            self.datasets = {
+                s: ImageDataset(rows[s], build_transform(self.preprocess, augment[s]), decode) for s in SPLITS
+            }
         self.setup_seconds = time.perf_counter() - start
 
-    def _feature_datasets(self, rows: dict[str, list[Record]], transforms: dict) -> dict[str, Dataset]:
+    def _feature_datasets(self, rows: dict[str, list[Record]], augment: dict) -> dict[str, Dataset]:
         encoder = self._encoder
         assert encoder is not None and self.cache_dir is not None
         trainer = self.trainer
@@ -150,10 +153,16 @@ class FaceDataModule(L.LightningDataModule):
             "seed": self.split_seed,
         }
         folder = Path(self.cache_dir) / f"features-{feature_key(encoder, settings, rows)}"
-        splits = {s: (rows[s], transforms[s], self.views if s == "train" else 1) for s in SPLITS}
+        # Without augmentation all views would be the same image: keep one.
+        views = {s: self.views if any((augment[s] or {}).values()) else 1 for s in SPLITS}
+        splits = {s: (rows[s], view_transform(self.preprocess, augment[s]), views[s]) for s in SPLITS}
+        resize = resize_transform(self.preprocess)
         size = int(self.preprocess["size"])
+        # On CPU, loader workers would fight the backbone's threads for the same cores
+        # (measured: 62 s with 2 workers vs 55 s without for 12k views on 2 cores).
+        workers = self.num_workers if device.type == "cuda" else 0
         store = build_feature_cache(
-            folder, encoder, splits, size, device, autocast, self.num_workers, self.split_seed
+            folder, encoder, splits, resize, size, device, autocast, workers, self.split_seed
         )
         return {s: FeatureDataset(store[s], [r.label for r in rows[s]]) for s in SPLITS}
 

@@ -1,4 +1,10 @@
-"""torchvision v2 transforms built from a model's preprocessing and the data's augmentation."""
+"""torchvision v2 transforms built from a model's preprocessing and the data's augmentation.
+
+An image goes through two stages: ``resize_transform`` (to a uint8 tensor at the
+model's input size: deterministic, so caches may keep its output) and
+``view_transform`` (the random flips/rotation, then float conversion and
+normalization: run once per view).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +16,23 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 
-def build_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] | None = None) -> T.Compose:
-    """Image -> normalized float tensor, with the seed's flip/rotate augmentation when given.
+def resize_transform(preprocess: Mapping[str, Any]) -> T.Compose:
+    """Image -> uint8 tensor of the model's input size."""
+    size = int(preprocess["size"])
+    interpolation = InterpolationMode(preprocess["interpolation"])
+    return T.Compose([T.ToImage(), T.Resize((size, size), interpolation=interpolation, antialias=True)])
+
+
+def view_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] | None = None) -> T.Compose:
+    """Resized uint8 tensor -> normalized float tensor, with the seed's flip/rotate augmentation.
 
     Args:
-        preprocess: The model's preprocessing: ``size``, ``mean``, ``std``, ``interpolation``.
+        preprocess: The model's preprocessing: ``mean`` and ``std``.
         augment: ``hflip`` and ``vflip`` probabilities and ``rotation`` in degrees (+/-);
             None for evaluation (deterministic).
     """
-    size = int(preprocess["size"])
-    steps: list[Any] = [
-        T.ToImage(),
-        T.Resize((size, size), interpolation=InterpolationMode(preprocess["interpolation"]), antialias=True),
-    ]
     augment = augment or {}
+    steps: list[Any] = []
     # Zero-strength steps are left out: they would still draw random numbers.
     if augment.get("hflip"):
         steps.append(T.RandomHorizontalFlip(augment["hflip"]))
@@ -36,3 +45,8 @@ def build_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] 
         T.Normalize(list(preprocess["mean"]), list(preprocess["std"])),
     ]
     return T.Compose(steps)
+
+
+def build_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] | None = None) -> T.Compose:
+    """Image -> normalized float tensor: both stages."""
+    return T.Compose([resize_transform(preprocess), view_transform(preprocess, augment)])

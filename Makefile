@@ -30,7 +30,7 @@ train: install ## Train the seed recipe on CIPLAB in FFD_DATA_DIR (default data/
 	$(PY) -m ffd.train +experiment=seed
 
 data: install ## Download CIPLAB with kagglehub (needs Kaggle credentials), or print the manual steps
-	$(PY) -m pip install --quiet kagglehub || true
+	$(PY) -m pip install --quiet -e '.[kaggle]'
 	$(PY) -m ffd.data.download
 
 test: install ## Run the test suite (without the slow tests)
@@ -54,7 +54,10 @@ bench: install ## Benchmark: naive vs default seed recipe, predict throughput (~
 tensorboard: install ## Serve the curves of every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
 
-clean: ## Remove caches (keeps .venv, data/ and outputs/)
+clean: ## Remove tool caches (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache
 
-.PHONY: help install weights demo train data test test-all lint format bench tensorboard clean
+clean-cache: ## Remove cached backbone features (data/cache; rebuilt on the next run)
+	rm -rf data/cache
+
+.PHONY: help install weights demo train data test test-all lint format bench tensorboard clean clean-cache

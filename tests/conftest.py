@@ -13,10 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
+from ffd.config import CONF_DIR
 from ffd.data.synthetic import ensure_synthetic
 from ffd.runtime import register_resolvers
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_resolvers()
 
 
@@ -42,17 +42,17 @@ def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
-    """Compose conf/train.yaml with overrides, writing into tmp_path, as `python -m ffd.train` would."""
+    """Compose conf/<config>.yaml with overrides, writing into tmp_path, as `python -m ffd.<config>` would."""
 
     (tmp_path / "data" / "ciplab").mkdir(parents=True)  # the default data folder exists
 
-    def _make(*overrides: str) -> DictConfig:
+    def _make(*overrides: str, config: str = "train") -> DictConfig:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+            cfg = compose(config, overrides=list(overrides), return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
             cfg.paths.root_dir = str(tmp_path)
-            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.output_dir = str(tmp_path / config)
             del cfg["hydra"]
         return cfg
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from ffd.data.cache import Encoder, feature_key
+from ffd.cache import Encoder, feature_key
 from ffd.data.datamodule import FaceDataModule
 from ffd.data.manifest import Record
 from ffd.errors import FfdError
@@ -23,7 +25,7 @@ SEED_AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotation": 20}
 def make_dm(root: Path, model: FakeFaceClassifier, cache_dir: Path, **kwargs) -> FaceDataModule:
     kwargs = {"cache": "features", "views": 3, "num_workers": 0, **kwargs}
     dm = FaceDataModule(
-        str(root), model.preprocess, cache_dir=str(cache_dir), encoder=model.encoder, **kwargs
+        str(root), model.preprocess, cache_dir=str(cache_dir), encoder=model.encoder(), **kwargs
     )
     dm.setup()
     return dm
@@ -67,8 +69,6 @@ def test_augmented_views_differ(tiny_synthetic: Path, model, tmp_path: Path) -> 
 
 def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny_synthetic: Path, model, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    import shutil
-
     shutil.copytree(tiny_synthetic, data)
     make_dm(data, model, tmp_path / "cache")
     folders = list((tmp_path / "cache").iterdir())
@@ -77,10 +77,12 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny_synthetic: Path, m
     make_dm(data, model, tmp_path / "cache")
     assert (folders[0] / "train.npy").stat().st_mtime_ns == stamp  # reused
     image = next((data / "real_and_fake_face" / "training_real").iterdir())
-    image.write_bytes(
-        next((data / "real_and_fake_face" / "training_fake").iterdir()).read_bytes()[:-1] + b"\xd9"
-    )
-    make_dm(data, model, tmp_path / "cache")
+    with Image.open(image) as img:
+        edited = img.copy()
+    edited.putpixel((300, 300), (255, 0, 0))  # a kept file's content changes: nothing is dropped
+    edited.save(image, "JPEG", quality=95)
+    dm = make_dm(data, model, tmp_path / "cache")
+    assert sum(r.ok for r in dm.records) == 32
     assert len(list((tmp_path / "cache").iterdir())) == 2  # new content, new key
 
 
@@ -118,10 +120,10 @@ def test_feature_cache_refused_for_a_training_backbone(tiny_synthetic: Path, tmp
             full.preprocess,
             cache="features",
             cache_dir=str(tmp_path),
-            encoder=full.encoder,
+            encoder=full.encoder(),
         )
     auto = FaceDataModule(
-        str(tiny_synthetic), full.preprocess, cache="auto", cache_dir=str(tmp_path), encoder=full.encoder
+        str(tiny_synthetic), full.preprocess, cache="auto", cache_dir=str(tmp_path), encoder=full.encoder()
     )
     assert auto.cache == "none"
 
@@ -170,3 +172,18 @@ def test_cached_and_uncached_training_agree(make_cfg, tiny_synthetic: Path) -> N
             assert cached[k] == pytest.approx(uncached[k], rel=1e-2, abs=1e-3), k
         else:
             assert abs(cached[k] - uncached[k]) <= 0.1, k
+
+
+def test_empty_split_is_refused_before_any_cache_is_built(
+    tiny_synthetic: Path, model, tmp_path: Path
+) -> None:
+    with pytest.raises(FfdError, match="test split is empty"):
+        make_dm(tiny_synthetic, model, tmp_path, test_fraction=0.0)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_decode_setting_reaches_the_cache_key(tiny_synthetic: Path, model, tmp_path: Path) -> None:
+    draft = make_dm(tiny_synthetic, model, tmp_path)
+    full = make_dm(tiny_synthetic, model, tmp_path, decode_draft=False)
+    assert draft.decode_size == 64 and full.decode_size is None
+    assert len(list(tmp_path.iterdir())) == 2

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from conftest import CONF_DIR
 from hydra.utils import instantiate
 
+from ffd.config import CONF_DIR
 from ffd.data.datamodule import FaceDataModule
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

@@ -20,6 +20,7 @@ from ffd.data.manifest import (
     read_manifest,
     write_manifest,
 )
+from ffd.errors import ConfigError
 
 FAKE_NAMES = [
     f"{d}_{i}_{bits}.jpg"
@@ -179,3 +180,19 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
     records = build_manifest(tmp_path / "d")
     write_manifest(records, tmp_path / "m.csv")
     assert read_manifest(tmp_path / "m.csv") == records
+
+
+def test_csv_split_column(tmp_path: Path) -> None:
+    write_jpegs(tmp_path / "img", ["a.jpg", "b.jpg"], seed=5)
+    csv = tmp_path / "list.csv"
+    csv.write_text("path,label,split\nimg/a.jpg,real,train\nimg/b.jpg,fake,valid\n")
+    assert [r.split for r in discover(csv)] == ["train", "val"]
+    csv.write_text("path,label,split\nimg/a.jpg,real,training\n")
+    with pytest.raises(DataLayoutError, match="line 2: split 'training'"):
+        discover(csv)
+
+
+def test_bad_fractions_are_config_errors(tmp_path: Path) -> None:
+    ciplab_tree(tmp_path)
+    with pytest.raises(ConfigError, match="fractions"):
+        build_manifest(tmp_path, val=0.6, test=0.5)

@@ -78,3 +78,10 @@ def test_ensure_reuses_and_protects_user_folders(tmp_path: Path) -> None:
     with pytest.raises(FfdError, match="refusing to write"):
         ensure_synthetic(user, 2, 2)
     assert (user / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_synthetic_root_must_be_a_folder(tmp_path: Path) -> None:
+    csv = tmp_path / "faces.csv"
+    csv.write_text("path,label\n")
+    with pytest.raises(FfdError, match="is a file.*data=ciplab"):
+        ensure_synthetic(csv, 2, 2)

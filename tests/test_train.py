@@ -24,7 +24,7 @@ def test_fast_dev_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
     cfg = make_cfg("+debug=fdr", f"data.root={tiny_synthetic}", *TINY)
     metrics = train(cfg)
     assert {"train/loss", "test/acc", "test/auroc"} <= set(metrics)
-    run = tmp_path / "run"
+    run = tmp_path / "train"
     assert json.loads((run / "metrics.json").read_text()) == metrics
     rows = read_manifest(run / "manifest.csv")
     assert len(rows) == 32 and {r.split for r in rows} == {"train", "val", "test"}
@@ -51,7 +51,7 @@ def test_short_run_learns_the_synthetic_set(make_cfg, tmp_path: Path) -> None:
     metrics = train(cfg)
     assert metrics["test/auroc"] > 0.7, metrics
     assert metrics["test/acc"] > 0.6, metrics
-    run = tmp_path / "run"
+    run = tmp_path / "train"
     assert (run / "curves.png").stat().st_size > 10_000
     assert list((run / "checkpoints").glob("epoch*.ckpt")) and (run / "checkpoints" / "last.ckpt").exists()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))

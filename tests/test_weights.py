@@ -9,6 +9,7 @@ import torchvision
 from skimage import data as skdata
 from torchvision.models import MobileNet_V2_Weights
 
+from ffd.files import sha256_file
 from ffd.models import weights as W
 from ffd.models.backbones import build_backbone
 
@@ -18,7 +19,7 @@ def test_real_imagenet_weights_recognise_a_cat() -> None:
     w = MobileNet_V2_Weights.IMAGENET1K_V1
     path = W.checkpoint_dir() / W.MOBILENET_V2_FILE
     assert path.exists(), "run `make weights` first"
-    assert W.sha256_of(path) == W.KNOWN_SHA256[W.MOBILENET_V2_FILE]
+    assert sha256_file(path) == W.KNOWN_SHA256[W.MOBILENET_V2_FILE]
     model = torchvision.models.mobilenet_v2()
     model.load_state_dict(W.load_state_dict(w))
     image = torch.from_numpy(skdata.chelsea()).permute(2, 0, 1)
@@ -36,13 +37,15 @@ def test_pretrained_trunk_is_not_random() -> None:
 
 @pytest.fixture
 def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty hub cache and no network."""
+    """An empty hub cache and no network, whether or not this machine has one."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
 
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("network is unreachable")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    # torch.hub looks this up at call time (torchvision holds its own reference to
+    # load_state_dict_from_url, so patching that would not take effect).
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     return tmp_path
 
 
@@ -64,6 +67,6 @@ def test_corrupt_weights_are_refused(offline_hub: Path) -> None:
 def test_install_offline_weights_is_idempotent(offline_hub: Path) -> None:
     target = W.install_offline_weights()
     assert target == offline_hub / "checkpoints" / W.MOBILENET_V2_FILE
-    assert W.sha256_of(target) == W.KNOWN_SHA256[W.MOBILENET_V2_FILE]
+    assert sha256_file(target) == W.KNOWN_SHA256[W.MOBILENET_V2_FILE]
     stamp = target.stat().st_mtime_ns
     assert W.install_offline_weights() == target and target.stat().st_mtime_ns == stamp

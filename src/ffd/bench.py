@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,12 +33,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ffd.config import compose_config
 from ffd.data.dataset import ImageDataset
 from ffd.data.manifest import read_manifest
 from ffd.data.synthetic import ensure_synthetic
 from ffd.data.transforms import build_transform
 from ffd.models.module import FakeFaceClassifier
-from ffd.runtime import auto_precision, tune_malloc
+from ffd.runtime import tune_malloc
+
+log = logging.getLogger("ffd.bench")
 
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "naive": (
@@ -61,14 +66,14 @@ def run_training(
         sys.executable, "-m", "ffd.train", f"hydra.run.dir={run_dir}", f"data.root={data}",
         f"paths.cache_dir={out / 'cache'}", "logger=csv", *overrides,
     ]  # fmt: skip
-    print(f"[bench] {name}: {' '.join(cmd[3:])}", flush=True)
+    log.info("%s: %s", name, " ".join(cmd[3:]))
     start = time.perf_counter()
-    with open(out / f"{name}.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    with open(out / f"{name}.log", "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **env})
         _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"[bench] {name} failed; see {out / f'{name}.log'}")
+        raise SystemExit(f"bench: the {name} run failed; see {out / f'{name}.log'}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     timings = json.loads((run_dir / "timings.json").read_text())
     n_train = sum(r.ok and r.split == "train" for r in read_manifest(run_dir / "manifest.csv"))
@@ -84,7 +89,7 @@ def run_training(
     }
 
 
-def throughput(fn, batches: list, images: int) -> float:
+def throughput(fn: Callable[[torch.Tensor], Any], batches: list[torch.Tensor], images: int) -> float:
     fn(batches[0])  # warm-up
     start = time.perf_counter()
     for b in batches:
@@ -99,28 +104,42 @@ def measure_predict(run_dir: Path, repeats: int = 2) -> dict[str, float]:
     already keeps every core busy (2 cores: 243 img/s with 0 workers, 193-202
     with 1-2). On CUDA, workers decode while the GPU computes.
     """
-    workers = 2 if torch.cuda.is_available() else 0
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
     ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
-    model = FakeFaceClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    model = FakeFaceClassifier.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
     rows = [r for r in read_manifest(run_dir / "manifest.csv") if r.ok and r.split in ("val", "test")]
-    dataset = ImageDataset(rows * repeats, build_transform(model.preprocess), model.preprocess["size"])
-    autocast = torch.autocast("cpu", torch.bfloat16, enabled=auto_precision() == "bf16-mixed")
+    size = model.preprocess["size"]
+    dataset = ImageDataset(rows * repeats, build_transform(model.preprocess), size)
+    # The training precision: fp16 on CUDA, bf16 on CPU.
+    autocast = torch.autocast(device.type, torch.float16 if cuda else torch.bfloat16)
+    workers = 2 if cuda else 0
 
     def predict(loader: DataLoader) -> None:
         with torch.no_grad(), autocast:
             for x, _ in loader:
-                model(x).float().softmax(-1)
+                model(x.to(device, non_blocking=True)).float().softmax(-1).cpu()
 
-    loader = DataLoader(dataset, batch_size=32, num_workers=workers, persistent_workers=workers > 0)
-    predict(loader)  # warm-up: workers, allocator
+    loader = DataLoader(
+        dataset, batch_size=32, num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0
+    )
+    predict(loader)  # warm-up: workers, allocator, kernels
     start = time.perf_counter()
     predict(loader)
+    if cuda:
+        torch.cuda.synchronize()
     predict_ips = len(dataset) / (time.perf_counter() - start)
 
-    x = torch.randn(32, 3, model.preprocess["size"], model.preprocess["size"])
+    x = torch.randn(32, 3, size, size, device=device)
     batches = [x] * (len(dataset) // 32)
+
+    def forward(b: torch.Tensor) -> None:
+        model.features(b)
+        if cuda:
+            torch.cuda.synchronize()
+
     with torch.no_grad(), autocast:
-        raw_ips = throughput(model.features, batches, 32 * len(batches))
+        raw_ips = throughput(forward, batches, 32 * len(batches))
     return {"predict_img_per_s": round(predict_ips, 1), "backbone_img_per_s": round(raw_ips, 1)}
 
 
@@ -158,10 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-naive", action="store_true", help="only the fast path (no speed-up figure)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[bench] %(message)s")
     tune_malloc()
     args.out.mkdir(parents=True, exist_ok=True)
-    data = Path("data/synthetic/r1081_f960_s0")  # the same folder data=synthetic uses
-    ensure_synthetic(data, num_real=1081, num_fake=960, seed=0)
+    data_cfg = compose_config("train").data  # the synthetic CIPLAB-sized set of data=synthetic
+    data = Path(data_cfg.root)
+    ensure_synthetic(data, **data_cfg.synthetic)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
     machine = (
         f"{os.cpu_count()} cores, {device}, torch {torch.__version__}, Python {platform.python_version()}"
@@ -171,14 +192,14 @@ def main(argv: list[str] | None = None) -> None:
         if name == "naive" and args.skip_naive:
             continue
         report[name] = run_training(name, args.out, data, overrides, env)
-        print(f"[bench] {name}: {report[name]}", flush=True)
+        log.info("%s: %s", name, report[name])
     report["predict"] = measure_predict(Path(report["fast"]["run_dir"]))
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
     if "naive" in report:
         table = markdown(report)
         (args.out / "bench.md").write_text(table)
-        print(table)
-    print(f"[bench] results in {args.out}")
+        log.info("\n%s", table)
+    log.info("results in %s", args.out)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from ffd.errors import FfdError
@@ -27,7 +28,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; return the final metrics (also written to metrics.json)."""
     L.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model)
-    datamodule = instantiate(cfg.data, preprocess=model.preprocess, encoder=model.encoder)
+    datamodule = instantiate(cfg.data, preprocess=model.preprocess, encoder=model.encoder())
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -36,8 +37,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     timings = {"setup_s": datamodule.setup_seconds, "fit_s": time.perf_counter() - start}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    checkpoint = trainer.checkpoint_callback
+    if not isinstance(checkpoint, ModelCheckpoint):
+        checkpoint = None
+    if checkpoint and checkpoint.monitor and checkpoint.best_model_score is not None:
+        metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
     if cfg.get("test"):
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        best = checkpoint.best_model_path if checkpoint else ""
         if not best:
             log.warning(
                 "No best checkpoint (fast_dev_run or no checkpoint callback): testing the last weights."

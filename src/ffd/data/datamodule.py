@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +13,16 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ffd.data.cache import (
-    CACHE_MODES,
-    Encoder,
-    FeatureDataset,
-    PixelDataset,
-    build_feature_cache,
-    feature_key,
-)
+from ffd.cache import Encoder, FeatureDataset, PixelDataset, build_feature_cache, feature_key
 from ffd.data.dataset import ImageDataset
 from ffd.data.manifest import SPLITS, DataLayoutError, Record, build_manifest, write_manifest
 from ffd.data.synthetic import ensure_synthetic
 from ffd.data.transforms import build_transform, resize_transform, view_transform
-from ffd.errors import FfdError
+from ffd.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+CACHE_MODES = ("auto", "none", "pixels", "features")
 
 
 class FaceDataModule(L.LightningDataModule):
@@ -49,14 +44,14 @@ class FaceDataModule(L.LightningDataModule):
         manifest_path: Where to write the manifest CSV (normally the run folder).
         cache: ``none`` (decode and run the model on every image every epoch),
             ``pixels`` (decode and resize once), ``features`` (run a frozen backbone once
-            per image and view; see ``ffd.data.cache``), or ``auto``: features when the
+            per image and view; see ``ffd.cache``), or ``auto``: features when the
             backbone is frozen, else none.
         views: Augmented views cached per training image with ``cache=features``.
         cache_dir: Folder for the feature cache.
+        encoder: The model's frozen backbone (``FakeFaceClassifier.encoder()``), or None
+            if it trains; used by ``cache=features|auto``.
         decode_draft: Decode JPEGs at reduced size (libjpeg DCT scaling, never below
             the input size); False decodes every file at full size.
-        encoder: Returns the model's frozen backbone, or None if it trains
-            (``FakeFaceClassifier.encoder``); used by ``cache=features|auto``.
     """
 
     def __init__(
@@ -75,37 +70,36 @@ class FaceDataModule(L.LightningDataModule):
         cache: str = "none",
         views: int = 8,
         cache_dir: str | None = None,
-        encoder: Callable[[], Encoder | None] | None = None,
+        encoder: Encoder | None = None,
         decode_draft: bool = True,
     ) -> None:
         super().__init__()
         self.root = Path(root)
+        self.synthetic = dict(synthetic) if synthetic else None
+        if not self.synthetic and not self.root.exists():  # fail before training starts
+            raise DataLayoutError(f"The data folder {self.root} does not exist.")
+        if cache not in CACHE_MODES:
+            raise ConfigError(f"data.cache must be one of {CACHE_MODES}, got {cache!r}.")
+        if cache == "features" and encoder is None:
+            raise ConfigError(
+                "data.cache=features needs a frozen backbone (model.freeze=frozen): a backbone that "
+                "trains changes its features every step. Use data.cache=pixels to decode images once."
+            )
+        self.cache = ("features" if encoder else "none") if cache == "auto" else cache
+        if self.cache == "features" and (cache_dir is None or views < 1):
+            raise ConfigError("data.cache=features needs data.cache_dir and data.views >= 1.")
         self.preprocess = dict(preprocess)
         self.augment = dict(augment or {})
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
-        self.synthetic = dict(synthetic) if synthetic else None
-        if not self.synthetic and not self.root.exists():  # fail before any model is built
-            raise DataLayoutError(f"The data folder {self.root} does not exist.")
         self.manifest_path = manifest_path
-        if cache not in CACHE_MODES:
-            raise FfdError(f"data.cache must be one of {CACHE_MODES}, got {cache!r}.")
-        if cache in ("features", "auto") and (cache_dir is None or views < 1):
-            raise FfdError(f"data.cache={cache} needs data.cache_dir and data.views >= 1.")
-        self.cache, self.views, self.cache_dir = cache, views, cache_dir
-        self._encoder = encoder() if encoder and cache in ("features", "auto") else None
-        if cache == "features" and self._encoder is None:
-            raise FfdError(
-                "data.cache=features needs a frozen backbone (model.freeze=frozen): a backbone that "
-                "trains changes its features every step. Use data.cache=pixels to decode images once."
-            )
-        if cache == "auto":
-            self.cache = "features" if self._encoder else "none"
+        self.views, self.cache_dir, self.encoder = views, cache_dir, encoder
+        size = int(self.preprocess["size"])
+        self.decode_size = size if decode_draft else None
         self.records: list[Record] = []
         self.datasets: dict[str, Dataset] = {}
-        self.decode_draft = decode_draft
         self.setup_seconds = 0.0
 
     def prepare_data(self) -> None:
@@ -121,62 +115,61 @@ class FaceDataModule(L.LightningDataModule):
             write_manifest(self.records, self.manifest_path)
             log.info("Manifest written to %s", self.manifest_path)
         rows = {s: [r for r in self.records if r.ok and r.split == s] for s in SPLITS}
+        for split, split_rows in rows.items():
+            if not split_rows:
+                raise ConfigError(
+                    f"The {split} split is empty ({sum(r.ok for r in self.records)} usable files under "
+                    f"{self.root}); use more data or set data.val_fraction / data.test_fraction above 0."
+                )
         augment = {s: self.augment if s == "train" else None for s in SPLITS}
-        size = int(self.preprocess["size"])
         if self.cache == "features":
             self.datasets = self._feature_datasets(rows, augment)
         elif self.cache == "pixels":
             resize = resize_transform(self.preprocess)
             self.datasets = {
-                s: PixelDataset(rows[s], resize, view_transform(self.preprocess, augment[s]), size)
+                s: PixelDataset(
+                    rows[s], resize, view_transform(self.preprocess, augment[s]), self.decode_size
+                )
                 for s in SPLITS
             }
         else:
-            decode = size if self.decode_draft else None
             self.datasets = {
-                s: ImageDataset(rows[s], build_transform(self.preprocess, augment[s]), decode) for s in SPLITS
+                s: ImageDataset(rows[s], build_transform(self.preprocess, augment[s]), self.decode_size)
+                for s in SPLITS
             }
         self.setup_seconds = time.perf_counter() - start
 
     def _feature_datasets(self, rows: dict[str, list[Record]], augment: dict) -> dict[str, Dataset]:
-        encoder = self._encoder
-        assert encoder is not None and self.cache_dir is not None
+        assert self.encoder is not None and self.cache_dir is not None
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
         autocast = trainer.precision_plugin.forward_context if trainer else contextlib.nullcontext
+        # Without augmentation all views would be the same image: keep one.
+        views = {s: self.views if any((augment[s] or {}).values()) else 1 for s in SPLITS}
         settings = {
             "preprocess": self.preprocess,
             "augment": self.augment,
-            "views": self.views,
+            "views": views,
             "precision": str(trainer.precision) if trainer else "32-true",
-            "decoder": "pil-draft",
+            "decode_size": self.decode_size,
             "seed": self.split_seed,
         }
-        folder = Path(self.cache_dir) / f"features-{feature_key(encoder, settings, rows)}"
-        # Without augmentation all views would be the same image: keep one.
-        views = {s: self.views if any((augment[s] or {}).values()) else 1 for s in SPLITS}
+        folder = Path(self.cache_dir) / f"features-{feature_key(self.encoder, settings, rows)}"
         splits = {s: (rows[s], view_transform(self.preprocess, augment[s]), views[s]) for s in SPLITS}
-        resize = resize_transform(self.preprocess)
-        size = int(self.preprocess["size"])
         # On CPU, loader workers would fight the backbone's threads for the same cores
         # (measured: 62 s with 2 workers vs 55 s without for 12k views on 2 cores).
         workers = self.num_workers if device.type == "cuda" else 0
+        resize = resize_transform(self.preprocess)
         store = build_feature_cache(
-            folder, encoder, splits, resize, size, device, autocast, workers, self.split_seed
+            folder, self.encoder, splits, resize, self.decode_size, device, autocast, workers, self.split_seed
         )
         return {s: FeatureDataset(store[s], [r.label for r in rows[s]]) for s in SPLITS}
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        dataset = self.datasets[split]
-        if not len(dataset):  # type: ignore[arg-type]
-            raise ValueError(
-                f"The {split} split is empty ({len(self.records)} files under {self.root}); "
-                "use more data or larger data.val_fraction / data.test_fraction."
-            )
         # Cached features are slices of a memory map: worker processes would only add copies.
         workers = 0 if self.cache == "features" else self.num_workers
         return DataLoader(
-            dataset,
+            self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=workers,

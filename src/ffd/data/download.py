@@ -8,10 +8,10 @@ the manual steps. The data lands in kagglehub's cache and the data folder
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
+from ffd.config import compose_config
 from ffd.data.manifest import DataLayoutError, discover
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ To get the data by hand:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    target = Path(os.environ.get("FFD_DATA_DIR", "data/ciplab"))
+    target = Path(compose_config("train").paths.data_dir)  # FFD_DATA_DIR or data/ciplab
     manual = MANUAL.format(dataset=DATASET, target=target.resolve())
     try:
         n = len(discover(target))

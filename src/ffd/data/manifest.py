@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -21,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ffd.data.io import ImageDecodeError, load_rgb
-from ffd.errors import FfdError
+from ffd.errors import ConfigError, FfdError
+from ffd.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ PARTS = ("left_eye", "right_eye", "nose", "mouth")
 DIFFICULTIES = ("easy", "mid", "hard")
 FAKE_NAME = re.compile(r"^(easy|mid|hard)_(\d+)_([01]{4})$")
 SPLITS = ("train", "val", "test")
+_SPLIT_NAMES = {"valid": "val", "validation": "val"}  # other spellings of a split
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 LAYOUT_HELP = """\
@@ -137,7 +138,10 @@ def _read_csv(path: Path) -> list[Record]:
             file = Path(row["path"])
             file = file if file.is_absolute() else path.parent / file
             difficulty, parts = parse_fake_name(file) if value == FAKE else ("", "")
-            split = (row.get("split") or "").strip()
+            split = (row.get("split") or "").strip().lower()
+            split = _SPLIT_NAMES.get(split, split)
+            if split not in ("", *SPLITS):
+                raise DataLayoutError(f"{path} line {i}: split {row['split']!r} is not train/val/test.")
             records.append(Record(str(file.resolve()), value, "csv", difficulty, parts, split=split))
     return records
 
@@ -165,26 +169,18 @@ def discover(root: str | Path) -> list[Record]:
             for r in _class_folder(c / "training_real", REAL, "ciplab")
             + _class_folder(c / "training_fake", FAKE, "ciplab")
         ]
-    split_dirs = {"train": "train", "valid": "val", "val": "val", "test": "test"}
+    split_dirs = ("train", "valid", "val", "test")
     presplit = [d for d in split_dirs if (root / d / "real").is_dir() and (root / d / "fake").is_dir()]
     if presplit:
         return [
             r
             for d in presplit
             for label, name in enumerate(CLASS_NAMES)
-            for r in _class_folder(root / d / name, label, "presplit", split_dirs[d])
+            for r in _class_folder(root / d / name, label, "presplit", _SPLIT_NAMES.get(d, d))
         ]
     if (root / "real").is_dir() and (root / "fake").is_dir():
         return _class_folder(root / "real", REAL, "folders") + _class_folder(root / "fake", FAKE, "folders")
     raise DataLayoutError(f"No known image layout under {root}.")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_files(records: Iterable[Record]) -> None:
@@ -232,7 +228,7 @@ def assign_splits(records: Sequence[Record], val: float, test: float, seed: int)
     depends on the data and the seed only, not on file names or disk order.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise ValueError(f"val ({val}) and test ({test}) fractions must be >= 0 and sum below 1.")
+        raise ConfigError(f"val ({val}) and test ({test}) fractions must be >= 0 and sum below 1.")
     strata: dict[tuple[int, str], list[Record]] = defaultdict(list)
     for r in records:
         if r.ok and not r.split:

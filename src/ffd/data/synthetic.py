@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ffd.data.manifest import DIFFICULTIES, PARTS
-from ffd.errors import FfdError
+from ffd.errors import ConfigError, FfdError
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,9 @@ def generate(
     """
     out = Path(out)
     if num_real < 1 or num_fake < 1:
-        raise ValueError(f"Need at least one real and one fake image (got {num_real} real, {num_fake} fake).")
+        raise ConfigError(
+            f"Need at least one real and one fake image (got {num_real} real, {num_fake} fake)."
+        )
     for d in ("training_real", "training_fake"):
         shutil.rmtree(out / TREE / d, ignore_errors=True)
         (out / TREE / d).mkdir(parents=True)
@@ -257,6 +259,8 @@ def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int = 
     out = Path(out)
     spec = {"num_real": num_real, "num_fake": num_fake, "seed": seed, "version": GENERATOR_VERSION}
     marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise FfdError(f"{out} is a file; synthetic data needs a folder. For your own data use data=ciplab.")
     if marker.exists():
         if json.loads(marker.read_text()) == spec:
             return out / TREE
@@ -264,7 +268,8 @@ def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int = 
     elif out.exists() and any(out.iterdir()) and not (out / _PARTIAL).exists():
         raise FfdError(
             f"{out} is not empty and was not made by ffd's generator; refusing to write into it. "
-            "Point the synthetic data at an empty or new folder."
+            "To train on your own images there, use data=ciplab data.root=...; for synthetic data, "
+            "point data.root at an empty or new folder."
         )
     out.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from typing import Any
 import torchvision
 from torch import nn
 
+from ffd.errors import ConfigError
 from ffd.models.weights import load_state_dict
 
 
@@ -29,16 +30,16 @@ def build_backbone(
     try:
         enum = torchvision.models.get_model_weights(name)
     except ValueError as err:
-        raise ValueError(f"Unknown torchvision backbone {name!r}: {err}") from None
+        raise ConfigError(f"Unknown torchvision backbone {name!r}: {err}") from None
     try:
         w = enum[weights]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"{name} has no weights {weights!r}; choose from {[m.name for m in enum]}."
         ) from None
     model = torchvision.models.get_model(name, weights=None)
     if not hasattr(model, "features"):
-        raise ValueError(f"torchvision model {name!r} has no 'features' trunk; pick e.g. mobilenet_v2.")
+        raise ConfigError(f"torchvision model {name!r} has no 'features' trunk; pick e.g. mobilenet_v2.")
     if pretrained:
         model.load_state_dict(load_state_dict(w))
     t = w.transforms()

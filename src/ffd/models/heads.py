@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ffd.errors import ConfigError
+
 
 def build_head(kind: str, channels: int, height: int, width: int, num_classes: int) -> nn.Module:
     """Map a (channels, height, width) feature map to class logits.
@@ -16,4 +18,4 @@ def build_head(kind: str, channels: int, height: int, width: int, num_classes: i
         return nn.Sequential(nn.Flatten(), nn.Linear(channels * height * width, num_classes))
     if kind == "avgpool":
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
-    raise ValueError(f"Unknown head {kind!r}; choose 'flatten' or 'avgpool'.")
+    raise ConfigError(f"Unknown head {kind!r}; choose 'flatten' or 'avgpool'.")

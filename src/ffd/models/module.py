@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import get_class
 
-from ffd.data.cache import Encoder, state_fingerprint
+from ffd.cache import Encoder, state_fingerprint
 from ffd.data.manifest import CLASS_NAMES, FAKE
+from ffd.errors import ConfigError
 from ffd.metrics import classification_metrics
+from ffd.metrics.scores import THRESHOLD_METHODS, choose_threshold
 from ffd.models.backbones import build_backbone
 from ffd.models.heads import build_head
 
@@ -52,6 +54,9 @@ class FakeFaceClassifier(L.LightningModule):
         optimizer: A partial optimizer (Hydra ``_partial_: true``) or its
             ``{_target_, **kwargs}`` description; default Adam(lr=1e-3).
         channels_last: Run the backbone in NHWC memory layout (faster on CPU and tensor cores).
+        threshold_method: How the decision threshold on p_fake is chosen on each
+            validation epoch: ``eer`` (equal error rate) or ``youden`` (max TPR - FPR).
+            It is saved in every checkpoint and used by eval and predict.
     """
 
     def __init__(
@@ -65,10 +70,15 @@ class FakeFaceClassifier(L.LightningModule):
         input_size: int = 224,
         optimizer: Callable | Mapping[str, Any] | None = None,
         channels_last: bool = True,
+        threshold_method: str = "eer",
     ) -> None:
         super().__init__()
         if freeze not in FREEZE_MODES:
-            raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}.")
+            raise ConfigError(f"model.freeze must be one of {FREEZE_MODES}, got {freeze!r}.")
+        if threshold_method not in THRESHOLD_METHODS:
+            raise ConfigError(
+                f"model.threshold_method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}."
+            )
         self.save_hyperparameters(ignore=["optimizer"])
         self.hparams["optimizer"] = _optimizer_spec(optimizer)
         self.backbone, defaults = build_backbone(backbone, pretrained, weights)
@@ -87,6 +97,8 @@ class FakeFaceClassifier(L.LightningModule):
         self.train_metrics = base.clone(prefix="train/")
         self.val_metrics = base.clone(prefix="val/")
         self.test_metrics = base.clone(prefix="test/")
+        self.threshold = 0.5  # replaced by the validation-chosen one after each validation epoch
+        self._val_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def train(self, mode: bool = True) -> FakeFaceClassifier:
         super().train(mode)
@@ -96,10 +108,9 @@ class FakeFaceClassifier(L.LightningModule):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=self.memory_format)
-        if self.frozen:
-            with torch.no_grad():  # no graph through a frozen trunk: less memory, faster
-                return self.backbone(x)
-        return self.backbone(x)
+        # No graph through a frozen trunk: less memory, faster.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W), normalized -> logits (N, num_classes)."""
@@ -121,7 +132,10 @@ class FakeFaceClassifier(L.LightningModule):
             logits = self(x).float()
         loss = F.cross_entropy(logits, y)
         metrics = getattr(self, f"{split}_metrics")
-        metrics.update(logits.softmax(-1)[:, FAKE], y)
+        p_fake = logits.softmax(-1)[:, FAKE]
+        metrics.update(p_fake, y)
+        if split == "val":
+            self._val_scores.append((p_fake.detach().cpu(), y.detach().cpu()))
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=split != "train")
         return loss
@@ -131,6 +145,13 @@ class FakeFaceClassifier(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_scores and not self.trainer.sanity_checking:
+            probs, labels = (torch.cat(t) for t in zip(*self._val_scores, strict=True))
+            self.threshold = choose_threshold(probs, labels, self.hparams["threshold_method"])
+            self.log("val/threshold", self.threshold)
+        self._val_scores.clear()
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "test")
@@ -147,4 +168,11 @@ class FakeFaceClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What any consumer (eval, predict, export) needs to feed the model exactly as in training.
-        checkpoint["ffd"] = {"preprocess": self.preprocess, "class_names": list(CLASS_NAMES)}
+        checkpoint["ffd"] = {
+            "preprocess": self.preprocess,
+            "class_names": list(CLASS_NAMES),
+            "threshold": self.threshold,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.threshold = checkpoint.get("ffd", {}).get("threshold", 0.5)

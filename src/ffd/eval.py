@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from ffd.data.dataset import ImageDataset
 from ffd.data.manifest import CLASS_NAMES, Record, build_manifest, read_manifest
 from ffd.data.transforms import build_transform
-from ffd.errors import FfdError
+from ffd.errors import FfdError, exit_on_user_error
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
 from ffd.metrics.report import build_report, summary_markdown
@@ -121,11 +120,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except FfdError as err:
-        log.error("%s", err)
-        sys.exit(2)
+    exit_on_user_error(lambda: evaluate(cfg))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -15,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from ffd.errors import FfdError
+from ffd.errors import exit_on_user_error
 from ffd.runtime import register_resolvers, tune_malloc
 
 log = logging.getLogger(__name__)
@@ -64,17 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = train(cfg)
-    except Exception as err:
-        # Hydra wraps errors raised while instantiating: find the user's error in the chain.
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, FfdError):
-            cause = cause.__cause__
-        if cause is None:
-            raise
-        log.error("%s", cause)
-        sys.exit(2)
+    metrics = exit_on_user_error(lambda: train(cfg))
     # Returned for sweepers (e.g. Optuna) that optimize one value.
     return metrics.get(cfg.get("optimized_metric") or "")
 

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
+from ffd.cv import cross_validate
 from ffd.errors import exit_on_user_error
 from ffd.runtime import register_resolvers, tune_malloc
 
@@ -63,6 +64,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if cfg.cv.folds:
+        summary = exit_on_user_error(lambda: cross_validate(cfg, train))
+        return summary.get(cfg.get("optimized_metric") or "", {}).get("mean")
     metrics = exit_on_user_error(lambda: train(cfg))
     # Returned for sweepers (e.g. Optuna) that optimize one value.
     return metrics.get(cfg.get("optimized_metric") or "")

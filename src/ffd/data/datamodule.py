@@ -15,7 +15,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ffd.cache import Encoder, FeatureDataset, PixelDataset, build_feature_cache, feature_key
 from ffd.data.dataset import ImageDataset
-from ffd.data.manifest import SPLITS, DataLayoutError, Record, build_manifest, write_manifest
+from ffd.data.manifest import (
+    SPLITS,
+    DataLayoutError,
+    Record,
+    build_manifest,
+    shuffled_labels,
+    write_manifest,
+)
 from ffd.data.synthetic import ensure_synthetic
 from ffd.data.transforms import build_transform, resize_transform, view_transform
 from ffd.errors import ConfigError
@@ -52,6 +59,11 @@ class FaceDataModule(L.LightningDataModule):
             if it trains; used by ``cache=features|auto``.
         decode_draft: Decode JPEGs at reduced size (libjpeg DCT scaling, never below
             the input size); False decodes every file at full size.
+        folds: Cross-validation folds (0 = none): the test split stays as without
+            CV and the rest is dealt into ``folds`` stratified folds.
+        fold: Which fold is the validation split.
+        shuffle_labels: Permute the train and val labels (seeded; test keeps the true
+            ones): a control experiment whose test score must be at chance.
     """
 
     def __init__(
@@ -72,6 +84,9 @@ class FaceDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         encoder: Encoder | None = None,
         decode_draft: bool = True,
+        folds: int = 0,
+        fold: int = 0,
+        shuffle_labels: bool = False,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -98,6 +113,8 @@ class FaceDataModule(L.LightningDataModule):
         self.views, self.cache_dir, self.encoder = views, cache_dir, encoder
         size = int(self.preprocess["size"])
         self.decode_size = size if decode_draft else None
+        self.cv = (folds, fold) if folds else None
+        self.shuffle_labels = shuffle_labels
         self.records: list[Record] = []
         self.datasets: dict[str, Dataset] = {}
         self.setup_seconds = 0.0
@@ -110,11 +127,17 @@ class FaceDataModule(L.LightningDataModule):
         if self.records:
             return
         start = time.perf_counter()
-        self.records = build_manifest(self.root, self.val_fraction, self.test_fraction, self.split_seed)
+        self.records = build_manifest(
+            self.root, self.val_fraction, self.test_fraction, self.split_seed, self.cv
+        )
         if self.manifest_path:
             write_manifest(self.records, self.manifest_path)
             log.info("Manifest written to %s", self.manifest_path)
         rows = {s: [r for r in self.records if r.ok and r.split == s] for s in SPLITS}
+        if self.shuffle_labels:
+            # Val too: checkpoint selection on true val labels would leak label information.
+            rows["train"] = shuffled_labels(rows["train"], self.split_seed)
+            rows["val"] = shuffled_labels(rows["val"], self.split_seed + 1)
         for split, split_rows in rows.items():
             if not split_rows:
                 raise ConfigError(

@@ -220,13 +220,25 @@ def drop_duplicates(records: Sequence[Record]) -> int:
     return dropped
 
 
-def assign_splits(records: Sequence[Record], val: float, test: float, seed: int) -> None:
+def assign_splits(
+    records: Sequence[Record], val: float, test: float, seed: int, cv: tuple[int, int] | None = None
+) -> None:
     """Stratified, seeded train/val/test split of the ok rows without a split.
 
     Strata are (label, difficulty), so every split sees each CIPLAB difficulty in
     proportion. Rows are ordered by content hash before shuffling: the split
     depends on the data and the seed only, not on file names or disk order.
+
+    With ``cv=(k, i)`` the test rows are the same as without it, and the rest is
+    dealt into k stratified folds: fold i is val, the others train (``val`` is unused).
     """
+    if cv is not None:
+        k, i = cv
+        if not (k >= 2 and 0 <= i < k):
+            raise ConfigError(
+                f"Cross-validation needs folds >= 2 and 0 <= fold < folds (got {k} folds, fold {i})."
+            )
+        val = 0.0
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ConfigError(f"val ({val}) and test ({test}) fractions must be >= 0 and sum below 1.")
     strata: dict[tuple[int, str], list[Record]] = defaultdict(list)
@@ -238,8 +250,13 @@ def assign_splits(records: Sequence[Record], val: float, test: float, seed: int)
         rows = sorted(strata[key], key=lambda r: r.sha256)
         order = rng.permutation(len(rows))
         n_test, n_val = round(len(rows) * test), round(len(rows) * val)
-        for rank, i in enumerate(order):
-            rows[i].split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+        for rank, j in enumerate(order):
+            if rank < n_test:
+                rows[j].split = "test"
+            elif cv is not None:
+                rows[j].split = "val" if (rank - n_test) % cv[0] == cv[1] else "train"
+            else:
+                rows[j].split = "val" if rank < n_test + n_val else "train"
 
 
 def check_no_leakage(records: Iterable[Record]) -> None:
@@ -252,8 +269,10 @@ def check_no_leakage(records: Iterable[Record]) -> None:
                 raise LeakageError(f"{r.path} (sha256 {r.sha256[:12]}) is in both {other} and {r.split}.")
 
 
-def build_manifest(root: str | Path, val: float = 0.15, test: float = 0.15, seed: int = 42) -> list[Record]:
-    """Discover, check, de-duplicate and split the images under root."""
+def build_manifest(
+    root: str | Path, val: float = 0.15, test: float = 0.15, seed: int = 42, cv: tuple[int, int] | None = None
+) -> list[Record]:
+    """Discover, check, de-duplicate and split the images under root (``cv``: see assign_splits)."""
     records = discover(root)
     check_files(records)
     dropped = drop_duplicates(records)
@@ -264,7 +283,7 @@ def build_manifest(root: str | Path, val: float = 0.15, test: float = 0.15, seed
     for label, name in enumerate(CLASS_NAMES):
         if not any(r.ok and r.label == label for r in records):
             raise DataLayoutError(f"No readable {name} image under {root}.")
-    assign_splits(records, val, test, seed)
+    assign_splits(records, val, test, seed, cv)
     check_no_leakage(records)
     counts = Counter((r.split, CLASS_NAMES[r.label]) for r in records if r.ok)
     log.info(
@@ -287,3 +306,9 @@ def read_manifest(path: str | Path) -> list[Record]:
     with Path(path).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     return [Record(**{k: int(v) if k == "label" else v for k, v in row.items()}) for row in rows]  # type: ignore[arg-type]
+
+
+def shuffled_labels(records: Sequence[Record], seed: int) -> list[Record]:
+    """Copies of records with their labels permuted (seeded): the label-shuffle control."""
+    labels = np.random.default_rng([seed, 1]).permutation([r.label for r in records])
+    return [dataclasses.replace(r, label=int(y)) for r, y in zip(records, labels, strict=True)]

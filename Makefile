@@ -48,6 +48,9 @@ format: install ## Format and fix with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+audit: install ## Leakage and shortcut audit of the demo recipe (shuffle control, metadata baseline)
+	$(PY) -m ffd.audit +experiment=demo
+
 bench: install ## Benchmark: naive vs default seed recipe, predict throughput (~25 min on 2 cores)
 	$(PY) -m ffd.bench
 
@@ -60,4 +63,4 @@ clean: ## Remove tool caches (keeps .venv, data/ and outputs/)
 clean-cache: ## Remove cached backbone features (data/cache; rebuilt on the next run)
 	rm -rf data/cache
 
-.PHONY: help install weights demo train data test test-all lint format bench tensorboard clean clean-cache
+.PHONY: help install weights demo train data test test-all lint format audit bench tensorboard clean clean-cache

@@ -19,6 +19,15 @@ from ffd.runtime import register_resolvers
 
 register_resolvers()
 
+# Overrides for a tiny, fast training run on a given folder (random-init backbone, 64 px).
+TINY = [
+    "data=ciplab",
+    "model.pretrained=false",
+    "model.input_size=64",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+]
+
 
 def write_jpegs(folder: Path, names: list[str], seed: int = 0, size: int = 48) -> list[Path]:
     """Write small JPEGs with distinct random content."""

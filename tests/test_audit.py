@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from conftest import TINY
 from PIL import Image
 
 from ffd.audit import audit
@@ -14,14 +15,6 @@ from ffd.cv import cross_validate
 from ffd.data.manifest import Record, build_manifest
 from ffd.metadata import metadata_baseline
 from ffd.train import train
-
-TINY = [
-    "data=ciplab",
-    "model.pretrained=false",
-    "model.input_size=64",
-    "data.num_workers=0",
-    "trainer.accelerator=cpu",
-]
 
 
 def test_cv_folds_are_disjoint_stratified_and_keep_the_test_split(tiny_synthetic: Path) -> None:

@@ -7,17 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 from ffd.data.manifest import read_manifest
 from ffd.train import train
-
-TINY = [
-    "data=ciplab",
-    "model.pretrained=false",
-    "model.input_size=64",
-    "data.num_workers=0",
-    "trainer.accelerator=cpu",
-]
 
 
 def test_fast_dev_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:

@@ -7,12 +7,14 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from conftest import TINY
+import pytest
+from conftest import TINY, write_jpegs
 from PIL import Image
 
 from ffd.audit import audit
 from ffd.cv import cross_validate
 from ffd.data.manifest import Record, build_manifest
+from ffd.errors import ConfigError
 from ffd.metadata import metadata_baseline
 from ffd.train import train
 
@@ -20,7 +22,7 @@ from ffd.train import train
 def test_cv_folds_are_disjoint_stratified_and_keep_the_test_split(tiny_synthetic: Path) -> None:
     plain = build_manifest(tiny_synthetic, seed=3)
     test = {r.sha256 for r in plain if r.split == "test"}
-    vals = []
+    vals, per_stratum = [], []
     for fold in range(4):
         records = build_manifest(tiny_synthetic, seed=3, cv=(4, fold))
         assert {r.sha256 for r in records if r.split == "test"} == test
@@ -29,9 +31,20 @@ def test_cv_folds_are_disjoint_stratified_and_keep_the_test_split(tiny_synthetic
     for val in vals:
         assert not seen & set(val)  # no image in two folds
         seen |= set(val)
-        counts = Counter(val.values())
-        assert abs(counts[0] - counts[1]) <= 2  # 13 real + 13 fake dealt 4 ways, per stratum
+        strata = Counter((r.label, r.difficulty) for r in records if r.split == "val")
+        per_stratum.append(strata)
     assert seen == {r.sha256 for r in plain if r.ok} - test
+    for stratum in {key for counts in per_stratum for key in counts}:  # each stratum dealt evenly
+        sizes = [counts[stratum] for counts in per_stratum]
+        assert max(sizes) - min(sizes) <= 1, (stratum, sizes)
+
+
+def test_cv_refuses_presplit_data(tmp_path: Path) -> None:
+    for split in ("train", "val", "test"):
+        write_jpegs(tmp_path / split / "real", ["r.jpg"], seed=1)
+        write_jpegs(tmp_path / split / "fake", ["f.jpg"], seed=2)
+    with pytest.raises(ConfigError, match="pre-split"):
+        build_manifest(tmp_path, cv=(2, 0))
 
 
 def test_cross_validate_trains_every_fold(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
@@ -99,6 +112,6 @@ def test_audit_writes_one_report(make_cfg, tiny_synthetic: Path, tmp_path: Path)
     cfg = make_cfg("+debug=fdr", f"data.root={tiny_synthetic}", *TINY, "control_repeats=2", config="audit")
     report = audit(cfg)
     assert set(report) == {"leakage", "shuffled_control", "metadata_baseline"}
-    assert report["leakage"]["usable"] == 32 and report["leakage"]["hash_in_two_splits"] == 0
+    assert report["leakage"]["usable"] == 32 and len(report["shuffled_control"]["test_auroc_runs"]) == 2
     text = (tmp_path / "audit" / "audit.md").read_text()
     assert "Label-shuffle control" in text and "Metadata-only baseline" in text

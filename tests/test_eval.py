@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ffd.errors import FfdError
+from ffd.errors import ConfigError, FfdError
 from ffd.eval import evaluate
 from ffd.train import train
 
@@ -71,6 +71,25 @@ def test_eval_on_another_data_set(make_cfg, trained, tiny_synthetic: Path) -> No
         make_cfg(f"ckpt_path={ckpt}", f"data.root={tiny_synthetic}", "bootstrap=0", config="eval")
     )
     assert report["n"] == 32 and "auroc_ci95" not in report  # every image of the other set
+
+
+def test_eval_of_new_fakes_only(make_cfg, trained, tiny_synthetic: Path, tmp_path: Path) -> None:
+    """ "What share of these new fakes does it catch?": a one-class set is scored, not refused."""
+    ckpt, _ = trained
+    fakes = sorted((tiny_synthetic / "real_and_fake_face" / "training_fake").iterdir())
+    csv = tmp_path / "fakes.csv"
+    csv.write_text("path,label\n" + "".join(f"{p},fake\n" for p in fakes))
+    report = evaluate(make_cfg(f"ckpt_path={ckpt}", f"data.root={csv}", "bootstrap=50", config="eval"))
+    assert report["n"] == report["n_fake"] == 16 and 0 <= report["at_chosen_threshold"]["recall"] <= 1
+    assert sorted(p.stem for p in (tmp_path / "eval" / "figures").glob("*.png")) == ["confusion", "scores"]
+
+
+def test_eval_will_not_resplit_another_data_set(make_cfg, trained, tiny_synthetic: Path) -> None:
+    ckpt, _ = trained
+    with pytest.raises(ConfigError, match="data.split=all"):
+        evaluate(
+            make_cfg(f"ckpt_path={ckpt}", f"data.root={tiny_synthetic}", "data.split=test", config="eval")
+        )
 
 
 def test_eval_refuses_what_is_not_an_ffd_checkpoint(make_cfg, tmp_path: Path) -> None:

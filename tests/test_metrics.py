@@ -82,6 +82,15 @@ def test_breakdowns_on_a_planted_case() -> None:
     assert breakdowns(plain, torch.tensor([0.2, 0.7]), 0.5) == {}
 
 
+def test_one_class_data_gives_nan_intervals_not_a_hang() -> None:
+    fakes = torch.tensor([1, 1, 1, 1])
+    report = build_report(P, fakes, threshold=0.5, n_bootstrap=100)
+    assert math.isnan(report["auroc"]) and "auroc_ci95" not in report
+    assert all(math.isnan(v) for v in report["at_0.5"]["acc_ci95"])
+    assert report["at_0.5"]["recall"] == 0.25 and math.isnan(report["at_0.5"]["balanced_acc"])
+    assert "nan" in summary_markdown(report)
+
+
 def test_report_and_summary() -> None:
     report = build_report(P, Y, threshold=0.4, n_bootstrap=50)
     assert report["n"] == 4 and report["at_0.5"]["acc"] == 0.75

@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from ffd.data.dataset import ImageDataset
-from ffd.data.manifest import CLASS_NAMES, Record, build_manifest, read_manifest
+from ffd.data.manifest import CLASS_NAMES, Record, check_files, discover, drop_duplicates, read_manifest
 from ffd.data.transforms import build_transform
-from ffd.errors import FfdError, exit_on_user_error
+from ffd.errors import ConfigError, FfdError, exit_on_user_error
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
 from ffd.metrics.report import build_report, summary_markdown
@@ -59,7 +59,15 @@ def select_records(cfg: DictConfig, ckpt_path: Path) -> list[Record]:
             raise FfdError(f"No manifest.csv next to the checkpoint's run ({manifest}); pass data.root=PATH.")
         records, split = read_manifest(manifest), cfg.data.split or "test"
     else:
-        records, split = build_manifest(cfg.data.root, seed=cfg.seed), cfg.data.split or "all"
+        if cfg.data.split not in (None, "all"):
+            # A new split of the training data would not be the run's split: it would leak.
+            raise ConfigError(
+                "With data.root, eval scores every image of that data set (data.split=all); "
+                "to score a split of the training run, leave data.root unset."
+            )
+        records, split = discover(cfg.data.root), "all"
+        check_files(records)
+        drop_duplicates(records)
     rows = [r for r in records if r.ok and (split == "all" or r.split == split)]
     if not rows:
         raise FfdError(f"No usable images in split {split!r} (choose data.split=train|val|test|all).")
@@ -70,7 +78,7 @@ def select_records(cfg: DictConfig, ckpt_path: Path) -> list[Record]:
 def predict_probs(
     model: FakeFaceClassifier, records: list[Record], batch_size: int, num_workers: int
 ) -> torch.Tensor:
-    """p_fake for each record, with the checkpoint's own preprocessing and the training precision."""
+    """p_fake per record: the checkpoint's preprocessing, ffd's default precision (CUDA fp16, CPU bf16)."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     model.to(device)
@@ -83,7 +91,9 @@ def predict_probs(
     return torch.cat(out)
 
 
-def write_outputs(out: Path, records: list[Record], probs: torch.Tensor, report: dict[str, Any]) -> None:
+def write_outputs(
+    out: Path, records: list[Record], probs: torch.Tensor, labels: torch.Tensor, report: dict[str, Any]
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     (out / "summary.md").write_text(summary_markdown(report))
@@ -93,7 +103,6 @@ def write_outputs(out: Path, records: list[Record], probs: torch.Tensor, report:
         rows.writerow(["path", "label", "p_fake", "predicted"])
         for r, p in zip(records, probs.tolist(), strict=True):
             rows.writerow([r.path, CLASS_NAMES[r.label], f"{p:.6f}", CLASS_NAMES[int(p >= threshold)]])
-    labels = torch.tensor([r.label for r in records])
     tensorboard = SummaryWriter(str(out / "tensorboard"))
     (out / "figures").mkdir(exist_ok=True)
     for name, fig in all_figures(probs, labels, report).items():
@@ -112,7 +121,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     report["checkpoint"] = str(ckpt_path.resolve())
     report["breakdowns"] = breakdowns(records, probs, model.threshold)
     out = Path(cfg.paths.output_dir)
-    write_outputs(out, records, probs, report)
+    write_outputs(out, records, probs, labels, report)
     log.info("\n%s", summary_markdown(report))
     log.info("Eval folder: %s", out.resolve())
     return report

@@ -62,8 +62,9 @@ class FaceDataModule(L.LightningDataModule):
         folds: Cross-validation folds (0 = none): the test split stays as without
             CV and the rest is dealt into ``folds`` stratified folds.
         fold: Which fold is the validation split.
-        shuffle_labels: Permute the train and val labels (seeded; test keeps the true
-            ones): a control experiment whose test score must be at chance.
+        shuffle_labels: Permute the train and val labels (test keeps the true ones):
+            a control experiment whose test score must be at chance.
+        shuffle_seed: Seed of that permutation (the run's seed; the split keeps its own).
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class FaceDataModule(L.LightningDataModule):
         folds: int = 0,
         fold: int = 0,
         shuffle_labels: bool = False,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -114,7 +116,7 @@ class FaceDataModule(L.LightningDataModule):
         size = int(self.preprocess["size"])
         self.decode_size = size if decode_draft else None
         self.cv = (folds, fold) if folds else None
-        self.shuffle_labels = shuffle_labels
+        self.shuffle_labels, self.shuffle_seed = shuffle_labels, shuffle_seed
         self.records: list[Record] = []
         self.datasets: dict[str, Dataset] = {}
         self.setup_seconds = 0.0
@@ -136,8 +138,8 @@ class FaceDataModule(L.LightningDataModule):
         rows = {s: [r for r in self.records if r.ok and r.split == s] for s in SPLITS}
         if self.shuffle_labels:
             # Val too: checkpoint selection on true val labels would leak label information.
-            rows["train"] = shuffled_labels(rows["train"], self.split_seed)
-            rows["val"] = shuffled_labels(rows["val"], self.split_seed + 1)
+            rows["train"] = shuffled_labels(rows["train"], self.shuffle_seed)
+            rows["val"] = shuffled_labels(rows["val"], self.shuffle_seed + 1)
         for split, split_rows in rows.items():
             if not split_rows:
                 raise ConfigError(

@@ -238,6 +238,11 @@ def assign_splits(
             raise ConfigError(
                 f"Cross-validation needs folds >= 2 and 0 <= fold < folds (got {k} folds, fold {i})."
             )
+        if any(r.split for r in records if r.ok):
+            raise ConfigError(
+                "Cross-validation deals its own folds, but this data set comes pre-split "
+                "(split folders or a split column); train without cv.folds."
+            )
         val = 0.0
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ConfigError(f"val ({val}) and test ({test}) fractions must be >= 0 and sum below 1.")

@@ -35,7 +35,7 @@ def breakdowns(records: Sequence[Record], probs: torch.Tensor, threshold: float)
                 if bit == "1":
                     groups["part"].setdefault(part, []).append(i)
             groups["num_parts"].setdefault(str(r.parts.count("1")), []).append(i)
-    order = {"difficulty": list(DIFFICULTIES), "part": list(PARTS), "num_parts": ["1", "2", "3", "4"]}
+    order = {"difficulty": list(DIFFICULTIES), "part": list(PARTS), "num_parts": ["0", "1", "2", "3", "4"]}
     out: dict[str, dict[str, Any]] = {}
     for kind, members in groups.items():
         out[kind] = {}

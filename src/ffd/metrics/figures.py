@@ -78,12 +78,16 @@ def reliability_figure(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10
 
 
 def all_figures(probs: torch.Tensor, labels: torch.Tensor, report: dict[str, Any]) -> dict[str, Figure]:
-    """Every figure, by file stem."""
+    """Every figure, by file stem (curves only when both classes are present)."""
     chosen = report["at_chosen_threshold"]
-    return {
-        "roc": roc_figure(probs, labels, chosen["threshold"]),
-        "pr": pr_figure(probs, labels),
+    figures = {
         "confusion": confusion_figure(chosen["confusion"]),
         "scores": histogram_figure(probs, labels, chosen["threshold"]),
-        "reliability": reliability_figure(probs, labels),
     }
+    if report["n_real"] and report["n_fake"]:
+        figures |= {
+            "roc": roc_figure(probs, labels, chosen["threshold"]),
+            "pr": pr_figure(probs, labels),
+            "reliability": reliability_figure(probs, labels),
+        }
+    return figures

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torchmetrics.functional.classification import binary_auroc
 
 from ffd.metrics.scores import at_threshold, bootstrap_ci, ranking
 
@@ -25,7 +26,7 @@ def build_report(
     }
     if report["n_real"] and report["n_fake"] and n_bootstrap:
         report["auroc_ci95"] = bootstrap_ci(
-            probs, labels, lambda p, y: ranking(p, y)["auroc"], n_bootstrap, seed
+            probs, labels, lambda p, y: float(binary_auroc(p, y)), n_bootstrap, seed
         )
     for key, t in (("at_0.5", 0.5), ("at_chosen_threshold", threshold)):
         scores: dict[str, Any] = dict(at_threshold(probs, labels, t))

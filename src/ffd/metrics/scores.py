@@ -57,8 +57,9 @@ def at_threshold(probs: torch.Tensor, labels: torch.Tensor, threshold: float) ->
     called, fake = probs >= threshold, labels == 1
     tp, fp = int((called & fake).sum()), int((called & ~fake).sum())
     fn, tn = int((~called & fake).sum()), int((~called & ~fake).sum())
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    specificity = tn / (tn + fp) if tn + fp else 0.0
+    nan = float("nan")
+    recall = tp / (tp + fn) if tp + fn else nan  # no fakes: undefined
+    specificity = tn / (tn + fp) if tn + fp else nan  # no reals: undefined
     precision = tp / (tp + fp) if tp + fp else 0.0
     return {
         "threshold": float(threshold),
@@ -66,7 +67,7 @@ def at_threshold(probs: torch.Tensor, labels: torch.Tensor, threshold: float) ->
         "balanced_acc": (recall + specificity) / 2,
         "precision": precision,
         "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0,
         "confusion": [[tn, fp], [fn, tp]],  # rows: true real, true fake; columns: called real, fake
     }
 
@@ -93,8 +94,11 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of ``score``, resampling images with replacement.
 
-    Resamples that miss a class are redrawn, so AUROC is always defined.
+    Resamples that miss a class are redrawn, so AUROC is always defined; with a
+    single class in the data there is nothing to resample and the interval is NaN.
     """
+    if not _both_classes(labels):
+        return float("nan"), float("nan")
     g = torch.Generator().manual_seed(seed)
     values: list[float] = []
     while len(values) < n:

@@ -66,3 +66,24 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return cfg
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One tiny pretrained run (40 real + 40 fake, 64 px, 3 epochs), shared: (best checkpoint, metrics)."""
+    from ffd.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    overrides = [
+        "+experiment=demo", f"data.root={root / 'data'}", "data.synthetic.num_real=40",
+        "data.synthetic.num_fake=40", "data.test_fraction=0.3", "model.input_size=64",
+        "trainer.max_epochs=3", "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir, cfg.paths.output_dir = str(root), str(root / "run")
+        del cfg["hydra"]
+    metrics = train(cfg)
+    return next((root / "run" / "checkpoints").glob("epoch*.ckpt")), metrics

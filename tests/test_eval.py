@@ -10,34 +10,6 @@ import torch
 
 from ffd.errors import ConfigError, FfdError
 from ffd.eval import evaluate
-from ffd.train import train
-
-TRAIN = [
-    "+experiment=demo", "data.synthetic.num_real=40", "data.synthetic.num_fake=40",
-    "data.test_fraction=0.3", "model.input_size=64", "trainer.max_epochs=3",
-    "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """One tiny training run shared by the tests here: (checkpoint, its metrics)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from ffd.config import CONF_DIR
-
-    root = tmp_path_factory.mktemp("train")
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*TRAIN, f"data.root={root / 'data'}"], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.root_dir, cfg.paths.output_dir = str(root), str(root / "run")
-        del cfg["hydra"]
-    metrics = train(cfg)
-    best = next((root / "run" / "checkpoints").glob("epoch*.ckpt"))
-    return best, metrics
 
 
 def test_eval_reproduces_the_training_test_metrics(make_cfg, trained, tmp_path: Path) -> None:

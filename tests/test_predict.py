@@ -1,0 +1,106 @@
+"""ffd.predict: inputs, per-file statuses, image-mode conversions, parity with eval."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_jpegs
+from PIL import Image
+
+from ffd.data.io import load_rgb
+from ffd.errors import FfdError
+from ffd.eval import evaluate, load_checkpoint
+from ffd.predict import expand_input, predict, run
+
+
+def test_input_kinds(tmp_path: Path) -> None:
+    files = write_jpegs(tmp_path / "photos" / "sub", ["a.jpg", "b.jpg"]) + write_jpegs(
+        tmp_path / "photos", ["c.png"]
+    )
+    assert expand_input(str(files[0])) == [files[0]]
+    assert expand_input(str(tmp_path / "photos")) == sorted(files)
+    assert expand_input(str(tmp_path / "photos" / "**" / "*.jpg")) == sorted(files[:2])
+    listing = tmp_path / "list.txt"
+    listing.write_text("photos/c.png\n\nphotos/sub/a.jpg\n")
+    assert expand_input(str(listing)) == [tmp_path / "photos/c.png", tmp_path / "photos/sub/a.jpg"]
+    with pytest.raises(FfdError, match="names no image files"):
+        expand_input(str(tmp_path / "*.gif"))
+    with pytest.raises(FfdError, match="not an image, a folder"):
+        expand_input(str(tmp_path / "nothing_here"))
+
+
+def test_image_modes_are_converted(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("L").save(tmp_path / "grey.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray((rng.integers(0, 65536, (40, 60))).astype(np.uint16)).save(tmp_path / "deep.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif)
+    for name in ("grey.png", "rgba.png", "cmyk.jpg", "deep.png"):
+        img = load_rgb(tmp_path / name, None)
+        assert img.mode == "RGB" and img.size == (60, 40), name
+    deep = np.asarray(load_rgb(tmp_path / "deep.png", None))
+    assert deep.max() > 200 and deep.min() < 50  # scaled from 16 bits, not clipped to white
+    assert load_rgb(tmp_path / "rotated.jpg", None).size == (40, 60)  # upright
+
+
+def test_bad_files_get_a_status_and_the_run_goes_on(trained, tmp_path: Path) -> None:
+    ckpt, _ = trained
+    good = write_jpegs(tmp_path, ["good.jpg"], size=96)[0]
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:300])
+    Image.new("1", (14000, 14000)).save(tmp_path / "bomb.png")  # 196 M pixels: a decompression bomb
+    files = [good] + [tmp_path / n for n in ("empty.jpg", "text.jpg", "cut.jpg", "bomb.png", "gone.jpg")]
+    rows = {Path(r["path"]).name: r for r in predict(load_checkpoint(ckpt), files)}
+    assert rows["good.jpg"]["status"] == "ok" and 0 <= rows["good.jpg"]["p_fake"] <= 1
+    assert rows["empty.jpg"]["message"] == "empty file (0 bytes)"
+    assert "DecompressionBomb" in rows["bomb.png"]["message"]
+    assert rows["gone.jpg"]["message"] == "no such file"
+    for name in ("empty.jpg", "text.jpg", "cut.jpg", "bomb.png", "gone.jpg"):
+        assert rows[name]["status"] == "unreadable" and rows[name]["p_fake"] is None, name
+
+
+def test_predict_equals_eval(make_cfg, trained, tmp_path: Path) -> None:
+    ckpt, _ = trained
+    evaluate(make_cfg(f"ckpt_path={ckpt}", "bootstrap=0", config="eval"))
+    with (tmp_path / "eval" / "predictions.csv").open() as fh:
+        expected = {r["path"]: float(r["p_fake"]) for r in csv.DictReader(fh)}
+    listing = tmp_path / "test_images.txt"
+    listing.write_text("\n".join(expected))
+    out = tmp_path / "preds.jsonl"
+    counts = run(make_cfg(f"ckpt_path={ckpt}", f"input={listing}", f"output={out}", config="predict"))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(expected) == counts["real"] + counts["fake"]
+    got = torch.tensor([r["p_fake"] for r in rows])
+    torch.testing.assert_close(got, torch.tensor([expected[r["path"]] for r in rows]), atol=1e-5, rtol=0)
+    threshold = torch.load(ckpt, weights_only=True)["ffd"]["threshold"]
+    assert all(r["label"] == ("fake" if r["p_fake"] >= threshold else "real") for r in rows)
+
+
+def test_cli_fails_only_when_nothing_could_be_scored(trained, tmp_path: Path) -> None:
+    ckpt, _ = trained
+    (tmp_path / "junk.jpg").write_text("junk")
+    out = tmp_path / "p.csv"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ffd.predict",
+        f"ckpt_path={ckpt}",
+        f"input={tmp_path / 'junk.jpg'}",
+        f"output={out}",
+    ]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ})
+    assert result.returncode == 2 and "could be scored" in result.stdout + result.stderr
+    assert "unreadable" in out.read_text()

@@ -17,7 +17,8 @@ from PIL import Image
 
 from ffd.data.io import load_rgb
 from ffd.errors import FfdError
-from ffd.eval import evaluate, load_checkpoint
+from ffd.eval import evaluate
+from ffd.models.checkpoint import load_checkpoint
 from ffd.predict import expand_input, predict, run
 
 

@@ -31,14 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from ffd.config import compose_config
-from ffd.data.dataset import ImageDataset
 from ffd.data.manifest import read_manifest
 from ffd.data.synthetic import ensure_synthetic
-from ffd.data.transforms import build_transform
-from ffd.models.module import FakeFaceClassifier
+from ffd.models.checkpoint import load_checkpoint
+from ffd.predict import predict
 from ffd.runtime import tune_malloc
 
 log = logging.getLogger("ffd.bench")
@@ -99,47 +97,32 @@ def throughput(fn: Callable[[torch.Tensor], Any], batches: list[torch.Tensor], i
 
 
 def measure_predict(run_dir: Path, repeats: int = 2) -> dict[str, float]:
-    """img/s of checkpoint predict (decode included) vs the raw backbone forward pass.
+    """img/s of ``ffd.predict`` from the checkpoint (decode included) vs the raw backbone forward pass.
 
-    On a CPU, decoding in the main process beats loader workers: the backbone
-    already keeps every core busy (2 cores: 243 img/s with 0 workers, 193-202
-    with 1-2). On CUDA, workers decode while the GPU computes.
+    Predict decodes in the main process: on a CPU the backbone already keeps every
+    core busy, and loader workers measured slower (2 cores: 243 img/s with 0
+    workers, 193-202 with 1-2).
     """
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
-    model = FakeFaceClassifier.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
+    model = load_checkpoint(next((run_dir / "checkpoints").glob("epoch*.ckpt")))
     rows = [r for r in read_manifest(run_dir / "manifest.csv") if r.ok and r.split in ("val", "test")]
-    size = model.preprocess["size"]
-    dataset = ImageDataset(rows * repeats, build_transform(model.preprocess), size)
-    # The training precision: fp16 on CUDA, bf16 on CPU.
-    autocast = torch.autocast(device.type, torch.float16 if cuda else torch.bfloat16)
-    workers = 2 if cuda else 0
-
-    def predict(loader: DataLoader) -> None:
-        with torch.no_grad(), autocast:
-            for x, _ in loader:
-                model(x.to(device, non_blocking=True)).float().softmax(-1).cpu()
-
-    loader = DataLoader(
-        dataset, batch_size=32, num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0
-    )
-    predict(loader)  # warm-up: workers, allocator, kernels
+    files = [Path(r.path) for r in rows] * repeats
+    sum(1 for _ in predict(model, files[:64]))  # warm-up: allocator, kernels
     start = time.perf_counter()
-    predict(loader)
-    if cuda:
-        torch.cuda.synchronize()
-    predict_ips = len(dataset) / (time.perf_counter() - start)
+    scored = sum(row["status"] == "ok" for row in predict(model, files))
+    predict_ips = scored / (time.perf_counter() - start)
 
-    x = torch.randn(32, 3, size, size, device=device)
-    batches = [x] * (len(dataset) // 32)
+    cuda = torch.cuda.is_available()
+    size = model.preprocess["size"]
+    x = torch.randn(32, 3, size, size, device=model.device)  # predict() moved the model
+    batches = [x] * (len(files) // 32)
 
     def forward(b: torch.Tensor) -> None:
         model.features(b)
         if cuda:
             torch.cuda.synchronize()
 
-    with torch.no_grad(), autocast:
+    # The training precision: fp16 on CUDA, bf16 on CPU, as predict uses.
+    with torch.no_grad(), torch.autocast(x.device.type, torch.float16 if cuda else torch.bfloat16):
         raw_ips = throughput(forward, batches, 32 * len(batches))
     return {"predict_img_per_s": round(predict_ips, 1), "backbone_img_per_s": round(raw_ips, 1)}
 

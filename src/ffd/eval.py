@@ -17,39 +17,19 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from ffd.data.dataset import ImageDataset
 from ffd.data.manifest import CLASS_NAMES, Record, check_files, discover, drop_duplicates, read_manifest
-from ffd.data.transforms import build_transform
 from ffd.errors import ConfigError, FfdError, exit_on_user_error
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
 from ffd.metrics.report import build_report, summary_markdown
-from ffd.models.module import FakeFaceClassifier
+from ffd.models.checkpoint import load_checkpoint
+from ffd.predict import predict
 from ffd.runtime import register_resolvers, tune_malloc
 
 log = logging.getLogger(__name__)
 register_resolvers()
-
-
-def load_checkpoint(path: str | Path) -> FakeFaceClassifier:
-    """An ffd checkpoint, loaded without executing pickled code."""
-    path = Path(path)
-    if not path.is_file():
-        raise FfdError(
-            f"Checkpoint {path} does not exist. Pass ckpt_path=outputs/train/<run>/checkpoints/<file>.ckpt"
-        )
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch errors differ by file
-        raise FfdError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}).") from err
-    if not isinstance(raw, dict) or "ffd" not in raw:
-        raise FfdError(
-            f"{path} is not an ffd checkpoint (it has no 'ffd' section): train one with ffd.train."
-        )
-    return FakeFaceClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
 
 
 def select_records(cfg: DictConfig, ckpt_path: Path) -> list[Record]:
@@ -72,23 +52,6 @@ def select_records(cfg: DictConfig, ckpt_path: Path) -> list[Record]:
     if not rows:
         raise FfdError(f"No usable images in split {split!r} (choose data.split=train|val|test|all).")
     return rows
-
-
-@torch.no_grad()
-def predict_probs(
-    model: FakeFaceClassifier, records: list[Record], batch_size: int, num_workers: int
-) -> torch.Tensor:
-    """p_fake per record: the checkpoint's preprocessing, ffd's default precision (CUDA fp16, CPU bf16)."""
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    model.to(device)
-    dataset = ImageDataset(records, build_transform(model.preprocess), model.preprocess["size"])
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=cuda)
-    out = []
-    with torch.autocast(device.type, torch.float16 if cuda else torch.bfloat16):
-        for x, _ in loader:
-            out.append(model(x.to(device, non_blocking=True)).float().softmax(-1)[:, 1].cpu())
-    return torch.cat(out)
 
 
 def write_outputs(
@@ -115,7 +78,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path)
     model = load_checkpoint(ckpt_path)
     records = select_records(cfg, ckpt_path)
-    probs = predict_probs(model, records, cfg.data.batch_size, cfg.data.num_workers)
+    rows = list(predict(model, [Path(r.path) for r in records], cfg.data.batch_size))
+    if failed := [row for row in rows if row["status"] != "ok"]:
+        raise FfdError(f"{len(failed)} images became unreadable since the manifest was made: {failed[0]}")
+    probs = torch.tensor([row["p_fake"] for row in rows])
     labels = torch.tensor([r.label for r in records])
     report = build_report(probs, labels, model.threshold, cfg.bootstrap, cfg.seed)
     report["checkpoint"] = str(ckpt_path.resolve())

@@ -29,7 +29,7 @@ from ffd.data.io import ImageDecodeError, load_rgb
 from ffd.data.manifest import CLASS_NAMES, IMAGE_SUFFIXES
 from ffd.data.transforms import build_transform
 from ffd.errors import ConfigError, FfdError, exit_on_user_error
-from ffd.eval import load_checkpoint
+from ffd.models.checkpoint import load_checkpoint
 from ffd.runtime import register_resolvers, tune_malloc
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def predict(model: Any, files: list[Path], batch_size: int = 32) -> Iterator[dic
             probs = model(x).float().softmax(-1)[:, 1].cpu().tolist()
         for (path, _), p in zip(pending, probs, strict=True):
             label = CLASS_NAMES[int(p >= model.threshold)]
-            yield {"path": str(path), "p_fake": round(p, 6), "label": label, "status": "ok", "message": ""}
+            yield {"path": str(path), "p_fake": p, "label": label, "status": "ok", "message": ""}
         pending.clear()
 
     for path in files:
@@ -105,6 +105,8 @@ def run(cfg: DictConfig) -> Counter:
             writer.writeheader()
         rows = predict(model, files, cfg.batch_size)
         for row in tqdm(rows, total=len(files), unit="img", disable=not sys.stderr.isatty()):
+            if row["p_fake"] is not None:
+                row["p_fake"] = round(row["p_fake"], 6)
             writer.writerow(row) if writer else fh.write(json.dumps(row) + "\n")
             counts[row["label"] or row["status"]] += 1
     log.info(

@@ -51,7 +51,7 @@ format: install ## Format and fix with ruff
 audit: install ## Leakage and shortcut audit of the demo recipe (shuffle control, metadata baseline)
 	$(PY) -m ffd.audit +experiment=demo
 
-bench: install ## Benchmark: naive vs default seed recipe, predict throughput (~25 min on 2 cores)
+bench: install ## Benchmark: naive vs default seed recipe, predict throughput (~17 min on 2 cores)
 	$(PY) -m ffd.bench
 
 tensorboard: install ## Serve the curves of every run in outputs/

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from ffd.data.manifest import CLASS_NAMES, Record, check_files, discover, drop_duplicates, read_manifest
+from ffd.data.manifest import CLASS_NAMES, Record, read_manifest, scan
 from ffd.errors import ConfigError, FfdError, exit_on_user_error
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
@@ -45,9 +45,7 @@ def select_records(cfg: DictConfig, ckpt_path: Path) -> list[Record]:
                 "With data.root, eval scores every image of that data set (data.split=all); "
                 "to score a split of the training run, leave data.root unset."
             )
-        records, split = discover(cfg.data.root), "all"
-        check_files(records)
-        drop_duplicates(records)
+        records, split = scan(cfg.data.root), "all"
     rows = [r for r in records if r.ok and (split == "all" or r.split == split)]
     if not rows:
         raise FfdError(f"No usable images in split {split!r} (choose data.split=train|val|test|all).")

@@ -76,12 +76,8 @@ def predict(model: Any, files: list[Path], batch_size: int = 32) -> Iterator[dic
 
     for path in files:
         try:
-            if not path.is_file():
-                raise ImageDecodeError("no such file")
-            if path.stat().st_size == 0:
-                raise ImageDecodeError("empty file (0 bytes)")
             pending.append((path, transform(load_rgb(path, size))))
-        except (ImageDecodeError, OSError) as err:
+        except ImageDecodeError as err:
             message = str(err)
             yield {"path": str(path), "p_fake": None, "label": "", "status": "unreadable", "message": message}
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -21,8 +22,14 @@ def load_rgb(path: str | Path, min_size: int | None) -> Image.Image:
     decodes at full size.
 
     Raises:
-        ImageDecodeError: the file is empty, truncated, corrupt, too large or not an image.
+        ImageDecodeError: the file is missing, empty, truncated, corrupt, too large or not an image.
     """
+    try:
+        empty = os.path.getsize(path) == 0
+    except FileNotFoundError:
+        raise ImageDecodeError("no such file") from None
+    if empty:
+        raise ImageDecodeError("empty file (0 bytes)")
     try:
         with Image.open(path) as img:
             if img.format == "JPEG" and min_size:

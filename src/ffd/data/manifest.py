@@ -191,8 +191,6 @@ def check_files(records: Iterable[Record]) -> None:
     for r in records:
         try:
             r.sha256 = sha256_file(r.path)
-            if os.path.getsize(r.path) == 0:
-                raise ImageDecodeError("empty file (0 bytes)")
             load_rgb(r.path, min_size=64)  # draft decode: reads the whole JPEG scan, cheaply
         except ImageDecodeError as err:
             r.status, r.reason = "unreadable", str(err)
@@ -274,17 +272,22 @@ def check_no_leakage(records: Iterable[Record]) -> None:
                 raise LeakageError(f"{r.path} (sha256 {r.sha256[:12]}) is in both {other} and {r.split}.")
 
 
-def build_manifest(
-    root: str | Path, val: float = 0.15, test: float = 0.15, seed: int = 42, cv: tuple[int, int] | None = None
-) -> list[Record]:
-    """Discover, check, de-duplicate and split the images under root (``cv``: see assign_splits)."""
+def scan(root: str | Path) -> list[Record]:
+    """Discover the images under root, hash and check each, and mark exact duplicates."""
     records = discover(root)
     check_files(records)
-    dropped = drop_duplicates(records)
-    if dropped:
+    if dropped := drop_duplicates(records):
         log.warning(
             "Dropped %d exact duplicate files (same sha256); see the manifest's reason column.", dropped
         )
+    return records
+
+
+def build_manifest(
+    root: str | Path, val: float = 0.15, test: float = 0.15, seed: int = 42, cv: tuple[int, int] | None = None
+) -> list[Record]:
+    """Scan and split the images under root (``cv``: see assign_splits)."""
+    records = scan(root)
     for label, name in enumerate(CLASS_NAMES):
         if not any(r.ok and r.label == label for r in records):
             raise DataLayoutError(f"No readable {name} image under {root}.")

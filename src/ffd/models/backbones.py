@@ -1,36 +1,95 @@
-"""Backbones by name, with the preprocessing their weights expect."""
+"""Backbones by name (torchvision or ``timm:<name>``), with the preprocessing their weights expect.
+
+Every backbone maps normalized images (N, 3, H, W) to a 4-D feature map (N, C, h, w),
+so any head and the feature cache work with any backbone. Input size, mean, std and
+interpolation come from the backbone's own metadata (torchvision's weights
+transforms, timm's pretrained config), never from numbers written here.
+"""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
+import torch
 import torchvision
 from torch import nn
 
 from ffd.errors import ConfigError
-from ffd.models.weights import load_state_dict
+from ffd.models.weights import WeightsUnavailableError, load_state_dict
+
+TIMM_PREFIX = "timm:"
+
+
+class TimmTrunk(nn.Module):
+    """A timm model's ``forward_features``, always as an (N, C, h, w) map.
+
+    CNNs already give that. Models that give channels-last maps (``output_fmt``
+    NHWC, e.g. Swin) are permuted. ViT-like models give tokens (N, L, C): the
+    prefix tokens (class/register/distillation) are dropped and the patch tokens
+    are laid back on their square grid, so a ``flatten`` head keeps where in the
+    face a feature fired and ``avgpool`` averages the patches.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+        self.nhwc = str(getattr(model, "output_fmt", "NCHW")) == "NHWC"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.model.forward_features(x)
+        if f.ndim == 3:
+            tokens = f[:, self.num_prefix_tokens :]
+            n, length, c = tokens.shape
+            side = math.isqrt(length)
+            if side * side != length:
+                raise ConfigError(f"Cannot lay {length} patch tokens on a square grid; use another backbone.")
+            return tokens.transpose(1, 2).reshape(n, c, side, side)
+        return f.permute(0, 3, 1, 2) if self.nhwc else f
 
 
 def build_backbone(
-    name: str, pretrained: bool = True, weights: str = "DEFAULT"
+    name: str,
+    pretrained: bool = True,
+    weights: str | None = "DEFAULT",
+    input_size: int | None = None,
+    weights_file: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A torchvision classification model's convolutional trunk (no pooling, no classifier).
+    """A classification model's trunk (no pooling, no classifier) and its preprocessing.
 
     Args:
-        name: torchvision model name with a ``features`` trunk (mobilenet_v2,
-            mobilenet_v3_large, efficientnet_b0, convnext_tiny, vgg16, ...).
-        pretrained: Load the ImageNet weights (offline via the hub cache, see
-            ``ffd.models.weights``); False = random init.
-        weights: Which weights enum member (``IMAGENET1K_V1``, ``DEFAULT``, ...).
+        name: A torchvision model name (mobilenet_v2, efficientnet_b0, resnet50,
+            convnext_tiny, ...) or ``timm:<name>`` for any timm model, optionally with a
+            pretrained tag (``timm:efficientnet_b0.ra_in1k``).
+        pretrained: Load the pretrained weights; False = random init.
+        weights: torchvision weights enum member (``IMAGENET1K_V1``, ``DEFAULT``, ...);
+            unused for timm (put the tag in the name).
+        input_size: Square input side; None = the size the weights were trained at.
+        weights_file: timm only: a local weights file to load instead of downloading
+            (timm's ``pretrained_cfg_overlay=dict(file=...)``).
 
     Returns:
-        The trunk, and its preprocessing defaults (``mean``, ``std``, ``interpolation``),
-        taken from the weights' own transforms.
+        The trunk, and its preprocessing: ``size``, ``mean``, ``std``, ``interpolation``.
     """
+    if name.startswith(TIMM_PREFIX):
+        return _timm_backbone(name.removeprefix(TIMM_PREFIX), pretrained, input_size, weights_file)
+    if weights_file:
+        raise ConfigError("model.weights_file is for timm backbones; torchvision reads torch's hub cache.")
+    return _torchvision_backbone(name, pretrained, weights or "DEFAULT", input_size)
+
+
+def _torchvision_backbone(
+    name: str, pretrained: bool, weights: str, input_size: int | None
+) -> tuple[nn.Module, dict[str, Any]]:
     try:
         enum = torchvision.models.get_model_weights(name)
     except ValueError as err:
-        raise ConfigError(f"Unknown torchvision backbone {name!r}: {err}") from None
+        raise ConfigError(
+            f"Unknown torchvision backbone {name!r}: {err}. "
+            "For a timm model write model.backbone=timm:<name>."
+        ) from None
     try:
         w = enum[weights]
     except KeyError:
@@ -38,10 +97,81 @@ def build_backbone(
             f"{name} has no weights {weights!r}; choose from {[m.name for m in enum]}."
         ) from None
     model = torchvision.models.get_model(name, weights=None)
-    if not hasattr(model, "features"):
-        raise ConfigError(f"torchvision model {name!r} has no 'features' trunk; pick e.g. mobilenet_v2.")
     if pretrained:
         model.load_state_dict(load_state_dict(w))
+    trunk = _torchvision_trunk(name, model)
     t = w.transforms()
-    preprocess = {"mean": list(t.mean), "std": list(t.std), "interpolation": t.interpolation.value}
-    return model.features, preprocess
+    size = input_size or int(t.crop_size[0])
+    return trunk, {
+        "size": size,
+        "mean": list(t.mean),
+        "std": list(t.std),
+        "interpolation": t.interpolation.value,
+    }
+
+
+def _torchvision_trunk(name: str, model: nn.Module) -> nn.Module:
+    """``features`` where the model has one (MobileNet, EfficientNet, ConvNeXt, VGG), else the
+    layers before global pooling (ResNet, RegNet, ...)."""
+    if isinstance(getattr(model, "features", None), nn.Module):
+        return model.features
+    layers = []
+    for child in model.children():
+        if isinstance(child, nn.AdaptiveAvgPool2d):
+            return nn.Sequential(*layers)
+        layers.append(child)
+    raise ConfigError(
+        f"torchvision model {name!r} has no convolutional trunk ffd can cut (no 'features', no global "
+        "pooling); for transformers use timm, e.g. model.backbone=timm:vit_small_patch16_224."
+    )
+
+
+def _timm_backbone(
+    name: str, pretrained: bool, input_size: int | None, weights_file: str | None
+) -> tuple[nn.Module, dict[str, Any]]:
+    import timm
+    from timm.data import resolve_data_config
+
+    if not timm.is_model(name):
+        raise ConfigError(
+            f"Unknown timm model {name!r}. List them with: python -c \"import timm; print(timm.list_models('*"
+            f"{name.split('.')[0][:6]}*'))\""
+        )
+    kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": ""}
+    if weights_file:
+        if not Path(weights_file).is_file():
+            raise ConfigError(f"model.weights_file={weights_file} does not exist.")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights_file)}
+    default_cfg = timm.models.get_pretrained_cfg(name)
+    if input_size and default_cfg is not None and default_cfg.fixed_input_size:
+        kwargs["img_size"] = input_size  # ViTs: position embeddings are resampled to the new grid
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as err:
+        if not pretrained:
+            raise
+        raise _timm_weights_error(name, default_cfg, err) from err
+    cfg = resolve_data_config({}, model=model)
+    preprocess = {
+        "size": input_size or int(cfg["input_size"][-1]),
+        "mean": [float(v) for v in cfg["mean"]],
+        "std": [float(v) for v in cfg["std"]],
+        "interpolation": str(cfg["interpolation"]),
+    }
+    return TimmTrunk(model), preprocess
+
+
+def _timm_weights_error(name: str, cfg: Any, err: Exception) -> WeightsUnavailableError:
+    from huggingface_hub import constants
+
+    repo = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "(no download source)"
+    filename = getattr(cfg, "hf_hub_filename", None) or "model.safetensors"
+    return WeightsUnavailableError(
+        f"Pretrained weights for timm:{name} are not available: timm could not load {repo} "
+        f"({filename}) from the Hugging Face cache {constants.HF_HUB_CACHE} or download it "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). To fix: on a machine with "
+        f"network run `python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` and copy its "
+        f"{constants.HF_HUB_CACHE} (set HF_HOME to move it) here; or pass a downloaded weights file with "
+        "model.weights_file=/path/to/model.safetensors; "
+        "or train from random init with model.pretrained=false."
+    )

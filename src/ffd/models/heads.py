@@ -6,16 +6,25 @@ from torch import nn
 
 from ffd.errors import ConfigError
 
+HEADS = ("flatten", "avgpool")
 
-def build_head(kind: str, channels: int, height: int, width: int, num_classes: int) -> nn.Module:
+
+def build_head(
+    kind: str, channels: int, height: int, width: int, num_classes: int, dropout: float = 0.0
+) -> nn.Module:
     """Map a (channels, height, width) feature map to class logits.
 
     ``flatten`` is the seed's head (Keras Flatten + Dense): one weight per
     feature-map cell, so it keeps where in the face a feature fired.
     ``avgpool`` averages over space first (the usual ImageNet head).
+    ``dropout`` > 0 drops features before the linear layer (training only).
+    The linear layer is always the last module (``head[-1]``).
     """
-    if kind == "flatten":
-        return nn.Sequential(nn.Flatten(), nn.Linear(channels * height * width, num_classes))
-    if kind == "avgpool":
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
-    raise ConfigError(f"Unknown head {kind!r}; choose 'flatten' or 'avgpool'.")
+    if kind not in HEADS:
+        raise ConfigError(f"Unknown head {kind!r}; choose one of {HEADS}.")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}.")
+    pool = [nn.AdaptiveAvgPool2d(1)] if kind == "avgpool" else []
+    width_in = channels if kind == "avgpool" else channels * height * width
+    drop = [nn.Dropout(dropout)] if dropout else []
+    return nn.Sequential(*pool, nn.Flatten(), *drop, nn.Linear(width_in, num_classes))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ffd.cache import Encoder, state_fingerprint
 from ffd.data.manifest import CLASS_NAMES, FAKE
@@ -16,9 +17,10 @@ from ffd.errors import ConfigError
 from ffd.metrics import classification_metrics
 from ffd.metrics.scores import THRESHOLD_METHODS, choose_threshold
 from ffd.models.backbones import build_backbone
+from ffd.models.finetune import GradualUnfreeze, build_scheduler
 from ffd.models.heads import build_head
 
-FREEZE_MODES = ("frozen", "full")
+FREEZE_MODES = ("frozen", "full", "gradual")
 # (images, labels), or {"features", "label"} from the feature cache.
 Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]
 
@@ -43,16 +45,26 @@ class FakeFaceClassifier(L.LightningModule):
     works without Hydra or the config that trained it.
 
     Args:
-        backbone: torchvision model name (see ``ffd.models.backbones``).
-        pretrained: Start from ImageNet weights.
-        weights: torchvision weights enum member.
+        backbone: torchvision model name or ``timm:<name>`` (see ``ffd.models.backbones``).
+        pretrained: Start from pretrained (ImageNet) weights.
+        weights: torchvision weights enum member (None for timm).
         head: ``flatten`` (the seed's) or ``avgpool``.
         num_classes: Output classes (2: real, fake).
         freeze: ``frozen`` trains the head only, with backbone BatchNorm statistics
-            frozen too (Keras ``trainable=False``); ``full`` trains everything.
-        input_size: Square input side in pixels.
+            frozen too (Keras ``trainable=False``); ``full`` trains everything;
+            ``gradual`` starts frozen and unfreezes the backbone top-down at
+            ``unfreeze_epochs`` (``ffd.models.finetune.GradualUnfreeze``).
+        input_size: Square input side in pixels; None = the backbone's own.
         optimizer: A partial optimizer (Hydra ``_partial_: true``) or its
             ``{_target_, **kwargs}`` description; default Adam(lr=1e-3).
+        backbone_lr_factor: The backbone's learning rate is the optimizer's times this
+            (``full`` and ``gradual``).
+        unfreeze_epochs: ``gradual``: the epoch (0-based) at which each stage of the
+            backbone unfreezes, top stage first; one entry = the whole backbone at once.
+        scheduler: Learning-rate schedule, e.g. ``{name: cosine, warmup_epochs: 1,
+            min_lr_factor: 0.01}``; None = constant.
+        dropout: Dropout before the head's linear layer.
+        weights_file: timm only: load pretrained weights from this local file.
         channels_last: Run the backbone in NHWC memory layout (faster on CPU and tensor cores).
         threshold_method: How the decision threshold on p_fake is chosen on each
             validation epoch: ``eer`` (equal error rate) or ``youden`` (max TPR - FPR).
@@ -67,10 +79,15 @@ class FakeFaceClassifier(L.LightningModule):
         head: str = "flatten",
         num_classes: int = 2,
         freeze: str = "frozen",
-        input_size: int = 224,
+        input_size: int | None = None,
         optimizer: Callable | Mapping[str, Any] | None = None,
         channels_last: bool = True,
         threshold_method: str = "eer",
+        backbone_lr_factor: float = 1.0,
+        unfreeze_epochs: Sequence[int] = (1,),
+        scheduler: Mapping[str, Any] | None = None,
+        dropout: float = 0.0,
+        weights_file: str | None = None,
     ) -> None:
         super().__init__()
         if freeze not in FREEZE_MODES:
@@ -79,20 +96,24 @@ class FakeFaceClassifier(L.LightningModule):
             raise ConfigError(
                 f"model.threshold_method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}."
             )
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["optimizer", "unfreeze_epochs", "scheduler"])
+        # Plain lists and dicts: checkpoints load with weights_only=True.
         self.hparams["optimizer"] = _optimizer_spec(optimizer)
-        self.backbone, defaults = build_backbone(backbone, pretrained, weights)
-        self.preprocess = {"size": input_size, **defaults}
-        self.frozen = freeze == "frozen"
-        if self.frozen:
-            self.backbone.requires_grad_(False)
-            self.backbone.eval()
+        self.hparams["unfreeze_epochs"] = [int(e) for e in unfreeze_epochs]
+        self.hparams["scheduler"] = dict(scheduler) if scheduler else None
+        self.backbone, self.preprocess = build_backbone(
+            backbone, pretrained, weights, input_size, weights_file
+        )
+        # True while no backbone parameter trains (frozen; gradual before its first stage).
+        self.frozen = freeze in ("frozen", "gradual")
+        self.backbone.requires_grad_(not self.frozen)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
+        size = int(self.preprocess["size"])
         with torch.no_grad():
-            c, h, w = self.backbone.eval()(torch.zeros(1, 3, input_size, input_size)).shape[1:]
-        self.backbone.train(not self.frozen)
-        self.head = build_head(head, c, h, w, num_classes)
+            c, h, w = self.backbone.eval()(torch.zeros(1, 3, size, size)).shape[1:]
+        self.head = build_head(head, c, h, w, num_classes, dropout)
+        self.train()
         base = classification_metrics()
         self.train_metrics = base.clone(prefix="train/")
         self.val_metrics = base.clone(prefix="val/")
@@ -102,9 +123,19 @@ class FakeFaceClassifier(L.LightningModule):
 
     def train(self, mode: bool = True) -> FakeFaceClassifier:
         super().train(mode)
-        if self.frozen:
-            self.backbone.eval()  # Lightning calls train() every epoch; BN stats must not move
+        # Lightning calls train() every epoch; a frozen layer's BN statistics must not move.
+        if mode and self.frozen:
+            self.backbone.eval()
+        elif mode:
+            for m in self.backbone.modules():
+                if isinstance(m, _BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                    m.eval()
         return self
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        if self.hparams["freeze"] == "gradual":
+            return [GradualUnfreeze(self.hparams["unfreeze_epochs"])]
+        return []
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=self.memory_format)
@@ -118,10 +149,11 @@ class FakeFaceClassifier(L.LightningModule):
 
     def encoder(self) -> Encoder | None:
         """The frozen trunk with its fingerprint, for caching its features; None if it trains."""
-        if not self.frozen:
+        if self.hparams["freeze"] != "frozen":  # gradual: frozen now, trains later
             return None
         h = self.hparams
-        fingerprint = f"{h['backbone']}:{h['weights']}:{h['input_size']}:{state_fingerprint(self.backbone)}"
+        size = self.preprocess["size"]
+        fingerprint = f"{h['backbone']}:{h['weights']}:{size}:{state_fingerprint(self.backbone)}"
         return Encoder(self.backbone, fingerprint, self.memory_format)
 
     def _step(self, batch: Batch, split: str) -> torch.Tensor:
@@ -136,7 +168,15 @@ class FakeFaceClassifier(L.LightningModule):
         metrics.update(p_fake, y)
         if split == "val":
             self._val_scores.append((p_fake.detach().cpu(), y.detach().cpu()))
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(
+            f"{split}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+            sync_dist=True,
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=split != "train")
         return loss
 
@@ -149,6 +189,8 @@ class FakeFaceClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self._val_scores and not self.trainer.sanity_checking:
             probs, labels = (torch.cat(t) for t in zip(*self._val_scores, strict=True))
+            if self.trainer.world_size > 1:  # every rank picks the same threshold from all of val
+                probs, labels = (self.all_gather(t.to(self.device)).flatten().cpu() for t in (probs, labels))
             self.threshold = choose_threshold(probs, labels, self.hparams["threshold_method"])
             self.log("val/threshold", self.threshold)
         self._val_scores.clear()
@@ -161,10 +203,24 @@ class FakeFaceClassifier(L.LightningModule):
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return self(x).float().softmax(-1)[:, FAKE]
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         spec = dict(self.hparams["optimizer"])
         optimizer_cls = get_class(spec.pop("_target_"))
-        return optimizer_cls([p for p in self.parameters() if p.requires_grad], **spec)
+        if self.hparams["freeze"] == "frozen":
+            optimizer = optimizer_cls([p for p in self.parameters() if p.requires_grad], **spec)
+        else:
+            # The backbone is in its own group from the start, even while frozen (see ffd.models.finetune).
+            in_backbone = {id(p) for p in self.backbone.parameters()}
+            rest = [p for p in self.parameters() if id(p) not in in_backbone]
+            optimizer = optimizer_cls([{"params": rest}], **spec)
+            lr = optimizer.defaults["lr"] * float(self.hparams["backbone_lr_factor"])
+            optimizer.add_param_group({"params": list(self.backbone.parameters()), "lr": lr})
+        if not self.hparams["scheduler"]:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": build_scheduler(self.hparams["scheduler"], optimizer, self.trainer),
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What any consumer (eval, predict, export) needs to feed the model exactly as in training.

@@ -1,0 +1,106 @@
+"""Backbones by name: torchvision and timm trunks, their preprocessing, offline weights errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import TINY
+from torch.utils.data import DataLoader, TensorDataset
+
+from ffd.models.backbones import build_backbone
+from ffd.models.checkpoint import load_checkpoint
+from ffd.models.module import FakeFaceClassifier
+from ffd.train import train
+
+
+@pytest.mark.parametrize(
+    ("name", "channels", "grid"),
+    [("timm:test_efficientnet", 256, 5), ("timm:test_vit", 64, 10), ("timm:test_convnext", 64, 5)],
+)
+def test_timm_trunks_give_4d_maps_and_their_own_preprocessing(name: str, channels: int, grid: int) -> None:
+    trunk, preprocess = build_backbone(name, pretrained=False)
+    # timm's pretrained config of these test models: 160 px, bicubic.
+    assert preprocess["size"] == 160 and preprocess["interpolation"] == "bicubic"
+    assert len(preprocess["mean"]) == len(preprocess["std"]) == 3
+    assert trunk(torch.zeros(2, 3, 160, 160)).shape == (2, channels, grid, grid)
+
+
+def test_vit_tokens_are_laid_back_on_their_grid() -> None:
+    """Patch token i sits at row i // 10, column i % 10; the class token is dropped."""
+    trunk, _ = build_backbone("timm:test_vit", pretrained=False)
+    x = torch.randn(1, 3, 160, 160)
+    tokens = trunk.model.forward_features(x)  # (1, 1 + 100, 64)
+    fmap = trunk(x)
+    torch.testing.assert_close(fmap[0, :, 3, 7], tokens[0, 1 + 3 * 10 + 7])
+
+
+def test_torchvision_trunk_without_features_is_cut_before_pooling() -> None:
+    trunk, preprocess = build_backbone("resnet18", pretrained=False, weights="IMAGENET1K_V1")
+    assert preprocess["size"] == 224 and preprocess["interpolation"] == "bilinear"
+    assert trunk(torch.zeros(1, 3, 64, 64)).shape == (1, 512, 2, 2)
+
+
+def test_head_width_follows_the_backbone_and_checkpoint_carries_timm_preprocessing(tmp_path: Path) -> None:
+    model = FakeFaceClassifier(backbone="timm:test_efficientnet", pretrained=False, weights=None, head="avgpool")
+    assert model.head[-1].in_features == 256 and model.preprocess["size"] == 160
+    data = TensorDataset(torch.randn(4, 3, 160, 160), torch.tensor([0, 1, 0, 1]))
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, DataLoader(data, batch_size=4))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    raw = torch.load(tmp_path / "m.ckpt", map_location="cpu", weights_only=True)
+    assert raw["ffd"]["preprocess"] == model.preprocess
+    loaded = load_checkpoint(tmp_path / "m.ckpt")
+    x = torch.randn(2, 3, 160, 160)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_timm_backbone_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
+    """model=timm trains end to end; eval and predict get timm's preprocessing from the checkpoint."""
+    cfg = make_cfg(
+        "model=timm", "model.backbone=timm:test_efficientnet", f"data.root={tiny_synthetic}", *TINY,
+        "model.input_size=96", "trainer.max_epochs=2", "+trainer.enable_progress_bar=false",
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert 0 <= metrics["test/auroc"] <= 1 and "val/auroc_best" in metrics
+    best = next((tmp_path / "train" / "checkpoints").glob("epoch*.ckpt"))
+    model = load_checkpoint(best)
+    assert model.hparams["backbone"] == "timm:test_efficientnet"
+    assert model.preprocess == {"size": 96, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                                "interpolation": "bicubic"}  # fmt: skip
+
+
+def test_timm_pretrained_offline_fails_with_a_clear_message(tiny_synthetic: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HYDRA_FULL_ERROR": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ffd.train", "model=timm", "model.backbone=timm:test_efficientnet",
+         "model.pretrained=true", f"data.root={tiny_synthetic}", "data=ciplab", "+debug=fdr"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Traceback" not in output
+    assert "timm/test_efficientnet.r160_in1k" in output  # which weights
+    assert str(tmp_path / "hf" / "hub") in output  # which cache
+    assert "model.pretrained=false" in output and "model.weights_file" in output  # how to fix
+
+
+def test_weights_file_loads_local_timm_weights(tmp_path: Path) -> None:
+    source, _ = build_backbone("timm:test_efficientnet", pretrained=False)
+    path = tmp_path / "weights.pth"
+    torch.save(source.model.state_dict(), path)
+    trunk, _ = build_backbone("timm:test_efficientnet", pretrained=True, weights_file=str(path))
+    x = torch.randn(1, 3, 96, 96)
+    torch.testing.assert_close(trunk.eval()(x), source.eval()(x))
+    with pytest.raises(ValueError, match="does not exist"):
+        build_backbone("timm:test_efficientnet", weights_file=str(tmp_path / "missing.pth"))
+
+
+def test_unknown_timm_model_is_explained() -> None:
+    with pytest.raises(ValueError, match="Unknown timm model"):
+        build_backbone("timm:no_such_net", pretrained=False)

@@ -49,21 +49,25 @@ def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def compose_run(config: str, overrides: list[str], root: Path, output_dir: Path) -> DictConfig:
+    """conf/<config>.yaml with overrides, as `python -m ffd.<config>` would run, writing into output_dir."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir, cfg.paths.output_dir = str(root), str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
-    """Compose conf/<config>.yaml with overrides, writing into tmp_path, as `python -m ffd.<config>` would."""
+    """Compose conf/<config>.yaml with overrides, writing into tmp_path/<config>."""
 
     (tmp_path / "data" / "ciplab").mkdir(parents=True)  # the default data folder exists
 
     def _make(*overrides: str, config: str = "train") -> DictConfig:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config, overrides=list(overrides), return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.root_dir = str(tmp_path)
-            cfg.paths.output_dir = str(tmp_path / config)
-            del cfg["hydra"]
-        return cfg
+        return compose_run(config, list(overrides), tmp_path, tmp_path / config)
 
     return _make
 
@@ -79,11 +83,5 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         "data.synthetic.num_fake=40", "data.test_fraction=0.3", "model.input_size=64",
         "trainer.max_epochs=3", "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false",
     ]  # fmt: skip
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.root_dir, cfg.paths.output_dir = str(root), str(root / "run")
-        del cfg["hydra"]
-    metrics = train(cfg)
+    metrics = train(compose_run("train", overrides, root, root / "run"))
     return next((root / "run" / "checkpoints").glob("epoch*.ckpt")), metrics

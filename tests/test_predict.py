@@ -18,7 +18,7 @@ from PIL import Image
 from ffd.data.io import load_rgb
 from ffd.errors import FfdError
 from ffd.eval import evaluate
-from ffd.models.checkpoint import load_checkpoint
+from ffd.inference import load_scorer
 from ffd.predict import expand_input, predict, run
 
 
@@ -64,7 +64,7 @@ def test_bad_files_get_a_status_and_the_run_goes_on(trained, tmp_path: Path) -> 
     (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:300])
     Image.new("1", (14000, 14000)).save(tmp_path / "bomb.png")  # 196 M pixels: a decompression bomb
     files = [good] + [tmp_path / n for n in ("empty.jpg", "text.jpg", "cut.jpg", "bomb.png", "gone.jpg")]
-    rows = {Path(r["path"]).name: r for r in predict(load_checkpoint(ckpt), files)}
+    rows = {Path(r["path"]).name: r for r in predict(load_scorer(ckpt), files)}
     assert rows["good.jpg"]["status"] == "ok" and 0 <= rows["good.jpg"]["p_fake"] <= 1
     assert rows["empty.jpg"]["message"] == "empty file (0 bytes)"
     assert "DecompressionBomb" in rows["bomb.png"]["message"]
@@ -105,3 +105,27 @@ def test_cli_fails_only_when_nothing_could_be_scored(trained, tmp_path: Path) ->
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ})
     assert result.returncode == 2 and "could be scored" in result.stdout + result.stderr
     assert "unreadable" in out.read_text()
+
+
+def test_face_crop(trained, tmp_path: Path) -> None:
+    from skimage import data
+
+    from ffd.data.faces import FaceCropper
+
+    ckpt, _ = trained
+    photo = tmp_path / "astronaut.png"  # a 512 x 512 photo with one face, top left of centre
+    Image.fromarray(data.astronaut()).save(photo)
+    noise = write_jpegs(tmp_path, ["noise.jpg"], size=300)[0]
+    left, top, right, bottom = FaceCropper(margin=0.25).box(Image.open(photo).convert("RGB"))
+    assert 100 < left < 200 and 0 <= top < 100 and 250 < right < 350 and 150 < bottom < 250
+    assert abs((right - left) - (bottom - top)) <= 2  # square
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    files = [noise, photo, tmp_path / "gone.jpg"]
+    rows = list(predict(load_scorer(ckpt), files, cropper=FaceCropper(), crops_dir=crops))
+    assert [r["status"] for r in rows] == ["no_face", "ok", "unreadable"]  # in input order
+    assert rows[0]["p_fake"] is None and "no face" in rows[0]["message"]
+    saved = list(crops.glob("*.png"))
+    assert [p.name for p in saved] == ["00001_astronaut.png"]
+    assert Image.open(saved[0]).size == (right - left, bottom - top)

@@ -19,12 +19,14 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from ffd.data.manifest import CLASS_NAMES, Record, read_manifest, scan
+from ffd.data.manifest import CLASS_NAMES, FAKE, Record, read_manifest, scan
 from ffd.errors import ConfigError, FfdError, exit_on_user_error
+from ffd.explain import explain_files
+from ffd.gradcam import localization_report
+from ffd.inference import CheckpointScorer, load_scorer
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
 from ffd.metrics.report import build_report, summary_markdown
-from ffd.models.checkpoint import load_checkpoint
 from ffd.predict import predict
 from ffd.runtime import register_resolvers, tune_malloc
 
@@ -72,18 +74,28 @@ def write_outputs(
     tensorboard.close()
 
 
+def localize(model: torch.nn.Module, records: list[Record], method: str, batch_size: int) -> dict[str, Any]:
+    """Heatmap mass inside the replaced parts of the fakes with part metadata (see ``ffd.gradcam``)."""
+    fakes = [r for r in records if r.label == FAKE and "1" in r.parts]
+    cams = explain_files(model.float(), [Path(r.path) for r in fakes], method, batch_size)
+    parts = localization_report((r.parts, cam) for r, (_, _, cam, _) in zip(fakes, cams, strict=True))
+    return {"method": method, "parts": parts}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path)
-    model = load_checkpoint(ckpt_path)
+    scorer = load_scorer(ckpt_path)
     records = select_records(cfg, ckpt_path)
-    rows = list(predict(model, [Path(r.path) for r in records], cfg.data.batch_size))
+    rows = list(predict(scorer, [Path(r.path) for r in records], cfg.data.batch_size))
     if failed := [row for row in rows if row["status"] != "ok"]:
         raise FfdError(f"{len(failed)} images became unreadable since the manifest was made: {failed[0]}")
     probs = torch.tensor([row["p_fake"] for row in rows])
     labels = torch.tensor([r.label for r in records])
-    report = build_report(probs, labels, model.threshold, cfg.bootstrap, cfg.seed)
+    report = build_report(probs, labels, scorer.threshold, cfg.bootstrap, cfg.seed)
     report["checkpoint"] = str(ckpt_path.resolve())
-    report["breakdowns"] = breakdowns(records, probs, model.threshold)
+    report["breakdowns"] = breakdowns(records, probs, scorer.threshold)
+    if cfg.localization and isinstance(scorer, CheckpointScorer) and any(r.parts for r in records):
+        report["localization"] = localize(scorer.model, records, cfg.localization, cfg.data.batch_size)
     out = Path(cfg.paths.output_dir)
     write_outputs(out, records, probs, labels, report)
     log.info("\n%s", summary_markdown(report))

@@ -6,6 +6,11 @@ label (real/fake at the checkpoint's validation-chosen threshold), status and
 message. A file that can't be read gets its status, and the run goes on; the
 exit status is non-zero only if nothing could be scored. Output is CSV, or JSON
 Lines when ``output`` ends in ``.jsonl``.
+
+``ckpt_path`` is an ffd checkpoint or a model.onnx written by ``ffd.export``
+(onnxruntime; no Lightning needed). ``face_crop=true`` first crops the largest
+face from each photo (OpenCV Haar cascade); a photo without one gets status
+``no_face``; ``crops_dir=FOLDER`` saves the crops for inspection.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig
+from PIL import Image
 from tqdm import tqdm
 
+from ffd.data.faces import FaceCropper
 from ffd.data.io import ImageDecodeError, load_rgb
 from ffd.data.manifest import CLASS_NAMES, IMAGE_SUFFIXES
 from ffd.data.transforms import build_transform
 from ffd.errors import ConfigError, FfdError, exit_on_user_error
-from ffd.models.checkpoint import load_checkpoint
+from ffd.inference import Scorer, load_scorer
 from ffd.runtime import register_resolvers, tune_malloc
 
 log = logging.getLogger(__name__)
@@ -56,40 +63,67 @@ def expand_input(spec: str) -> list[Path]:
     return files
 
 
-def predict(model: Any, files: list[Path], batch_size: int = 32) -> Iterator[dict[str, Any]]:
-    """One result row per file, in order; unreadable files get a status instead of a score."""
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    model.to(device).eval()
-    transform = build_transform(model.preprocess)
-    size = model.preprocess["size"]
-    pending: list[tuple[Path, torch.Tensor]] = []
+def _load(path: Path, size: int, cropper: FaceCropper | None) -> tuple[Image.Image | None, str]:
+    """The image to score (None if it has no face), and why not."""
+    if cropper is None:
+        return load_rgb(path, size), ""
+    # Full-size decode: the face may be a small part of the photo.
+    face = cropper(load_rgb(path, None))
+    return face, "" if face is not None else "no face found (OpenCV Haar cascade)"
+
+
+def predict(
+    scorer: Scorer,
+    files: list[Path],
+    batch_size: int = 32,
+    cropper: FaceCropper | None = None,
+    crops_dir: Path | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One result row per file, in order; files that can't be scored get a status and message instead.
+
+    Args:
+        scorer: A checkpoint or ONNX model (``ffd.inference.load_scorer``).
+        files: Image files.
+        batch_size: Images per forward pass.
+        cropper: Crop each photo to its largest face first (status ``no_face`` if none).
+        crops_dir: Save each face crop there, as ``<index>_<name>.png``.
+    """
+    transform = build_transform(scorer.preprocess)
+    size = scorer.preprocess["size"]
+    pending: list[tuple[dict[str, Any], torch.Tensor | None]] = []  # rows wait, in order, for their batch
 
     def flush() -> Iterator[dict[str, Any]]:
-        x = torch.stack([t for _, t in pending]).to(device, non_blocking=True)
-        with torch.no_grad(), torch.autocast(device.type, torch.float16 if cuda else torch.bfloat16):
-            probs = model(x).float().softmax(-1)[:, 1].cpu().tolist()
-        for (path, _), p in zip(pending, probs, strict=True):
-            label = CLASS_NAMES[int(p >= model.threshold)]
-            yield {"path": str(path), "p_fake": p, "label": label, "status": "ok", "message": ""}
+        batch = [x for _, x in pending if x is not None]
+        probs = iter(scorer.p_fake(torch.stack(batch)) if batch else [])
+        for row, x in pending:
+            if x is not None:
+                p = next(probs)
+                row |= {"p_fake": p, "label": CLASS_NAMES[int(p >= scorer.threshold)], "status": "ok"}
+            yield row
         pending.clear()
 
-    for path in files:
+    for i, path in enumerate(files):
+        row: dict[str, Any] = {"path": str(path), "p_fake": None, "label": "", "status": "", "message": ""}
         try:
-            pending.append((path, transform(load_rgb(path, size))))
+            img, row["message"] = _load(path, size, cropper)
+            row["status"] = "no_face"
         except ImageDecodeError as err:
-            message = str(err)
-            yield {"path": str(path), "p_fake": None, "label": "", "status": "unreadable", "message": message}
-            continue
-        if len(pending) == batch_size:
+            img, row["status"], row["message"] = None, "unreadable", str(err)
+        if img is not None and crops_dir is not None:
+            img.save(crops_dir / f"{i:05d}_{path.stem}.png")
+        pending.append((row, None if img is None else transform(img)))
+        if sum(x is not None for _, x in pending) == batch_size:
             yield from flush()
-    if pending:
-        yield from flush()
+    yield from flush()
 
 
 def run(cfg: DictConfig) -> Counter:
-    model = load_checkpoint(cfg.ckpt_path)
+    scorer = load_scorer(cfg.ckpt_path)
     files = expand_input(str(cfg.input))
+    cropper = FaceCropper(cfg.face_margin) if cfg.face_crop else None
+    crops_dir = Path(cfg.crops_dir) if cfg.crops_dir else None
+    if crops_dir:
+        crops_dir.mkdir(parents=True, exist_ok=True)
     output = Path(cfg.output)
     if output.suffix not in (".csv", ".jsonl"):
         raise ConfigError(f"output={output} must end in .csv or .jsonl.")
@@ -99,15 +133,16 @@ def run(cfg: DictConfig) -> Counter:
         writer = csv.DictWriter(fh, fieldnames=FIELDS) if output.suffix == ".csv" else None
         if writer:
             writer.writeheader()
-        rows = predict(model, files, cfg.batch_size)
+        rows = predict(scorer, files, cfg.batch_size, cropper, crops_dir)
         for row in tqdm(rows, total=len(files), unit="img", disable=not sys.stderr.isatty()):
             if row["p_fake"] is not None:
                 row["p_fake"] = round(row["p_fake"], 6)
             writer.writerow(row) if writer else fh.write(json.dumps(row) + "\n")
             counts[row["label"] or row["status"]] += 1
     log.info(
-        "%d files: %d real, %d fake, %d unreadable (threshold %.3f) -> %s",
-        len(files), counts["real"], counts["fake"], counts["unreadable"], model.threshold, output,
+        "%d files: %d real, %d fake, %d unreadable, %d without a face (threshold %.3f) -> %s",
+        len(files), counts["real"], counts["fake"], counts["unreadable"], counts["no_face"],
+        scorer.threshold, output,
     )  # fmt: skip
     if not counts["real"] + counts["fake"]:
         raise FfdError(f"None of the {len(files)} files could be scored; see {output}.")

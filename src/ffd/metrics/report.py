@@ -69,4 +69,17 @@ def summary_markdown(report: dict[str, Any]) -> str:
             lines += [
                 f"| {g} | {v['n_fake']} | {v['auroc']:.3f} | {v['recall']:.3f} |" for g, v in groups.items()
             ]
+    if loc := report.get("localization"):
+        lines += [
+            "",
+            f"Localization ({loc['method']}): share of each fake's heatmap inside its replaced parts, "
+            "against the share of the image they cover.",
+            "",
+            "| parts | fakes | heatmap mass inside | area share |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {g} | {v['n']} | {v['mass_inside']:.3f} | {v['area_share']:.3f} |"
+            for g, v in loc["parts"].items()
+        ]
     return "\n".join(lines) + "\n"

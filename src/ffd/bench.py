@@ -7,8 +7,9 @@ once), in one run:
    fp32, contiguous memory, glibc's default allocator) vs ffd's default path
    (feature cache, bf16, channels-last, tuned allocator): wall time, train
    img/s, peak RSS, test accuracy/AUROC, same seed and split;
-2. predict throughput from the fast run's checkpoint (JPEG decode included)
-   against the raw backbone forward pass at the same precision;
+2. predict throughput from the fast run's checkpoint and from its ONNX export
+   (JPEG decode included) against the raw backbone forward pass at the
+   checkpoint's precision (``--predict-only RUN_DIR`` measures only this);
 3. where the fast run's time goes: cache build vs head training.
 
 Writes ``bench.json`` and ``bench.md`` under ``outputs/bench/<date_time>/``.
@@ -35,6 +36,8 @@ import torch
 from ffd.config import compose_config
 from ffd.data.manifest import read_manifest
 from ffd.data.synthetic import ensure_synthetic
+from ffd.export import export
+from ffd.inference import CheckpointScorer, load_scorer
 from ffd.models.checkpoint import load_checkpoint
 from ffd.predict import predict
 from ffd.runtime import tune_malloc
@@ -96,24 +99,35 @@ def throughput(fn: Callable[[torch.Tensor], Any], batches: list[torch.Tensor], i
     return images / (time.perf_counter() - start)
 
 
-def measure_predict(run_dir: Path, repeats: int = 2) -> dict[str, float]:
-    """img/s of ``ffd.predict`` from the checkpoint (decode included) vs the raw backbone forward pass.
+def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, float]:
+    """img/s of ``ffd.predict`` (decode included) from the checkpoint and from its ONNX export,
+    against the raw backbone forward pass at the checkpoint's precision.
 
     Predict decodes in the main process: on a CPU the backbone already keeps every
     core busy, and loader workers measured slower (2 cores: 243 img/s with 0
     workers, 193-202 with 1-2).
     """
-    model = load_checkpoint(next((run_dir / "checkpoints").glob("epoch*.ckpt")))
+    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
     rows = [r for r in read_manifest(run_dir / "manifest.csv") if r.ok and r.split in ("val", "test")]
     files = [Path(r.path) for r in rows] * repeats
-    sum(1 for _ in predict(model, files[:64]))  # warm-up: allocator, kernels
-    start = time.perf_counter()
-    scored = sum(row["status"] == "ok" for row in predict(model, files))
-    predict_ips = scored / (time.perf_counter() - start)
+    export_cfg = compose_config("export", [f"ckpt_path={ckpt}", "formats=[onnx]"])
+    export_cfg.paths.output_dir = str(out / "export")
+    export(export_cfg)
+    scorers = {
+        "checkpoint": CheckpointScorer(load_checkpoint(ckpt)),
+        "onnx": load_scorer(out / "export" / "model.onnx"),
+    }
+    result = {}
+    for name, scorer in scorers.items():
+        sum(1 for _ in predict(scorer, files[:64]))  # warm-up: allocator, kernels
+        start = time.perf_counter()
+        scored = sum(row["status"] == "ok" for row in predict(scorer, files))
+        result[f"predict_{name}_img_per_s"] = round(scored / (time.perf_counter() - start), 1)
 
+    model = scorers["checkpoint"].model
     cuda = torch.cuda.is_available()
     size = model.preprocess["size"]
-    x = torch.randn(32, 3, size, size, device=model.device)  # predict() moved the model
+    x = torch.randn(32, 3, size, size, device=model.device)  # the scorer moved the model
     batches = [x] * (len(files) // 32)
 
     def forward(b: torch.Tensor) -> None:
@@ -123,8 +137,17 @@ def measure_predict(run_dir: Path, repeats: int = 2) -> dict[str, float]:
 
     # The training precision: fp16 on CUDA, bf16 on CPU, as predict uses.
     with torch.no_grad(), torch.autocast(x.device.type, torch.float16 if cuda else torch.bfloat16):
-        raw_ips = throughput(forward, batches, 32 * len(batches))
-    return {"predict_img_per_s": round(predict_ips, 1), "backbone_img_per_s": round(raw_ips, 1)}
+        result["backbone_img_per_s"] = round(throughput(forward, batches, 32 * len(batches)), 1)
+    return result
+
+
+def predict_line(p: dict[str, float]) -> str:
+    ckpt, onnx, raw = p["predict_checkpoint_img_per_s"], p["predict_onnx_img_per_s"], p["backbone_img_per_s"]
+    return (
+        f"Predict, decode included: {ckpt:.0f} img/s from the checkpoint ({100 * ckpt / raw:.0f} % of the "
+        f"raw backbone forward at the same precision, {raw:.0f} img/s); {onnx:.0f} img/s from the ONNX "
+        "export (onnxruntime, fp32)."
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -145,9 +168,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Speed-up (wall): **{n['wall_s'] / f['wall_s']:.1f}x**; fit only: {n['fit_s'] / f['fit_s']:.1f}x.",
         f"Fast run: manifest + feature cache {f['setup_s']:.1f} s, head training + validation "
         f"{f['fit_s'] - f['setup_s']:.1f} s, wall {f['wall_s']:.1f} s (includes start-up and test).",
-        f"Predict from checkpoint (decode included): {p['predict_img_per_s']:.0f} img/s; raw backbone "
-        f"forward at the same precision: {p['backbone_img_per_s']:.0f} img/s "
-        f"({100 * p['predict_img_per_s'] / p['backbone_img_per_s']:.0f} %).",
+        predict_line(p),
     ]
     if len(runs) > 1:
         acc, auroc = (torch.tensor([r[k] for r in runs]) for k in ("test_acc", "test_auroc"))
@@ -170,10 +191,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--seeds", type=int, default=3, help="training seeds of the fast path (same split, cache reused)"
     )
+    parser.add_argument(
+        "--predict-only", type=Path, metavar="RUN_DIR", help="only predict throughput, of a run"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[bench] %(message)s")
     tune_malloc()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.predict_only:
+        result = measure_predict(args.predict_only, args.out)
+        (args.out / "predict.json").write_text(json.dumps(result, indent=2))
+        log.info("%s", predict_line(result))
+        return
     data_cfg = compose_config("train").data  # the synthetic CIPLAB-sized set of data=synthetic
     data = Path(data_cfg.root)
     ensure_synthetic(data, **data_cfg.synthetic)
@@ -192,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         run_training(f"fast_seed{seed}", args.out, data, [f"seed={seed}", f"data.split_seed={SEED}"], {})
         for seed in range(SEED + 1, SEED + args.seeds)
     ]
-    report["predict"] = measure_predict(Path(report["fast"]["run_dir"]))
+    report["predict"] = measure_predict(Path(report["fast"]["run_dir"]), args.out)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
     if "naive" in report:
         table = markdown(report)

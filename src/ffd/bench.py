@@ -113,10 +113,8 @@ def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, flo
     export_cfg = compose_config("export", [f"ckpt_path={ckpt}", "formats=[onnx]"])
     export_cfg.paths.output_dir = str(out / "export")
     export(export_cfg)
-    scorers = {
-        "checkpoint": CheckpointScorer(load_checkpoint(ckpt)),
-        "onnx": load_scorer(out / "export" / "model.onnx"),
-    }
+    checkpoint = CheckpointScorer(load_checkpoint(ckpt))
+    scorers = {"checkpoint": checkpoint, "onnx": load_scorer(out / "export" / "model.onnx")}
     result = {}
     for name, scorer in scorers.items():
         sum(1 for _ in predict(scorer, files[:64]))  # warm-up: allocator, kernels
@@ -124,7 +122,7 @@ def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, flo
         scored = sum(row["status"] == "ok" for row in predict(scorer, files))
         result[f"predict_{name}_img_per_s"] = round(scored / (time.perf_counter() - start), 1)
 
-    model = scorers["checkpoint"].model
+    model = checkpoint.model
     cuda = torch.cuda.is_available()
     size = model.preprocess["size"]
     x = torch.randn(32, 3, size, size, device=model.device)  # the scorer moved the model

@@ -17,6 +17,7 @@ from torchvision.utils import make_grid, save_image  # noqa: E402
 from ffd.data.manifest import FAKE, REAL  # noqa: E402
 from ffd.explain import explain_files  # noqa: E402
 from ffd.gradcam import overlay, part_boxes, replaced_parts  # noqa: E402
+from ffd.models.module import FakeFaceClassifier  # noqa: E402
 
 
 class TrainingCurves(L.Callback):
@@ -73,8 +74,8 @@ class GradCamGrid(L.Callback):
     def __init__(self, path: str, num_images: int = 16, method: str = "gradcam") -> None:
         self.path, self.num_images, self.method = Path(path), num_images, method
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        records = getattr(trainer.datamodule, "records", [])
+    def on_fit_end(self, trainer: L.Trainer, pl_module: FakeFaceClassifier) -> None:  # type: ignore[override]
+        records = getattr(trainer.datamodule, "records", [])  # type: ignore[attr-defined]
         val = [r for r in records if r.ok and r.split == "val"]
         picked = [r for r in val if r.label == REAL][: self.num_images // 2]
         picked += [r for r in val if r.label == FAKE][: self.num_images - len(picked)]

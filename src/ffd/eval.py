@@ -27,6 +27,7 @@ from ffd.inference import CheckpointScorer, load_scorer
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
 from ffd.metrics.report import build_report, summary_markdown
+from ffd.models.module import FakeFaceClassifier
 from ffd.predict import predict
 from ffd.runtime import register_resolvers, tune_malloc
 
@@ -74,7 +75,9 @@ def write_outputs(
     tensorboard.close()
 
 
-def localize(model: torch.nn.Module, records: list[Record], method: str, batch_size: int) -> dict[str, Any]:
+def localize(
+    model: FakeFaceClassifier, records: list[Record], method: str, batch_size: int
+) -> dict[str, Any]:
     """Heatmap mass inside the replaced parts of the fakes with part metadata (see ``ffd.gradcam``)."""
     fakes = [r for r in records if r.label == FAKE and "1" in r.parts]
     cams = explain_files(model.float(), [Path(r.path) for r in fakes], method, batch_size)

@@ -25,6 +25,7 @@ from ffd.data.transforms import resize_transform, view_transform
 from ffd.errors import FfdError, exit_on_user_error
 from ffd.gradcam import grad_cam, localization, localization_report, overlay, part_boxes, replaced_parts
 from ffd.models.checkpoint import load_checkpoint
+from ffd.models.module import FakeFaceClassifier
 from ffd.predict import expand_input
 from ffd.runtime import register_resolvers, tune_malloc
 
@@ -33,7 +34,7 @@ register_resolvers()
 
 
 def explain_files(
-    model: torch.nn.Module, files: Sequence[Path], method: str = "gradcam", batch_size: int = 32
+    model: FakeFaceClassifier, files: Sequence[Path], method: str = "gradcam", batch_size: int = 32
 ) -> Iterator[tuple[Path, torch.Tensor, torch.Tensor, float]]:
     """(path, resized uint8 image, heatmap, p_fake) for each readable file; unreadable ones are logged."""
     resize, view = resize_transform(model.preprocess), view_transform(model.preprocess)

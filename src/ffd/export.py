@@ -32,6 +32,7 @@ from ffd.errors import ConfigError, FfdError, exit_on_user_error
 from ffd.files import sha256_file
 from ffd.inference import ONNX_METADATA_KEY, OnnxScorer
 from ffd.models.checkpoint import load_checkpoint
+from ffd.models.module import FakeFaceClassifier
 from ffd.provenance import provenance
 from ffd.runtime import register_resolvers, tune_malloc
 
@@ -43,7 +44,7 @@ FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetenso
 class Probabilities(nn.Module):
     """The exported graph: normalized images -> class probabilities (real, fake)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: FakeFaceClassifier) -> None:
         super().__init__()
         self.backbone, self.head = model.backbone, model.head
 
@@ -77,6 +78,7 @@ def export_onnx(net: nn.Module, x: torch.Tensor, path: Path, metadata: str, opse
             net, (x,), input_names=["image"], output_names=["probs"],
             dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
         )  # fmt: skip
+    assert program is not None  # no file name given: the exporter returns the program
     graph = program.model_proto
     graph.metadata_props.add(key=ONNX_METADATA_KEY, value=metadata)
     onnx.checker.check_model(graph, full_check=True)
@@ -138,8 +140,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     with torch.no_grad():
         reference = net(x)
     hp = model.hparams
-    inference = {"preprocess": model.preprocess, "class_names": list(CLASS_NAMES)}
-    inference["threshold"] = model.threshold
+    inference: dict[str, Any] = {
+        "preprocess": model.preprocess, "class_names": list(CLASS_NAMES), "threshold": model.threshold
+    }  # fmt: skip
     metadata = json.dumps(inference)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +159,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     parity = {f: check_parity(FILES[f], run, x, reference, cfg.parity_atol) for f, run in checks.items()}
     log.info("Max |p - p_checkpoint| on %d %s: %s", len(x), source, parity)
 
-    card = {
+    card: dict[str, Any] = {
         "name": out.name,
         "backbone": hp["backbone"],
         "head": hp["head"],

@@ -20,13 +20,14 @@ from PIL import Image, ImageDraw
 
 from ffd.data.manifest import FAKE, PARTS, REAL
 from ffd.data.synthetic import PART_BOXES, SIZE
+from ffd.models.module import FakeFaceClassifier
 
 METHODS = ("gradcam", "hirescam")
 Box = tuple[float, float, float, float]
 
 
 def grad_cam(
-    model: torch.nn.Module, x: torch.Tensor, method: str = "gradcam"
+    model: FakeFaceClassifier, x: torch.Tensor, method: str = "gradcam"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmaps of the evidence for "fake", at input resolution, each scaled to [0, 1].
 

@@ -29,7 +29,7 @@ class FaceCropper:
             import cv2
         except ImportError as err:
             raise FfdError("face_crop=true needs OpenCV: pip install 'opencv-python-headless<5'.") from err
-        self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
+        self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)  # type: ignore[attr-defined]
         if self.cascade.empty():
             raise FfdError(
                 f"OpenCV {cv2.__version__} has no {CASCADE} (the 5.x wheels ship none): "

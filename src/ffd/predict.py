@@ -98,17 +98,17 @@ def predict(
         for row, x in pending:
             if x is not None:
                 p = next(probs)
-                row |= {"p_fake": p, "label": CLASS_NAMES[int(p >= scorer.threshold)], "status": "ok"}
+                row |= {"p_fake": p, "label": CLASS_NAMES[int(p >= scorer.threshold)]}
             yield row
         pending.clear()
 
     for i, path in enumerate(files):
-        row: dict[str, Any] = {"path": str(path), "p_fake": None, "label": "", "status": "", "message": ""}
         try:
-            img, row["message"] = _load(path, size, cropper)
-            row["status"] = "no_face"
+            img, message = _load(path, size, cropper)
+            status = "ok" if img is not None else "no_face"
         except ImageDecodeError as err:
-            img, row["status"], row["message"] = None, "unreadable", str(err)
+            img, status, message = None, "unreadable", str(err)
+        row = {"path": str(path), "p_fake": None, "label": "", "status": status, "message": message}
         if img is not None and crops_dir is not None:
             img.save(crops_dir / f"{i:05d}_{path.stem}.png")
         pending.append((row, None if img is None else transform(img)))

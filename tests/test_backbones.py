@@ -47,7 +47,9 @@ def test_torchvision_trunk_without_features_is_cut_before_pooling() -> None:
 
 
 def test_head_width_follows_the_backbone_and_checkpoint_carries_timm_preprocessing(tmp_path: Path) -> None:
-    model = FakeFaceClassifier(backbone="timm:test_efficientnet", pretrained=False, weights=None, head="avgpool")
+    model = FakeFaceClassifier(
+        backbone="timm:test_efficientnet", pretrained=False, weights=None, head="avgpool"
+    )
     assert model.head[-1].in_features == 256 and model.preprocess["size"] == 160
     data = TensorDataset(torch.randn(4, 3, 160, 160), torch.tensor([0, 1, 0, 1]))
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)

@@ -12,10 +12,12 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
 from ffd.cv import cross_validate
 from ffd.errors import exit_on_user_error
+from ffd.runs import resolve_ckpt_path
 from ffd.runtime import register_resolvers, tune_malloc
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; return the final metrics (also written to metrics.json)."""
     L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, preprocess=model.preprocess, encoder=model.encoder())
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
@@ -34,7 +37,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if ckpt_path:
+        log.info("Resuming from %s", ckpt_path)
+        keep_csv_history(loggers)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     timings = {"setup_s": datamodule.setup_seconds, "fit_s": time.perf_counter() - start}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback
@@ -54,12 +60,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
 
     out = Path(cfg.paths.output_dir)
+    if not trainer.is_global_zero:  # under DDP every rank has the same synced metrics; one writes them
+        return metrics
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (out / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}, indent=2))
     log.info("Final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     log.info("Run folder: %s", out.resolve())
     return metrics
+
+
+def keep_csv_history(loggers: list) -> None:
+    """Lightning's CSVLogger deletes an existing metrics.csv: keep the killed run's epochs beside it."""
+    for logger in loggers:
+        if isinstance(logger, CSVLogger) and (csv := Path(logger.log_dir) / "metrics.csv").is_file():
+            n = 1 + sum(1 for _ in csv.parent.glob("metrics.before_resume_*.csv"))
+            csv.rename(csv.with_name(f"metrics.before_resume_{n}.csv"))
+            log.info("Kept the earlier epochs' %s as %s", csv.name, f"metrics.before_resume_{n}.csv")
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")

@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ffd.cache import Encoder, FeatureDataset, PixelDataset, build_feature_cache, feature_key
 from ffd.data.dataset import ImageDataset
@@ -30,6 +30,32 @@ from ffd.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CACHE_MODES = ("auto", "none", "pixels", "features")
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order that depends only on (seed, epoch), like ``DistributedSampler`` on one process.
+
+    ``RandomSampler`` draws its order from the global random stream, whose position
+    depends on how many epochs this process has run; a run resumed from a checkpoint
+    would then see other batches than an uninterrupted one. Lightning calls
+    ``set_epoch`` before every training epoch; it also reseeds the loader's generator
+    (the base seed of its workers).
+    """
+
+    def __init__(self, n: int, seed: int, generator: torch.Generator) -> None:
+        self.n, self.seed, self.generator = n, seed, generator
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.generator.manual_seed(self.seed * 7919 + epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 104_729 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 class FaceDataModule(L.LightningDataModule):
@@ -64,7 +90,8 @@ class FaceDataModule(L.LightningDataModule):
         fold: Which fold is the validation split.
         shuffle_labels: Permute the train and val labels (test keeps the true ones):
             a control experiment whose test score must be at chance.
-        shuffle_seed: Seed of that permutation (the run's seed; the split keeps its own).
+        shuffle_seed: The run's seed: of that permutation and of the training order
+            (``EpochShuffle``); the split keeps its own.
     """
 
     def __init__(
@@ -132,7 +159,7 @@ class FaceDataModule(L.LightningDataModule):
         self.records = build_manifest(
             self.root, self.val_fraction, self.test_fraction, self.split_seed, self.cv
         )
-        if self.manifest_path:
+        if self.manifest_path and self._is_global_zero():  # every rank builds the same manifest
             write_manifest(self.records, self.manifest_path)
             log.info("Manifest written to %s", self.manifest_path)
         rows = {s: [r for r in self.records if r.ok and r.split == s] for s in SPLITS}
@@ -185,18 +212,52 @@ class FaceDataModule(L.LightningDataModule):
         # (measured: 62 s with 2 workers vs 55 s without for 12k views on 2 cores).
         workers = self.num_workers if device.type == "cuda" else 0
         resize = resize_transform(self.preprocess)
-        store = build_feature_cache(
-            folder, self.encoder, splits, resize, self.decode_size, device, autocast, workers, self.split_seed
-        )
+
+        def build() -> dict[str, Any]:
+            return build_feature_cache(
+                folder,
+                self.encoder,
+                splits,
+                resize,
+                self.decode_size,
+                device,
+                autocast,
+                workers,
+                self.split_seed,
+            )
+
+        if trainer is None or trainer.world_size == 1:
+            store = build()
+        else:
+            # One process builds, the others wait and then read it. Global rank 0 first; then
+            # each node's local rank 0 (which reuses it when the cache folder is shared).
+            if trainer.is_global_zero:
+                build()
+            trainer.strategy.barrier("ffd_feature_cache")
+            if trainer.local_rank == 0 and not trainer.is_global_zero:
+                build()
+            trainer.strategy.barrier("ffd_feature_cache_node")
+            store = build()
         return {s: FeatureDataset(store[s], [r.label for r in rows[s]]) for s in SPLITS}
+
+    def _is_global_zero(self) -> bool:
+        return self.trainer is None or self.trainer.is_global_zero
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         # Cached features are slices of a memory map: worker processes would only add copies.
         workers = 0 if self.cache == "features" else self.num_workers
+        sampler, generator = None, None
+        if shuffle and (self.trainer is None or self.trainer.world_size == 1):
+            # Under DDP Lightning's DistributedSampler does the same (seed + epoch).
+            generator = torch.Generator()
+            sampler = EpochShuffle(len(self.datasets[split]), self.shuffle_seed, generator)
+            shuffle = False
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
+            generator=generator,
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=workers > 0,

@@ -1,0 +1,92 @@
+"""Reproducibility: deterministic runs repeat exactly, and a killed run resumes to the same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+from ffd.errors import ConfigError
+from ffd.runs import resolve_ckpt_path
+from ffd.train import train
+
+# The backbone trains (dropout, BatchNorm, augmentation and shuffling all draw random numbers).
+FULL = ["model.freeze=full", "model.dropout=0.2", "data.cache=none", "trainer.deterministic=true",
+        "+trainer.enable_progress_bar=false"]  # fmt: skip
+
+
+def test_deterministic_runs_give_identical_metrics(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        cfg = make_cfg(f"data.root={tiny_synthetic}", *TINY, *FULL, "trainer.max_epochs=2")
+        cfg.paths.output_dir = str(tmp_path / name)
+        runs.append(train(cfg))
+    assert runs[0] == runs[1]
+    info = json.loads((tmp_path / "a" / "run_info.json").read_text())
+    assert info["deterministic"] is True and info["seed"] == 42
+    assert (
+        info["manifest_sha256"]
+        == json.loads((tmp_path / "b" / "run_info.json").read_text())["manifest_sha256"]
+    )
+
+
+def cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ffd.train", *args], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_synthetic: Path, tmp_path: Path) -> None:
+    epochs = 8
+    args = [f"data.root={tiny_synthetic}", *TINY, *FULL, f"trainer.max_epochs={epochs}"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+
+    proc = cli([*args, f"hydra.run.dir={killed}"], tmp_path)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # no clean-up, no final checkpoint
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists()
+    done = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert done < epochs - 1, "the run finished before it was killed"
+
+    resumed = cli([*args, f"hydra.run.dir={killed}", "ckpt_path=last"], tmp_path)
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    assert "Resuming from" in out
+    uninterrupted = cli([*args, f"hydra.run.dir={full}"], tmp_path)
+    out = uninterrupted.communicate(timeout=600)[0]
+    assert uninterrupted.returncode == 0, out[-3000:]
+
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert a.keys() == b.keys() and "test/auroc" in a
+    assert b == pytest.approx(a, abs=1e-6)
+    info = json.loads((killed / "run_info.json").read_text())
+    assert info.get("resumed_from")
+    assert (killed / "csv" / "metrics.before_resume_1.csv").exists()  # the first attempt's curves stay
+
+
+def test_ckpt_path_last_needs_a_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="hydra.run.dir=outputs/train/<run> ckpt_path=last"):
+        resolve_ckpt_path("last", tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resolve_ckpt_path("last", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+    assert resolve_ckpt_path(str(tmp_path), "/elsewhere") == str(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)

@@ -124,7 +124,14 @@ def run_facts(ckpt_path: Path) -> dict[str, Any]:
     return {
         "training_run": str(run),
         "manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
-        "metrics": {k: v for k, v in sorted(scores.items()) if k.startswith(("val/", "test/"))} or None,
+        # The run's final metrics: val of the last epoch, test of the best checkpoint (the exported one
+        # when it is the best); the last epoch's val/threshold is not this checkpoint's.
+        "metrics": {
+            k: v
+            for k, v in sorted(scores.items())
+            if k.startswith(("val/", "test/")) and k != "val/threshold"
+        }
+        or None,
     }
 
 

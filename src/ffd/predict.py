@@ -140,7 +140,7 @@ def run(cfg: DictConfig) -> Counter:
             writer.writerow(row) if writer else fh.write(json.dumps(row) + "\n")
             counts[row["label"] or row["status"]] += 1
     log.info(
-        "%d files: %d real, %d fake, %d unreadable, %d without a face (threshold %.3f) -> %s",
+        "%d files: %d real, %d fake, %d unreadable, %d without a face (threshold %.3g) -> %s",
         len(files), counts["real"], counts["fake"], counts["unreadable"], counts["no_face"],
         scorer.threshold, output,
     )  # fmt: skip

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from ffd.config import CONF_DIR
@@ -31,7 +32,29 @@ def check(cfg) -> None:
 def test_groups_were_found() -> None:
     assert {"seed", "demo"} <= set(EXPERIMENTS) and {"fdr", "overfit"} <= set(DEBUG)
     assert GROUPS["data"] == ["ciplab", "synthetic"] and "mobilenet_v2" in GROUPS["model"]
-    assert {"default", "cpu", "gpu"} <= set(GROUPS["trainer"])
+    assert {"default", "cpu", "gpu", "ddp"} <= set(GROUPS["trainer"])
+    assert {"mobilenet_v2", "timm"} <= set(GROUPS["model"])
+    assert {"finetune_mobilenet_v2", "effnet_b0"} <= set(EXPERIMENTS)
+
+
+def test_optuna_search_composes(make_cfg) -> None:
+    cfg = make_cfg("hparams_search=optuna", "+experiment=demo")
+    assert cfg.optimized_metric == "val/auroc_best" and cfg.trials == 20
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        full = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    sweeper = full.hydra.sweeper
+    assert sweeper.direction == "maximize" and "model.optimizer.lr" in sweeper.params
+    assert str(full.hydra.sweep.dir).endswith("optuna/ffd") and sweeper.storage.endswith(
+        "optuna/ffd/optuna.db"
+    )
+
+
+def test_fine_tuning_experiments(make_cfg) -> None:
+    ft = make_cfg("+experiment=finetune_mobilenet_v2")
+    assert ft.model.freeze == "gradual" and ft.model.backbone_lr_factor < 1 and ft.data.cache == "pixels"
+    assert ft.model.scheduler.name == "cosine"
+    eff = make_cfg("+experiment=effnet_b0")
+    assert eff.model.backbone == "timm:efficientnet_b0" and eff.model.freeze == "full"
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

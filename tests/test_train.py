@@ -80,6 +80,15 @@ def test_multirun_sweep_gives_each_run_its_folder(tiny_synthetic: Path, tmp_path
     for run, lr in zip(runs, ("0.001", "0.0001"), strict=True):
         assert (run / "metrics.json").exists() and (run / "manifest.csv").exists()
         assert f"lr={lr}" in (run / ".hydra" / "overrides.yaml").read_text().replace(" ", "").replace("-", "")
+        assert len(json.loads((run / "run_info.json").read_text())["manifest_sha256"]) == 64
+    # One table of every run's metrics in the sweep folder.
+    table = (sweeps[0] / "summary.csv").read_text().splitlines()
+    assert table[0].startswith("run,overrides,status") and "test/auroc" in table[0]
+    assert [line.split(",")[:3] for line in table[1:]] == [
+        ["0", "model.optimizer.lr=0.001", "done"],
+        ["1", "model.optimizer.lr=0.0001", "done"],
+    ]
+    assert (sweeps[0] / "summary.md").exists()
 
 
 def test_missing_data_fails_at_once_with_a_clear_message(tmp_path: Path) -> None:

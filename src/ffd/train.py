@@ -19,9 +19,11 @@ from ffd.cv import cross_validate
 from ffd.errors import exit_on_user_error
 from ffd.runs import resolve_ckpt_path
 from ffd.runtime import register_resolvers, tune_malloc
+from ffd.sweep import register_resolvers as register_sweep_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()
+register_sweep_resolvers()
 # The frozen backbone is in eval mode on purpose (BatchNorm statistics stay fixed).
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -108,3 +110,12 @@ def test_unknown_format_is_refused(make_cfg, trained) -> None:
     ckpt, _ = trained
     with pytest.raises(ConfigError, match="unknown \\['pickle'\\]"):
         export(make_cfg(f"ckpt_path={ckpt}", "formats=[onnx,pickle]", config="export"))
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.ckpt"
+    for module, extra in (("ffd.export", []), ("ffd.explain", [f"input={tmp_path}"])):
+        cmd = [sys.executable, "-m", module, f"ckpt_path={missing}", f"hydra.run.dir={tmp_path}", *extra]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 2, module
+        assert "does not exist" in result.stderr + result.stdout and "Traceback" not in result.stderr

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ def cross_validate(cfg: DictConfig, train: Callable[[DictConfig], dict[str, floa
     for key in keys:
         values = torch.tensor([r[key] for r in results])
         summary[key] = {"mean": float(values.mean()), "std": float(values.std()), "folds": values.tolist()}
+    if rank_zero_only.rank != 0:  # under DDP every rank has the same synced metrics; one writes them
+        return summary
     (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
     lines = [
         f"# {k}-fold cross-validation (validation folds; test split untouched)",

@@ -32,7 +32,6 @@ def run(args: list[str], cwd: Path) -> None:
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
-@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tiny_synthetic: Path, tmp_path: Path) -> None:
     common = [f"data.root={tiny_synthetic}", *ARGS]
     ddp, single = tmp_path / "ddp", tmp_path / "single"

@@ -46,7 +46,6 @@ def cli(args: list[str], cwd: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
-@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_synthetic: Path, tmp_path: Path) -> None:
     epochs = 8
     args = [f"data.root={tiny_synthetic}", *TINY, *FULL, f"trainer.max_epochs={epochs}"]

@@ -39,7 +39,9 @@ def cross_validate(cfg: DictConfig, train: Callable[[DictConfig], dict[str, floa
     for key in keys:
         values = torch.tensor([r[key] for r in results])
         summary[key] = {"mean": float(values.mean()), "std": float(values.std()), "folds": values.tolist()}
-    if rank_zero_only.rank != 0:  # under DDP every rank has the same synced metrics; one writes them
+    if (
+        getattr(rank_zero_only, "rank", 0) != 0
+    ):  # under DDP every rank has the same synced metrics; one writes them
         return summary
     (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
     lines = [

@@ -45,7 +45,8 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     A run without ``metrics.json`` (failed, killed, or still running) is listed as ``incomplete``.
     """
     sweep_dir = Path(sweep_dir)
-    rows, overrides = [], []
+    rows: list[dict[str, Any]] = []
+    overrides: list[list[str]] = []
     for run in run_folders(sweep_dir):
         overrides_file = run / ".hydra" / "overrides.yaml"
         overrides.append([str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.exists() else [])
@@ -78,19 +79,6 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
     lines = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
     lines += [f"| {' | '.join(cell(c, r.get(c, '')) for c in columns)} |" for r in rows]
-    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
-    return rows
-    columns = ["run", "overrides", "status", *[m for m in METRICS if any(m in r for r in rows)], "wall_s"]
-    with (sweep_dir / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def cell(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, float) and not float(value).is_integer() else str(value)
-
-    lines = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
-    lines += [f"| {' | '.join(cell(r.get(c, '')) for c in columns)} |" for r in rows]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return rows
 

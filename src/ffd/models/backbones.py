@@ -32,7 +32,7 @@ class TimmTrunk(nn.Module):
     face a feature fired and ``avgpool`` averages the patches.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
@@ -113,9 +113,10 @@ def _torchvision_backbone(
 def _torchvision_trunk(name: str, model: nn.Module) -> nn.Module:
     """``features`` where the model has one (MobileNet, EfficientNet, ConvNeXt, VGG), else the
     layers before global pooling (ResNet, RegNet, ...)."""
-    if isinstance(getattr(model, "features", None), nn.Module):
-        return model.features
-    layers = []
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Module):
+        return features
+    layers: list[nn.Module] = []
     for child in model.children():
         if isinstance(child, nn.AdaptiveAvgPool2d):
             return nn.Sequential(*layers)

@@ -75,11 +75,11 @@ class GradualUnfreeze(BaseFinetuning):
             )
         self.unfreeze_epochs = epochs
 
-    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+    def freeze_before_training(self, pl_module: Any) -> None:
         self.freeze(pl_module.backbone, train_bn=False)
         pl_module.frozen = True
 
-    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Any) -> None:
+    def finetune_function(self, pl_module: Any, epoch: int, optimizer: Any) -> None:
         stages = unfreeze_stages(backbone_blocks(pl_module.backbone), len(self.unfreeze_epochs))
         for at, modules in zip(self.unfreeze_epochs, stages, strict=False):
             # ">=": a run resumed after a stage's epoch must unfreeze it again.

@@ -38,6 +38,12 @@ def _optimizer_spec(optimizer: Callable | Mapping[str, Any] | None) -> dict[str,
     }
 
 
+def _gathered(x: Any) -> torch.Tensor:
+    """``all_gather``'s (world_size, n) tensor as one flat CPU tensor."""
+    assert isinstance(x, torch.Tensor)
+    return x.flatten().cpu()
+
+
 class FakeFaceClassifier(L.LightningModule):
     """Real (0) vs fake (1) face classifier: backbone trunk -> head -> 2 logits.
 
@@ -190,7 +196,7 @@ class FakeFaceClassifier(L.LightningModule):
         if self._val_scores and not self.trainer.sanity_checking:
             probs, labels = (torch.cat(t) for t in zip(*self._val_scores, strict=True))
             if self.trainer.world_size > 1:  # every rank picks the same threshold from all of val
-                probs, labels = (self.all_gather(t.to(self.device)).flatten().cpu() for t in (probs, labels))
+                probs, labels = (_gathered(self.all_gather(t.to(self.device))) for t in (probs, labels))
             self.threshold = choose_threshold(probs, labels, self.hparams["threshold_method"])
             self.log("val/threshold", self.threshold)
         self._val_scores.clear()

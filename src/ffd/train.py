@@ -13,6 +13,7 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from ffd.cv import cross_validate
@@ -74,6 +75,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def keep_csv_history(loggers: list) -> None:
     """Lightning's CSVLogger deletes an existing metrics.csv: keep the killed run's epochs beside it."""
+    if getattr(rank_zero_only, "rank", 0) != 0:  # DDP: rank 0 did (before it started the others)
+        return
     for logger in loggers:
         if isinstance(logger, CSVLogger) and (csv := Path(logger.log_dir) / "metrics.csv").is_file():
             n = 1 + sum(1 for _ in csv.parent.glob("metrics.before_resume_*.csv"))

@@ -134,7 +134,8 @@ class FakeFaceClassifier(L.LightningModule):
             self.backbone.eval()
         elif mode:
             for m in self.backbone.modules():
-                if isinstance(m, _BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                params = list(m.parameters()) if isinstance(m, _BatchNorm) else []
+                if params and not any(p.requires_grad for p in params):
                     m.eval()
         return self
 

@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import TINY
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from ffd.models.finetune import backbone_blocks, unfreeze_stages
@@ -110,3 +111,31 @@ def test_fine_tuning_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None
     assert first["hyper_parameters"]["scheduler"]["name"] == "cosine"
     info = json.loads((run / "run_info.json").read_text())
     assert info["git_commit"] and info["packages"]["timm"] and len(info["manifest_sha256"]) == 64
+
+
+def test_gradual_fine_tuning_resumes_into_its_stage(tmp_path: Path) -> None:
+    """Resumed from its epoch-1 checkpoint (top stage unfrozen), a run ends with the same weights."""
+
+    def model() -> FakeFaceClassifier:
+        torch.manual_seed(0)
+        return FakeFaceClassifier(
+            pretrained=False, input_size=32, freeze="gradual", unfreeze_epochs=[1, 2], backbone_lr_factor=0.1,
+            scheduler={"name": "cosine", "warmup_epochs": 1},
+        )  # fmt: skip
+
+    def trainer(*callbacks: L.Callback) -> L.Trainer:
+        return L.Trainer(
+            max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, deterministic=True, callbacks=list(callbacks),
+        )  # fmt: skip
+
+    every_epoch = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)
+    whole = model()
+    trainer(every_epoch).fit(whole, loader())
+    resumed = model()
+    trainer(ModelCheckpoint(dirpath=tmp_path / "resumed")).fit(
+        resumed, loader(), ckpt_path=tmp_path / "epoch=1.ckpt"
+    )
+    assert all(p.requires_grad for p in resumed.backbone.parameters())
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)

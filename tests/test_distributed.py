@@ -50,3 +50,18 @@ def test_two_process_ddp_matches_one_process(tiny_synthetic: Path, tmp_path: Pat
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir() if p.name.startswith("epoch")) == sorted(
         p.name for p in (single / "checkpoints").iterdir() if p.name.startswith("epoch")
     )
+
+
+def test_local_ddp_inside_a_sweep_is_refused(tiny_synthetic: Path, tmp_path: Path) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("SLURM_PROCID", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ffd.train", "-m", f"data.root={tiny_synthetic}", *TINY, "trainer=ddp",
+         "trainer.devices=2", "model.optimizer.lr=1e-3,1e-4"],
+        cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "0"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "submitit_slurm" in output and "Traceback" not in output
+    assert not list((tmp_path / "outputs").glob("**/metrics.json"))

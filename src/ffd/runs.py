@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +115,34 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist (a .ckpt file, a run folder or 'last').")
     return str(path)
+
+
+# Set when something other than Lightning started this process as one rank of several.
+_EXTERNAL_LAUNCH = ("SLURM_PROCID", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def check_ddp_launch(trainer_cfg: Mapping[str, Any], multirun: bool) -> None:
+    """Refuse local multi-process DDP inside a ``-m`` sweep.
+
+    Lightning starts the other ranks by running the same command line again: in a
+    ``-m`` sweep each of them would run the whole sweep. On SLURM
+    (``hydra/launcher=submitit_slurm``) or under ``torchrun`` the ranks are started
+    from outside and this is fine.
+    """
+    if not multirun or "ddp" not in str(trainer_cfg.get("strategy", "")):
+        return
+    if any(v in os.environ for v in _EXTERNAL_LAUNCH):
+        return
+    devices, nodes = trainer_cfg.get("devices", 1), int(trainer_cfg.get("num_nodes", 1) or 1)
+    if devices == "auto":
+        devices = torch.cuda.device_count() if trainer_cfg.get("accelerator") != "cpu" else 1
+    many = (
+        len(devices) if isinstance(devices, Sequence) and not isinstance(devices, str) else int(devices)
+    ) > 1
+    if many or nodes > 1:
+        raise ConfigError(
+            "trainer=ddp with several local processes can't run inside a -m sweep: Lightning starts the "
+            "other ranks by running the command again, and each would run the whole sweep. Run each "
+            "configuration as its own command, or sweep on SLURM with hydra/launcher=submitit_slurm "
+            "(one job per run, tasks_per_node = trainer.devices)."
+        )

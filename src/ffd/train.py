@@ -10,6 +10,8 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -18,7 +20,7 @@ from omegaconf import DictConfig
 
 from ffd.cv import cross_validate
 from ffd.errors import exit_on_user_error
-from ffd.runs import resolve_ckpt_path
+from ffd.runs import check_ddp_launch, resolve_ckpt_path
 from ffd.runtime import register_resolvers, tune_malloc
 from ffd.sweep import register_resolvers as register_sweep_resolvers
 
@@ -86,6 +88,8 @@ def keep_csv_history(loggers: list) -> None:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    exit_on_user_error(lambda: check_ddp_launch(cfg.trainer, multirun))
     if cfg.cv.folds:
         summary = exit_on_user_error(lambda: cross_validate(cfg, train))
         return summary.get(cfg.get("optimized_metric") or "", {}).get("mean")

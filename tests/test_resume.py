@@ -48,7 +48,9 @@ def cli(args: list[str], cwd: Path) -> subprocess.Popen:
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_synthetic: Path, tmp_path: Path) -> None:
     epochs = 8
-    args = [f"data.root={tiny_synthetic}", *TINY, *FULL, f"trainer.max_epochs={epochs}"]
+    # Two loader workers: their augmentation must be seeded per epoch too.
+    tiny = [o for o in TINY if not o.startswith("data.num_workers")]
+    args = [f"data.root={tiny_synthetic}", *tiny, *FULL, "data.num_workers=2", f"trainer.max_epochs={epochs}"]
     full, killed = tmp_path / "full", tmp_path / "killed"
 
     proc = cli([*args, f"hydra.run.dir={killed}"], tmp_path)

@@ -42,9 +42,9 @@ class EpochShuffle(Sampler[int]):
     (the base seed of its workers).
     """
 
-    def __init__(self, n: int, seed: int, generator: torch.Generator) -> None:
+    def __init__(self, n: int, seed: int, generator: torch.Generator, epoch: int = 0) -> None:
         self.n, self.seed, self.generator = n, seed, generator
-        self.set_epoch(0)
+        self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -247,11 +247,17 @@ class FaceDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         # Cached features are slices of a memory map: worker processes would only add copies.
         workers = 0 if self.cache == "features" else self.num_workers
+        training = shuffle
         sampler, generator = None, None
         if shuffle and (self.trainer is None or self.trainer.world_size == 1):
             # Under DDP Lightning's DistributedSampler does the same (seed + epoch).
             generator = torch.Generator()
-            sampler = EpochShuffle(len(self.datasets[split]), self.shuffle_seed, generator)  # type: ignore[arg-type]
+            # The epoch about to run. A resumed run builds its loader (and loader workers prefetch
+            # their first indices) before Lightning calls set_epoch, while current_epoch still
+            # says the epoch its checkpoint finished; `processed` counts that one already.
+            epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0
+            n = len(self.datasets[split])  # type: ignore[arg-type]
+            sampler = EpochShuffle(n, self.shuffle_seed, generator, epoch)
             shuffle = False
         return DataLoader(
             self.datasets[split],
@@ -261,7 +267,9 @@ class FaceDataModule(L.LightningDataModule):
             generator=generator,
             num_workers=workers,
             pin_memory=self.pin_memory,
-            persistent_workers=workers > 0,
+            # Training workers start afresh every epoch, seeded from (seed, epoch): a resumed run
+            # augments as an uninterrupted one would. (Forking 2 workers costs well under a second.)
+            persistent_workers=workers > 0 and not training,
         )
 
     def train_dataloader(self) -> DataLoader:

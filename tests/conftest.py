@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +30,22 @@ TINY = [
     "data.num_workers=0",
     "trainer.accelerator=cpu",
 ]
+
+
+def start_train(args: list[str], cwd: Path) -> subprocess.Popen:
+    """``python -m ffd.train ARGS`` as a child process, stdout and stderr together."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ffd.train", *args], cwd=cwd, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m ffd.train ARGS`` to the end (10 minutes at most), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "ffd.train", *args], cwd=cwd, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
 
 
 def write_jpegs(folder: Path, names: list[str], seed: int = 0, size: int = 48) -> list[Path]:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, run_train
 
 # 16 train, 8 val, 8 test images: even splits, so DDP's sampler pads nothing. With no
 # augmentation, no dropout and one batch per rank, two ranks of 8 average to exactly the
@@ -20,15 +20,7 @@ ARGS = [*TINY, "data.val_fraction=0.25", "data.test_fraction=0.25", "data.augmen
 
 
 def run(args: list[str], cwd: Path) -> None:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    result = subprocess.run(
-        [sys.executable, "-m", "ffd.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_train(*args, cwd=cwd)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, start_train
 
 from ffd.errors import ConfigError
 from ffd.runs import resolve_ckpt_path
@@ -38,14 +36,6 @@ def test_deterministic_runs_give_identical_metrics(make_cfg, tiny_synthetic: Pat
     )
 
 
-def cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ffd.train", *args], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-
-
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_synthetic: Path, tmp_path: Path) -> None:
     epochs = 8
     # Two loader workers: their augmentation must be seeded per epoch too.
@@ -53,7 +43,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_synthetic: Path, tm
     args = [f"data.root={tiny_synthetic}", *tiny, *FULL, "data.num_workers=2", f"trainer.max_epochs={epochs}"]
     full, killed = tmp_path / "full", tmp_path / "killed"
 
-    proc = cli([*args, f"hydra.run.dir={killed}"], tmp_path)
+    proc = start_train([*args, f"hydra.run.dir={killed}"], tmp_path)
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -65,11 +55,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_synthetic: Path, tm
     done = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
     assert done < epochs - 1, "the run finished before it was killed"
 
-    resumed = cli([*args, f"hydra.run.dir={killed}", "ckpt_path=last"], tmp_path)
+    resumed = start_train([*args, f"hydra.run.dir={killed}", "ckpt_path=last"], tmp_path)
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out[-3000:]
     assert "Resuming from" in out
-    uninterrupted = cli([*args, f"hydra.run.dir={full}"], tmp_path)
+    uninterrupted = start_train([*args, f"hydra.run.dir={full}"], tmp_path)
     out = uninterrupted.communicate(timeout=600)[0]
     assert uninterrupted.returncode == 0, out[-3000:]
 

@@ -5,26 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
-from conftest import TINY
+from conftest import TINY, start_train
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
 from ffd.config import CONF_DIR
 from ffd.sweep import run_folders, summarize
-
-
-def train_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ffd.train", *args], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
 
 
 def test_optuna_study_killed_and_resumed(tiny_synthetic: Path, tmp_path: Path) -> None:
@@ -33,7 +23,7 @@ def test_optuna_study_killed_and_resumed(tiny_synthetic: Path, tmp_path: Path) -
     study_dir = tmp_path / "outputs" / "train" / "optuna" / "s"
     storage = f"sqlite:///{study_dir / 'optuna.db'}"
 
-    first = train_cli(args, tmp_path)
+    first = start_train(args, tmp_path)
     deadline = time.monotonic() + 300
     while not list(study_dir.glob("*/1")) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -44,7 +34,7 @@ def test_optuna_study_killed_and_resumed(tiny_synthetic: Path, tmp_path: Path) -
     assert not (started / "1" / "metrics.json").exists()
 
     time.sleep(1.1)  # a new start time (folder names have seconds)
-    second = train_cli(args, tmp_path)
+    second = start_train(args, tmp_path)
     out = second.communicate(timeout=600)[0]
     assert second.returncode == 0, out[-3000:]
     assert "1 of 3 trials done, 2 to run" in out

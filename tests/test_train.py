@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, run_train
 
 from ffd.data.manifest import read_manifest
 from ffd.train import train
@@ -51,20 +51,8 @@ def test_short_run_learns_the_synthetic_set(make_cfg, tmp_path: Path) -> None:
     assert "val/auroc" in (run / "csv" / "metrics.csv").read_text()
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "ffd.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_multirun_sweep_gives_each_run_its_folder(tiny_synthetic: Path, tmp_path: Path) -> None:
-    result = run_cli(
+    result = run_train(
         "-m",
         "+debug=fdr",
         f"data.root={tiny_synthetic}",
@@ -92,7 +80,7 @@ def test_multirun_sweep_gives_each_run_its_folder(tiny_synthetic: Path, tmp_path
 
 
 def test_missing_data_fails_at_once_with_a_clear_message(tmp_path: Path) -> None:
-    result = run_cli("+experiment=seed", f"paths.data_dir={tmp_path / 'nowhere'}", cwd=tmp_path)
+    result = run_train("+experiment=seed", f"paths.data_dir={tmp_path / 'nowhere'}", cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 2
     assert "does not exist" in output and "training_real" in output and "make data" in output

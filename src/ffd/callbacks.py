@@ -15,8 +15,9 @@ from torchvision.transforms.functional import pil_to_tensor  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 from ffd.data.manifest import FAKE, REAL  # noqa: E402
+from ffd.errors import ConfigError  # noqa: E402
 from ffd.explain import explain_files  # noqa: E402
-from ffd.gradcam import overlay, part_boxes, replaced_parts  # noqa: E402
+from ffd.gradcam import METHODS, overlay, part_boxes, replaced_parts  # noqa: E402
 from ffd.models.module import FakeFaceClassifier  # noqa: E402
 
 
@@ -72,6 +73,8 @@ class GradCamGrid(L.Callback):
     """
 
     def __init__(self, path: str, num_images: int = 16, method: str = "gradcam") -> None:
+        if method not in METHODS:  # before training, not after it
+            raise ConfigError(f"callbacks.gradcam.method must be one of {METHODS}, got {method!r}.")
         self.path, self.num_images, self.method = Path(path), num_images, method
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: FakeFaceClassifier) -> None:  # type: ignore[override]

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from ffd.data.manifest import FAKE, PARTS, REAL
 from ffd.data.synthetic import PART_BOXES, SIZE
+from ffd.errors import ConfigError
 from ffd.models.module import FakeFaceClassifier
 
 METHODS = ("gradcam", "hirescam")
@@ -46,7 +47,7 @@ def grad_cam(
         Heatmaps (N, H, W), and p_fake (N,).
     """
     if method not in METHODS:
-        raise ValueError(f"Unknown CAM method {method!r}; choose from {METHODS}.")
+        raise ConfigError(f"Unknown CAM method {method!r}; choose from {METHODS}.")
     with torch.no_grad():
         feats = model.features(x).float()
     feats.requires_grad_(True)

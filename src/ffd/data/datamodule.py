@@ -255,7 +255,8 @@ class FaceDataModule(L.LightningDataModule):
             # The epoch about to run. A resumed run builds its loader (and loader workers prefetch
             # their first indices) before Lightning calls set_epoch, while current_epoch still
             # says the epoch its checkpoint finished; `processed` counts that one already.
-            epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0
+            progress = self.trainer.fit_loop.epoch_progress.current if self.trainer else None
+            epoch = progress.processed if progress else 0  # type: ignore[attr-defined]
             n = len(self.datasets[split])  # type: ignore[arg-type]
             sampler = EpochShuffle(n, self.shuffle_seed, generator, epoch)
             shuffle = False

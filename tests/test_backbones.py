@@ -60,6 +60,11 @@ def test_head_width_follows_the_backbone_and_checkpoint_carries_timm_preprocessi
     loaded = load_checkpoint(tmp_path / "m.ckpt")
     x = torch.randn(2, 3, 160, 160)
     torch.testing.assert_close(loaded(x), model.eval()(x))
+    # A checkpoint trained from pretrained weights on another machine loads from its own
+    # weights alone: no hub, no weights file of that machine.
+    raw["hyper_parameters"] |= {"pretrained": True, "weights_file": "/elsewhere/model.safetensors"}
+    torch.save(raw, tmp_path / "elsewhere.ckpt")
+    torch.testing.assert_close(load_checkpoint(tmp_path / "elsewhere.ckpt")(x), model(x))
 
 
 def test_timm_backbone_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:

@@ -58,7 +58,8 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
         else:
             row["status"] = "incomplete"
         if timings_file.exists():
-            row["wall_s"] = round(sum(json.loads(timings_file.read_text()).values()), 1)
+            timings = json.loads(timings_file.read_text())  # fit_s includes the data setup
+            row["wall_s"] = round(timings["fit_s"] + timings.get("test_s", 0.0), 1)
         rows.append(row)
     if not rows:
         return rows

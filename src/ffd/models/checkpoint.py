@@ -25,4 +25,9 @@ def load_checkpoint(path: str | Path) -> FakeFaceClassifier:
         raise FfdError(
             f"{path} is not an ffd checkpoint (it has no 'ffd' section): train one with ffd.train."
         )
-    return FakeFaceClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+    # The checkpoint holds every weight: building the model must not fetch pretrained ones
+    # (timm's would need the network, or a weights_file of the training machine).
+    model = FakeFaceClassifier.load_from_checkpoint(
+        path, map_location="cpu", weights_only=True, pretrained=False, weights_file=None
+    )
+    return model.eval()

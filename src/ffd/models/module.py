@@ -238,4 +238,6 @@ class FakeFaceClassifier(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.threshold = checkpoint.get("ffd", {}).get("threshold", 0.5)
+        saved = checkpoint.get("ffd", {})
+        self.threshold = saved.get("threshold", 0.5)
+        self.preprocess = saved.get("preprocess", self.preprocess)  # as trained, whatever the code now says

@@ -44,6 +44,8 @@ def test_torchvision_trunk_without_features_is_cut_before_pooling() -> None:
     trunk, preprocess = build_backbone("resnet18", pretrained=False, weights="IMAGENET1K_V1")
     assert preprocess["size"] == 224 and preprocess["interpolation"] == "bilinear"
     assert trunk(torch.zeros(1, 3, 64, 64)).shape == (1, 512, 2, 2)
+    swin, _ = build_backbone("swin_t", pretrained=False)  # NHWC inside: the trunk still gives NCHW
+    assert swin(torch.zeros(1, 3, 64, 64)).shape == (1, 768, 2, 2)
 
 
 def test_head_width_follows_the_backbone_and_checkpoint_carries_timm_preprocessing(tmp_path: Path) -> None:
@@ -106,6 +108,8 @@ def test_weights_file_loads_local_timm_weights(tmp_path: Path) -> None:
     torch.testing.assert_close(trunk.eval()(x), source.eval()(x))
     with pytest.raises(ValueError, match="does not exist"):
         build_backbone("timm:test_efficientnet", weights_file=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="is not timm:test_convnext's weights"):
+        build_backbone("timm:test_convnext", weights_file=str(path))  # another model's weights
 
 
 def test_unknown_timm_model_is_explained() -> None:

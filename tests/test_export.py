@@ -21,6 +21,7 @@ from ffd.files import sha256_file
 from ffd.inference import CheckpointScorer, load_scorer
 from ffd.models.checkpoint import load_checkpoint
 from ffd.predict import predict
+from ffd.provenance import provenance
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_model_card(trained, exported) -> None:
     assert card["manifest_sha256"] == sha256_file(run / "manifest.csv")
     assert card["metrics"]["test/auroc"] == pytest.approx(metrics["test/auroc"])
     assert card["ffd"] and card["packages"]["torch"] == torch.__version__.split("+")[0]
-    assert "git_commit" in card
+    assert card["git_commit"] == provenance()["git_commit"]  # None outside a git checkout
     for name, facts in card["files"].items():
         assert sha256_file(out / name) == facts["sha256"]
     # The ONNX file carries what predict needs, so it works on its own.
@@ -110,6 +111,8 @@ def test_unknown_format_is_refused(make_cfg, trained) -> None:
     ckpt, _ = trained
     with pytest.raises(ConfigError, match="unknown \\['pickle'\\]"):
         export(make_cfg(f"ckpt_path={ckpt}", "formats=[onnx,pickle]", config="export"))
+    with pytest.raises(ConfigError, match="parity_images=2"):
+        export(make_cfg(f"ckpt_path={ckpt}", "parity_images=2", config="export"))
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

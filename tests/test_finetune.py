@@ -12,8 +12,9 @@ from conftest import TINY
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from ffd.models.finetune import backbone_blocks, unfreeze_stages
+from ffd.models.finetune import GradualUnfreeze, backbone_blocks, unfreeze_stages
 from ffd.models.module import FakeFaceClassifier
+from ffd.provenance import provenance
 from ffd.train import train
 
 
@@ -68,6 +69,17 @@ def test_gradual_unfreezes_top_down_on_schedule() -> None:
     assert snap.bn_training[1][0] is False and snap.bn_training[2][0] is True
 
 
+def test_last_stage_frees_parameters_outside_blocks() -> None:
+    """A ViT's cls_token and pos_embed belong to no block; the last stage unfreezes them too."""
+    model = FakeFaceClassifier(
+        backbone="timm:test_vit", pretrained=False, weights=None, head="avgpool", freeze="gradual"
+    )
+    (schedule,) = [c for c in model.configure_callbacks() if isinstance(c, GradualUnfreeze)]
+    schedule.freeze_before_training(model)
+    schedule.finetune_function(model, schedule.unfreeze_epochs[-1], None)
+    assert all(p.requires_grad for p in model.backbone.parameters())
+
+
 def test_backbone_trains_at_its_own_learning_rate_with_cosine_warmup() -> None:
     model = FakeFaceClassifier(
         pretrained=False, input_size=32, freeze="full", backbone_lr_factor=0.1,
@@ -110,7 +122,8 @@ def test_fine_tuning_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None
     assert first["hyper_parameters"]["freeze"] == "gradual"
     assert first["hyper_parameters"]["scheduler"]["name"] == "cosine"
     info = json.loads((run / "run_info.json").read_text())
-    assert info["git_commit"] and info["packages"]["timm"] and len(info["manifest_sha256"]) == 64
+    assert info["git_commit"] == provenance()["git_commit"]  # None outside a git checkout
+    assert info["packages"]["timm"] and len(info["manifest_sha256"]) == 64
 
 
 def test_gradual_fine_tuning_resumes_into_its_stage(tmp_path: Path) -> None:

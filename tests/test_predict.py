@@ -129,3 +129,16 @@ def test_face_crop(trained, tmp_path: Path) -> None:
     saved = list(crops.glob("*.png"))
     assert [p.name for p in saved] == ["00001_astronaut.png"]
     assert Image.open(saved[0]).size == (right - left, bottom - top)
+
+
+def test_crops_never_replace_earlier_files(make_cfg, trained, tmp_path: Path) -> None:
+    ckpt, _ = trained
+    earlier = tmp_path / "crops" / "00000_face.png"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"made by an earlier run")
+    photo = write_jpegs(tmp_path, ["photo.jpg"])[0]
+    overrides = [f"ckpt_path={ckpt}", f"input={photo}", "face_crop=true", f"crops_dir={earlier.parent}"]
+    cfg = make_cfg(*overrides, config="predict")
+    with pytest.raises(FfdError, match="is not empty"):
+        run(cfg)
+    assert earlier.read_bytes() == b"made by an earlier run"

@@ -68,7 +68,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_synthetic: Path, tm
     assert a.keys() == b.keys() and "test/auroc" in a
     assert b == pytest.approx(a, abs=1e-6)
     info = json.loads((killed / "run_info.json").read_text())
-    assert info.get("resumed_from")
+    (first,) = info["earlier_attempts"]  # the killed attempt's record, kept whole
+    assert "ckpt_path=last" not in first["command"] and "ckpt_path=last" in info["command"]
     assert (killed / "csv" / "metrics.before_resume_1.csv").exists()  # the first attempt's curves stay
 
 

@@ -36,6 +36,7 @@ import torch
 from ffd.config import compose_config
 from ffd.data.manifest import read_manifest
 from ffd.data.synthetic import ensure_synthetic
+from ffd.errors import FfdError
 from ffd.export import export
 from ffd.inference import CheckpointScorer, load_scorer
 from ffd.models.checkpoint import load_checkpoint
@@ -107,7 +108,9 @@ def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, flo
     core busy, and loader workers measured slower (2 cores: 243 img/s with 0
     workers, 193-202 with 1-2).
     """
-    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"), None)
+    if ckpt is None:
+        raise FfdError(f"{run_dir} has no checkpoints/epoch*.ckpt: pass a training run's folder.")
     rows = [r for r in read_manifest(run_dir / "manifest.csv") if r.ok and r.split in ("val", "test")]
     files = [Path(r.path) for r in rows] * repeats
     export_cfg = compose_config("export", [f"ckpt_path={ckpt}", "formats=[onnx]"])

@@ -12,6 +12,7 @@ is an error, and the measured differences go into the model card.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
@@ -25,7 +26,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ffd.data.io import load_rgb
+from ffd.data.io import ImageDecodeError, load_rgb
 from ffd.data.manifest import CLASS_NAMES, read_manifest
 from ffd.data.transforms import build_transform
 from ffd.errors import ConfigError, FfdError, exit_on_user_error
@@ -53,14 +54,18 @@ class Probabilities(nn.Module):
 
 
 def sample_batch(ckpt_path: Path, preprocess: dict[str, Any], n: int) -> tuple[torch.Tensor, str]:
-    """Up to n test images of the checkpoint's run, preprocessed; random inputs if the run has none."""
+    """n test images of the checkpoint's run, preprocessed; random inputs if the run has too few left."""
     manifest = ckpt_path.resolve().parent.parent / "manifest.csv"
-    if manifest.exists():
-        paths = [r.path for r in read_manifest(manifest) if r.ok and r.split == "test"][:n]
-        if paths:
-            transform = build_transform(preprocess)
-            return torch.stack([transform(load_rgb(p, preprocess["size"])) for p in paths]), "test images"
-    log.warning("No test images next to %s: checking the exports on random inputs.", ckpt_path)
+    transform, images = build_transform(preprocess), []
+    for r in read_manifest(manifest) if manifest.exists() else []:
+        if len(images) == n:
+            break
+        if r.ok and r.split == "test":
+            with contextlib.suppress(ImageDecodeError):  # moved or deleted since training
+                images.append(transform(load_rgb(r.path, preprocess["size"])))
+    if len(images) == n:
+        return torch.stack(images), "test images"
+    log.warning("Fewer than %d readable test images next to %s: checking on random inputs.", n, ckpt_path)
     size = preprocess["size"]
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)), "random inputs"
 
@@ -139,6 +144,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """Write the formats in ``cfg.formats`` and model.json; return the model card."""
     if unknown := set(cfg.formats) - set(FILES):
         raise ConfigError(f"formats: unknown {sorted(unknown)}; choose from {list(FILES)}.")
+    if cfg.parity_images < 3:
+        raise ConfigError(
+            f"parity_images={cfg.parity_images}: use 3 or more (a batch of 3 checks the batch size)."
+        )
     ckpt_path = Path(cfg.ckpt_path)
     model = load_checkpoint(ckpt_path).float()
     model.backbone.to(memory_format=torch.contiguous_format)  # plain NCHW for every runtime

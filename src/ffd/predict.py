@@ -123,6 +123,10 @@ def run(cfg: DictConfig) -> Counter:
     cropper = FaceCropper(cfg.face_margin) if cfg.face_crop else None
     crops_dir = Path(cfg.crops_dir) if cfg.crops_dir else None
     if crops_dir:
+        if crops_dir.is_dir() and any(crops_dir.iterdir()):
+            raise ConfigError(
+                f"crops_dir={crops_dir} is not empty: name a new folder, so no earlier file is replaced."
+            )
         crops_dir.mkdir(parents=True, exist_ok=True)
     output = Path(cfg.output)
     if output.suffix not in (".csv", ".jsonl"):

@@ -59,9 +59,9 @@ class RunInfo(L.Callback):
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # a resumed run: keep what the first attempt recorded
+        if self.path.exists():  # a resumed run: keep every earlier attempt's record, whole
             previous = json.loads(self.path.read_text())
-            info["resumed_from"] = previous.get("resumed_from", []) + [previous.get("started")]
+            info["earlier_attempts"] = previous.pop("earlier_attempts", []) + [previous]
         self.path.write_text(json.dumps(info, indent=2))
 
 

@@ -113,6 +113,8 @@ def _torchvision_backbone(
 def _torchvision_trunk(name: str, model: nn.Module) -> nn.Module:
     """``features`` where the model has one (MobileNet, EfficientNet, ConvNeXt, VGG), else the
     layers before global pooling (ResNet, RegNet, ...)."""
+    if isinstance(model, torchvision.models.SwinTransformer):  # its features are NHWC: norm, then NCHW
+        return nn.Sequential(model.features, model.norm, model.permute)
     features = getattr(model, "features", None)
     if isinstance(features, nn.Module):
         return features
@@ -151,7 +153,14 @@ def _timm_backbone(
     except Exception as err:
         if not pretrained:
             raise
+        if weights_file:  # the file is there (checked above): it does not fit this model
+            raise ConfigError(
+                f"model.weights_file={weights_file} could not be loaded into timm:{name} "
+                f"({type(err).__name__}: {err}); is it this model's weights?"
+            ) from err
         raise _timm_weights_error(name, default_cfg, err) from err
+    if pretrained and weights_file:
+        _check_weights_file(model, weights_file, name)
     cfg = resolve_data_config({}, model=model)
     preprocess = {
         "size": input_size or int(cfg["input_size"][-1]),
@@ -160,6 +169,19 @@ def _timm_backbone(
         "interpolation": str(cfg["interpolation"]),
     }
     return TimmTrunk(model), preprocess
+
+
+def _check_weights_file(model: nn.Module, weights_file: str, name: str) -> None:
+    """timm loads a pretrained file non-strictly (the classifier is dropped): make sure it held this model."""
+    from timm.models import load_state_dict
+
+    saved = set(load_state_dict(weights_file))
+    missing = [k for k in model.state_dict() if k not in saved and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ConfigError(
+            f"model.weights_file={weights_file} is not timm:{name}'s weights: {len(missing)} of its tensors "
+            f"are not in the file (e.g. {missing[:3]}). Pass the weights of that model, in timm's format."
+        )
 
 
 def _timm_weights_error(name: str, cfg: Any, err: Exception) -> WeightsUnavailableError:

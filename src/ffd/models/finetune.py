@@ -86,6 +86,9 @@ class GradualUnfreeze(BaseFinetuning):
             if epoch >= at and not all(p.requires_grad for m in modules for p in m.parameters()):
                 self.make_trainable(modules)
                 log.info("Epoch %d: unfroze %d backbone blocks", epoch, len(modules))
+        if epoch >= self.unfreeze_epochs[-1]:
+            # The last stage frees all, parameters outside any block too (a ViT's cls_token, pos_embed).
+            self.make_trainable(pl_module.backbone)
         pl_module.frozen = not any(p.requires_grad for p in pl_module.backbone.parameters())
         pl_module.train(pl_module.training)  # re-apply which BatchNorm layers train
 

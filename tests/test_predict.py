@@ -15,11 +15,11 @@ import torch
 from conftest import write_jpegs
 from PIL import Image
 
-from ffd.data.io import load_rgb
+from ffd.data.io import expand_input, load_rgb
 from ffd.errors import FfdError
 from ffd.eval import evaluate
 from ffd.inference import load_scorer
-from ffd.predict import expand_input, predict, run
+from ffd.predict import predict, run
 
 
 def test_input_kinds(tmp_path: Path) -> None:

@@ -16,8 +16,7 @@ from torchvision.utils import make_grid, save_image  # noqa: E402
 
 from ffd.data.manifest import FAKE, REAL  # noqa: E402
 from ffd.errors import ConfigError  # noqa: E402
-from ffd.explain import explain_files  # noqa: E402
-from ffd.gradcam import METHODS, overlay, part_boxes, replaced_parts  # noqa: E402
+from ffd.gradcam import METHODS, explain_files, overlay, part_boxes, replaced_parts  # noqa: E402
 from ffd.models.module import FakeFaceClassifier  # noqa: E402
 
 

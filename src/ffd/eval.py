@@ -21,8 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ffd.data.manifest import CLASS_NAMES, FAKE, Record, read_manifest, scan
 from ffd.errors import ConfigError, FfdError, exit_on_user_error
-from ffd.explain import explain_files
-from ffd.gradcam import localization_report
+from ffd.gradcam import explain_files, localization_report
 from ffd.inference import CheckpointScorer, load_scorer
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures

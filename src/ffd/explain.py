@@ -12,46 +12,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
-from ffd.data.io import ImageDecodeError, load_rgb
+from ffd.data.io import expand_input
 from ffd.data.manifest import CLASS_NAMES, parse_fake_name
-from ffd.data.transforms import resize_transform, view_transform
 from ffd.errors import FfdError, exit_on_user_error
-from ffd.gradcam import grad_cam, localization, localization_report, overlay, part_boxes, replaced_parts
+from ffd.gradcam import explain_files, localization, localization_report, overlay, part_boxes, replaced_parts
 from ffd.models.checkpoint import load_checkpoint
-from ffd.models.module import FakeFaceClassifier
-from ffd.predict import expand_input
 from ffd.runtime import register_resolvers, tune_malloc
 
 log = logging.getLogger(__name__)
 register_resolvers()
-
-
-def explain_files(
-    model: FakeFaceClassifier, files: Sequence[Path], method: str = "gradcam", batch_size: int = 32
-) -> Iterator[tuple[Path, torch.Tensor, torch.Tensor, float]]:
-    """(path, resized uint8 image, heatmap, p_fake) for each readable file; unreadable ones are logged."""
-    resize, view = resize_transform(model.preprocess), view_transform(model.preprocess)
-    size = model.preprocess["size"]
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        loaded = []
-        for path in chunk:
-            try:
-                loaded.append((path, resize(load_rgb(path, size))))
-            except ImageDecodeError as err:
-                log.warning("Skipped %s: %s", path, err)
-        if loaded:
-            x = torch.stack([view(img) for _, img in loaded]).to(model.device)
-            cams, probs = grad_cam(model, x, method)
-            for (path, img), cam, p in zip(loaded, cams.cpu(), probs.tolist(), strict=True):
-                yield path, img, cam, p
 
 
 def explain(cfg: DictConfig) -> dict[str, dict[str, float]]:

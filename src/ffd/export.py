@@ -56,7 +56,8 @@ class Probabilities(nn.Module):
 def sample_batch(ckpt_path: Path, preprocess: dict[str, Any], n: int) -> tuple[torch.Tensor, str]:
     """n test images of the checkpoint's run, preprocessed; random inputs if the run has too few left."""
     manifest = ckpt_path.resolve().parent.parent / "manifest.csv"
-    transform, images = build_transform(preprocess), []
+    transform = build_transform(preprocess)
+    images: list[torch.Tensor] = []
     for r in read_manifest(manifest) if manifest.exists() else []:
         if len(images) == n:
             break

@@ -8,8 +8,10 @@ head gives its gradient; the trunk itself runs without a graph.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +20,14 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
+from ffd.data.io import ImageDecodeError, load_rgb
 from ffd.data.manifest import FAKE, PARTS, REAL
 from ffd.data.synthetic import PART_BOXES, SIZE
+from ffd.data.transforms import resize_transform, view_transform
 from ffd.errors import ConfigError
 from ffd.models.module import FakeFaceClassifier
+
+log = logging.getLogger(__name__)
 
 METHODS = ("gradcam", "hirescam")
 Box = tuple[float, float, float, float]
@@ -59,6 +65,27 @@ def grad_cam(
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
     return (cam / peak).detach(), logits.softmax(-1)[:, FAKE].detach()
+
+
+def explain_files(
+    model: FakeFaceClassifier, files: Sequence[Path], method: str = "gradcam", batch_size: int = 32
+) -> Iterator[tuple[Path, torch.Tensor, torch.Tensor, float]]:
+    """(path, resized uint8 image, heatmap, p_fake) for each readable file; unreadable ones are logged."""
+    resize, view = resize_transform(model.preprocess), view_transform(model.preprocess)
+    size = model.preprocess["size"]
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        loaded = []
+        for path in chunk:
+            try:
+                loaded.append((path, resize(load_rgb(path, size))))
+            except ImageDecodeError as err:
+                log.warning("Skipped %s: %s", path, err)
+        if loaded:
+            x = torch.stack([view(img) for _, img in loaded]).to(model.device)
+            cams, probs = grad_cam(model, x, method)
+            for (path, img), cam, p in zip(loaded, cams.cpu(), probs.tolist(), strict=True):
+                yield path, img, cam, p
 
 
 def replaced_parts(bits: str) -> list[str]:

@@ -16,7 +16,6 @@ face from each photo (OpenCV Haar cascade); a photo without one gets status
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import logging
 import sys
@@ -32,8 +31,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ffd.data.faces import FaceCropper
-from ffd.data.io import ImageDecodeError, load_rgb
-from ffd.data.manifest import CLASS_NAMES, IMAGE_SUFFIXES
+from ffd.data.io import ImageDecodeError, expand_input, load_rgb
+from ffd.data.manifest import CLASS_NAMES
 from ffd.data.transforms import build_transform
 from ffd.errors import ConfigError, FfdError, exit_on_user_error
 from ffd.inference import Scorer, load_scorer
@@ -42,25 +41,6 @@ from ffd.runtime import register_resolvers, tune_malloc
 log = logging.getLogger(__name__)
 register_resolvers()
 FIELDS = ["path", "p_fake", "label", "status", "message"]
-
-
-def expand_input(spec: str) -> list[Path]:
-    """The files an ``input`` names: a file, a folder (recursive), a glob, or a .txt list of paths."""
-    path = Path(spec).expanduser()
-    if any(c in spec for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    elif path.suffix.lower() == ".txt" and path.is_file():
-        lines = [line.strip() for line in path.read_text().splitlines()]
-        files = [Path(line) if Path(line).is_absolute() else path.parent / line for line in lines if line]
-    elif path.is_file():
-        files = [path]
-    else:
-        raise FfdError(f"input={spec} is not an image, a folder, a glob or a .txt list of paths.")
-    if not files:
-        raise FfdError(f"input={spec} names no image files.")
-    return files
 
 
 def _load(path: Path, size: int, cropper: FaceCropper | None) -> tuple[Image.Image | None, str]:

@@ -121,11 +121,16 @@ class OptunaStudy(Callback):
         from optuna.trial import TrialState
 
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
+            study.tell(trial.number, state=TrialState.FAIL)
             log.warning("Trial %d was interrupted: marked failed (its folder is kept).", trial.number)
 
 
-def _load_study(storage: str, study_name: str) -> Any:
+def _load_study(storage: str | None, study_name: str | None) -> Any:
+    """The study, or None when there is none yet (no storage, no database file, no such study)."""
+    if not storage or not study_name:
+        return None
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        return None
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -143,10 +148,6 @@ def trials_left(total: Any, storage: str | None, study_name: str | None) -> int:
     ``trials`` is the study's size and a rerun finishes an interrupted study.
     """
     total = int(total)
-    if not storage or not study_name:
-        return total
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
-        return total
     study = _load_study(storage, study_name)
     if study is None:
         return total
@@ -162,10 +163,6 @@ def sampler_seed(seed: Any, storage: str | None, study_name: str | None) -> int:
 
     A sampler seeded alike on every invocation would suggest the same parameters again.
     """
-    if not storage or not study_name:
-        return int(seed)
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
-        return int(seed)
     study = _load_study(storage, study_name)
     return int(seed) + (len(study.trials) if study is not None else 0)
 

@@ -1,11 +1,16 @@
-"""Image decoding: the one place where files become RGB images."""
+"""Image files: finding them, and decoding them (the one place where files become RGB images)."""
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
+from ffd.errors import FfdError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
 class ImageDecodeError(ValueError):
@@ -42,3 +47,22 @@ def load_rgb(path: str | Path, min_size: int | None) -> Image.Image:
             return upright.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageDecodeError(f"{type(err).__name__}: {err}") from err
+
+
+def expand_input(spec: str) -> list[Path]:
+    """The files an ``input`` names: a file, a folder (recursive), a glob, or a .txt list of paths."""
+    path = Path(spec).expanduser()
+    if any(c in spec for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.suffix.lower() == ".txt" and path.is_file():
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        files = [Path(line) if Path(line).is_absolute() else path.parent / line for line in lines if line]
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FfdError(f"input={spec} is not an image, a folder, a glob or a .txt list of paths.")
+    if not files:
+        raise FfdError(f"input={spec} names no image files.")
+    return files

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffd.data.io import ImageDecodeError, load_rgb
+from ffd.data.io import IMAGE_SUFFIXES, ImageDecodeError, load_rgb
 from ffd.errors import ConfigError, FfdError
 from ffd.files import sha256_file
 
@@ -34,7 +34,6 @@ DIFFICULTIES = ("easy", "mid", "hard")
 FAKE_NAME = re.compile(r"^(easy|mid|hard)_(\d+)_([01]{4})$")
 SPLITS = ("train", "val", "test")
 _SPLIT_NAMES = {"valid": "val", "validation": "val"}  # other spellings of a split
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 LAYOUT_HELP = """\
 ffd looks for one of these layouts under the data folder:

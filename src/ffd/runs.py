@@ -136,10 +136,10 @@ def check_ddp_launch(trainer_cfg: Mapping[str, Any], multirun: bool) -> None:
     devices, nodes = trainer_cfg.get("devices", 1), int(trainer_cfg.get("num_nodes", 1) or 1)
     if devices == "auto":
         devices = torch.cuda.device_count() if trainer_cfg.get("accelerator") != "cpu" else 1
-    many = (
-        len(devices) if isinstance(devices, Sequence) and not isinstance(devices, str) else int(devices)
-    ) > 1
-    if many or nodes > 1:
+    elif isinstance(devices, str):  # "2", "-1" (all) or a list of ids "0,1"
+        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else int(devices)
+    count = len(devices) if isinstance(devices, Sequence) else int(devices)
+    if count > 1 or count == -1 or nodes > 1:
         raise ConfigError(
             "trainer=ddp with several local processes can't run inside a -m sweep: Lightning starts the "
             "other ranks by running the command again, and each would run the whole sweep. Run each "

@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ffd.data.manifest import CLASS_NAMES, FAKE, Record, read_manifest, scan
 from ffd.errors import ConfigError, FfdError, exit_on_user_error
-from ffd.gradcam import explain_files, localization_report
+from ffd.gradcam import METHODS, explain_files, localization_report
 from ffd.inference import CheckpointScorer, load_scorer
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
@@ -85,6 +85,8 @@ def localize(
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.localization not in (None, *METHODS):
+        raise ConfigError(f"localization={cfg.localization}: choose one of {METHODS}, or null to skip it.")
     ckpt_path = Path(cfg.ckpt_path)
     scorer = load_scorer(ckpt_path)
     records = select_records(cfg, ckpt_path)
@@ -96,8 +98,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     report = build_report(probs, labels, scorer.threshold, cfg.bootstrap, cfg.seed)
     report["checkpoint"] = str(ckpt_path.resolve())
     report["breakdowns"] = breakdowns(records, probs, scorer.threshold)
-    if cfg.localization and isinstance(scorer, CheckpointScorer) and any(r.parts for r in records):
-        report["localization"] = localize(scorer.model, records, cfg.localization, cfg.data.batch_size)
+    if cfg.localization and any(r.parts for r in records):
+        if isinstance(scorer, CheckpointScorer):
+            report["localization"] = localize(scorer.model, records, cfg.localization, cfg.data.batch_size)
+        else:
+            log.info("No localization for an ONNX model (Grad-CAM needs the checkpoint's gradients).")
     out = Path(cfg.paths.output_dir)
     write_outputs(out, records, probs, labels, report)
     log.info("\n%s", summary_markdown(report))

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
+
+from ffd.runtime import is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,7 @@ def cross_validate(cfg: DictConfig, train: Callable[[DictConfig], dict[str, floa
     for key in keys:
         values = torch.tensor([r[key] for r in results])
         summary[key] = {"mean": float(values.mean()), "std": float(values.std()), "folds": values.tolist()}
-    if (
-        getattr(rank_zero_only, "rank", 0) != 0
-    ):  # under DDP every rank has the same synced metrics; one writes them
+    if not is_rank_zero():  # under DDP every rank has the same synced metrics; one writes them
         return summary
     (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
     lines = [

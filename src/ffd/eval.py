@@ -26,6 +26,7 @@ from ffd.inference import CheckpointScorer, load_scorer
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
 from ffd.metrics.report import build_report, summary_markdown
+from ffd.models.checkpoint import run_folder
 from ffd.models.module import FakeFaceClassifier
 from ffd.predict import predict
 from ffd.runtime import register_resolvers, tune_malloc
@@ -36,7 +37,7 @@ register_resolvers()
 
 def select_records(cfg: DictConfig, ckpt_path: Path) -> list[Record]:
     if cfg.data.root is None:
-        manifest = ckpt_path.resolve().parent.parent / "manifest.csv"
+        manifest = run_folder(ckpt_path) / "manifest.csv"
         if not manifest.exists():
             raise FfdError(f"No manifest.csv next to the checkpoint's run ({manifest}); pass data.root=PATH.")
         records, split = read_manifest(manifest), cfg.data.split or "test"

@@ -32,7 +32,7 @@ from ffd.data.transforms import build_transform
 from ffd.errors import ConfigError, FfdError, exit_on_user_error
 from ffd.files import sha256_file
 from ffd.inference import ONNX_METADATA_KEY, OnnxScorer
-from ffd.models.checkpoint import load_checkpoint
+from ffd.models.checkpoint import load_checkpoint, run_folder
 from ffd.models.module import FakeFaceClassifier
 from ffd.provenance import provenance
 from ffd.runtime import register_resolvers, tune_malloc
@@ -55,7 +55,7 @@ class Probabilities(nn.Module):
 
 def sample_batch(ckpt_path: Path, preprocess: dict[str, Any], n: int) -> tuple[torch.Tensor, str]:
     """n test images of the checkpoint's run, preprocessed; random inputs if the run has too few left."""
-    manifest = ckpt_path.resolve().parent.parent / "manifest.csv"
+    manifest = run_folder(ckpt_path) / "manifest.csv"
     transform = build_transform(preprocess)
     images: list[torch.Tensor] = []
     for r in read_manifest(manifest) if manifest.exists() else []:
@@ -124,7 +124,7 @@ def check_parity(name: str, run: Runner, x: torch.Tensor, reference: torch.Tenso
 
 def run_facts(ckpt_path: Path) -> dict[str, Any]:
     """What the training run folder says about the model: manifest hash, metrics at export time."""
-    run = ckpt_path.resolve().parent.parent
+    run = run_folder(ckpt_path)
     manifest, metrics = run / "manifest.csv", run / "metrics.json"
     scores = json.loads(metrics.read_text()) if metrics.exists() else {}
     return {

@@ -21,7 +21,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from ffd.data.io import ImageDecodeError, load_rgb
-from ffd.data.manifest import FAKE, PARTS, REAL
+from ffd.data.manifest import FAKE, PARTS, REAL, replaced_parts
 from ffd.data.synthetic import PART_BOXES, SIZE
 from ffd.data.transforms import resize_transform, view_transform
 from ffd.errors import ConfigError
@@ -86,11 +86,6 @@ def explain_files(
             cams, probs = grad_cam(model, x, method)
             for (path, img), cam, p in zip(loaded, cams.cpu(), probs.tolist(), strict=True):
                 yield path, img, cam, p
-
-
-def replaced_parts(bits: str) -> list[str]:
-    """Part names from CIPLAB part bits (left eye, right eye, nose, mouth), e.g. ``"1010"``."""
-    return [part for part, bit in zip(PARTS, bits, strict=True) if bit == "1"] if bits else []
 
 
 def part_boxes(parts: Sequence[str], size: int) -> list[Box]:

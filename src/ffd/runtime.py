@@ -56,6 +56,14 @@ def auto_precision(accelerator: str = "auto") -> str:
     return "16-mixed" if on_gpu else "bf16-mixed"
 
 
+def is_rank_zero() -> bool:
+    """True in the process that writes files: rank 0 under DDP (known before any trainer exists)."""
+    # Imported here: ONNX inference uses this module and never needs Lightning.
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def register_resolvers() -> None:
     """Register ffd's OmegaConf resolvers (idempotent)."""
     if not OmegaConf.has_resolver("ffd_precision"):

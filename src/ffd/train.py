@@ -15,13 +15,12 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from ffd.cv import cross_validate
 from ffd.errors import exit_on_user_error
 from ffd.runs import check_ddp_launch, resolve_ckpt_path
-from ffd.runtime import register_resolvers, tune_malloc
+from ffd.runtime import is_rank_zero, register_resolvers, tune_malloc
 from ffd.sweep import register_resolvers as register_sweep_resolvers
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def keep_csv_history(loggers: list) -> None:
     """Lightning's CSVLogger deletes an existing metrics.csv: keep the killed run's epochs beside it."""
-    if getattr(rank_zero_only, "rank", 0) != 0:  # DDP: rank 0 did (before it started the others)
+    if not is_rank_zero():  # DDP: rank 0 did (before it started the others)
         return
     for logger in loggers:
         if isinstance(logger, CSVLogger) and (csv := Path(logger.log_dir) / "metrics.csv").is_file():

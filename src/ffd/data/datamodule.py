@@ -6,6 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,7 @@ class FaceDataModule(L.LightningDataModule):
         self.records = build_manifest(
             self.root, self.val_fraction, self.test_fraction, self.split_seed, self.cv
         )
-        if self.manifest_path and self._is_global_zero():  # every rank builds the same manifest
+        if self.manifest_path and (self.trainer is None or self.trainer.is_global_zero):  # one writes it
             write_manifest(self.records, self.manifest_path)
             log.info("Manifest written to %s", self.manifest_path)
         rows = {s: [r for r in self.records if r.ok and r.split == s] for s in SPLITS}
@@ -212,37 +213,25 @@ class FaceDataModule(L.LightningDataModule):
         # (measured: 62 s with 2 workers vs 55 s without for 12k views on 2 cores).
         workers = self.num_workers if device.type == "cuda" else 0
         resize = resize_transform(self.preprocess)
-        encoder = self.encoder
+        # Builds the cache, or opens it when it is there.
+        build = partial(
+            build_feature_cache, folder, self.encoder, splits, resize,
+            self.decode_size, device, autocast, workers, self.split_seed,
+        )  # fmt: skip
 
-        def build() -> dict[str, Any]:
-            return build_feature_cache(
-                folder,
-                encoder,
-                splits,
-                resize,
-                self.decode_size,
-                device,
-                autocast,
-                workers,
-                self.split_seed,
-            )
-
+        store: dict[str, Any] | None = None
         if trainer is None or trainer.world_size == 1:
             store = build()
         else:
-            # One process builds, the others wait and then read it. Global rank 0 first; then
-            # each node's local rank 0 (which reuses it when the cache folder is shared).
-            if trainer.is_global_zero:
-                build()
+            # One process builds, the others wait and then open it. Global rank 0 first; then
+            # each node's local rank 0 (which finds it when the cache folder is shared).
+            store = build() if trainer.is_global_zero else None
             trainer.strategy.barrier("ffd_feature_cache")
-            if trainer.local_rank == 0 and not trainer.is_global_zero:
-                build()
+            if store is None and trainer.local_rank == 0:
+                store = build()
             trainer.strategy.barrier("ffd_feature_cache_node")
-            store = build()
+            store = store or build()
         return {s: FeatureDataset(store[s], [r.label for r in rows[s]]) for s in SPLITS}
-
-    def _is_global_zero(self) -> bool:
-        return self.trainer is None or self.trainer.is_global_zero
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         # Cached features are slices of a memory map: worker processes would only add copies.

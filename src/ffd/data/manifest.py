@@ -92,6 +92,11 @@ class Record:
 COLUMNS = [f.name for f in dataclasses.fields(Record)]
 
 
+def replaced_parts(bits: str) -> list[str]:
+    """Part names from CIPLAB part bits (left eye, right eye, nose, mouth), e.g. ``"1010"``."""
+    return [part for part, bit in zip(PARTS, bits, strict=True) if bit == "1"] if bits else []
+
+
 def parse_fake_name(path: str | Path) -> tuple[str, str]:
     """Difficulty and part bits of a CIPLAB fake file name, or ("", "") if it has none."""
     m = FAKE_NAME.match(Path(path).stem)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ffd.data.manifest import DIFFICULTIES, PARTS
+from ffd.data.manifest import DIFFICULTIES, replaced_parts
 from ffd.errors import ConfigError, FfdError
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,7 @@ def swap_parts(target: Image.Image, donor: Image.Image, bits: str, difficulty: s
     out = np.asarray(target, dtype=np.float32).copy()
     src = np.asarray(donor, dtype=np.float32)
     _, match = _BLEND[difficulty]
-    for part, bit in zip(PARTS, bits, strict=True):
-        if bit != "1":
-            continue
+    for part in replaced_parts(bits):
         x0, y0, x1, y1 = PART_BOXES[part]
         patch = src.copy()
         if match:

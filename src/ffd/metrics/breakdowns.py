@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ffd.data.manifest import DIFFICULTIES, FAKE, PARTS, REAL, Record
+from ffd.data.manifest import DIFFICULTIES, FAKE, PARTS, REAL, Record, replaced_parts
 from ffd.metrics.scores import ranking
 
 
@@ -31,10 +31,10 @@ def breakdowns(records: Sequence[Record], probs: torch.Tensor, threshold: float)
         if r.difficulty:
             groups["difficulty"].setdefault(r.difficulty, []).append(i)
         if r.parts:
-            for part, bit in zip(PARTS, r.parts, strict=True):
-                if bit == "1":
-                    groups["part"].setdefault(part, []).append(i)
-            groups["num_parts"].setdefault(str(r.parts.count("1")), []).append(i)
+            parts = replaced_parts(r.parts)
+            for part in parts:
+                groups["part"].setdefault(part, []).append(i)
+            groups["num_parts"].setdefault(str(len(parts)), []).append(i)
     order = {"difficulty": list(DIFFICULTIES), "part": list(PARTS), "num_parts": ["0", "1", "2", "3", "4"]}
     out: dict[str, dict[str, Any]] = {}
     for kind, members in groups.items():

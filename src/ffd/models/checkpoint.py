@@ -10,6 +10,11 @@ from ffd.errors import FfdError
 from ffd.models.module import FakeFaceClassifier
 
 
+def run_folder(ckpt_path: str | Path) -> Path:
+    """The training run folder a checkpoint was saved in (``<run>/checkpoints/<file>.ckpt``)."""
+    return Path(ckpt_path).resolve().parent.parent
+
+
 def load_checkpoint(path: str | Path) -> FakeFaceClassifier:
     """An ffd checkpoint, loaded without executing pickled code."""
     path = Path(path)

@@ -36,13 +36,17 @@ data: install ## Download CIPLAB with kagglehub (needs Kaggle credentials), or p
 test: install ## Run the test suite (without the slow tests)
 	$(PY) -m pytest -m "not slow"
 
+test-slow: install ## Run only the slow tests (end-to-end runs, DDP, resume after a kill, sweeps)
+	$(PY) -m pytest -m slow
+
 test-all: install ## Run every test, slow ones included
 	$(PY) -m pytest
 
-lint: install ## ruff check + format check, mypy
+lint: install ## ruff check + format check, mypy, the import layers (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy src/ffd
+	$(VENV)/bin/lint-imports
 
 format: install ## Format and fix with ruff
 	$(VENV)/bin/ruff format .
@@ -63,4 +67,4 @@ clean: ## Remove tool caches (keeps .venv, data/ and outputs/)
 clean-cache: ## Remove cached backbone features (data/cache; rebuilt on the next run)
 	rm -rf data/cache
 
-.PHONY: help install weights demo train data test test-all lint format audit bench tensorboard clean clean-cache
+.PHONY: help install weights demo train data test test-slow test-all lint format audit bench tensorboard clean clean-cache

@@ -12,91 +12,22 @@ Writes audit.json and audit.md into ``outputs/audit/<date_time>/``.
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
-from typing import Any
-
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from ffd.data.manifest import check_no_leakage, read_manifest
-from ffd.errors import ConfigError, exit_on_user_error
-from ffd.metadata import metadata_baseline
-from ffd.runtime import register_resolvers, tune_malloc
-from ffd.train import train
+from ffd.config import register_resolvers
+from ffd.errors import exit_on_user_error
+from ffd.runs.audit import audit
+from ffd.runtime import tune_malloc
 
-log = logging.getLogger(__name__)
 register_resolvers()
-# A head trained on permuted labels is a random function of the features; where the classes
-# sit apart in feature space, one such run still ranks one class higher (measured: test AUROC
-# 0.67, 0.59, 0.47 over three seeds on a 400-image synthetic set). Its mean over repeats is what
-# must be at chance.
-CHANCE_MARGIN = 0.15
-
-
-def audit(cfg: DictConfig) -> dict[str, Any]:
-    out = Path(cfg.paths.output_dir)
-    if cfg.control_repeats < 1:
-        raise ConfigError(f"control_repeats must be >= 1, got {cfg.control_repeats}.")
-    runs = []
-    for seed in range(cfg.seed, cfg.seed + cfg.control_repeats):
-        control_cfg = cfg.copy()
-        with open_dict(control_cfg):
-            control_cfg.seed = seed  # a new permutation (shuffle_seed) and head each time; the split stays
-            control_cfg.data.split_seed = cfg.data.split_seed
-            control_cfg.data.shuffle_labels = True
-            control_cfg.paths.output_dir = str(out / f"control_shuffled_{seed}")
-        runs.append(train(control_cfg))
-    # The manifest holds the true labels (only the control's train/val rows were permuted).
-    records = read_manifest(out / f"control_shuffled_{cfg.seed}" / "manifest.csv")
-    check_no_leakage(records)  # checked when the manifest was built; re-read from what was written
-    aurocs = [r["test/auroc"] for r in runs]
-    auroc = sum(aurocs) / len(aurocs)
-    report = {
-        "leakage": {
-            "usable": sum(r.ok for r in records),
-            "duplicates_dropped": sum(r.status == "duplicate" for r in records),
-            "unreadable": sum(r.status == "unreadable" for r in records),
-        },
-        "shuffled_control": {
-            "test_auroc_mean": auroc,
-            "test_auroc_runs": aurocs,
-            "at_chance": abs(auroc - 0.5) <= CHANCE_MARGIN,
-        },
-        "metadata_baseline": metadata_baseline(records, seed=cfg.seed),
-    }
-    (out / "audit.json").write_text(json.dumps(report, indent=2))
-    (out / "audit.md").write_text(markdown(report))
-    log.info("\n%s", markdown(report))
-    return report
-
-
-def markdown(report: dict[str, Any]) -> str:
-    leak, control, meta = report["leakage"], report["shuffled_control"], report["metadata_baseline"]
-    verdict = (
-        "at chance, as it must be" if control["at_chance"] else "NOT at chance: labels leak into training"
-    )
-    shortcut = "a SHORTCUT: file properties alone separate the classes" if meta["shortcut"] else "no shortcut"
-    lines = [
-        "# Leakage and shortcut audit",
-        "",
-        f"- Leakage: {leak['usable']} usable images, {leak['duplicates_dropped']} exact duplicates "
-        f"dropped, {leak['unreadable']} unreadable; no content hash in two splits.",
-        f"- Label-shuffle control ({len(control['test_auroc_runs'])} runs): mean test AUROC "
-        f"{control['test_auroc_mean']:.3f} (runs: "
-        f"{', '.join(f'{a:.3f}' for a in control['test_auroc_runs'])}): {verdict}.",
-        f"- Metadata-only baseline (file size, JPEG quantization, EXIF, image size; {meta['n']} "
-        f"images, 5-fold out-of-fold): AUROC {meta['auroc']:.3f}: {shortcut}.",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="audit")
 def main(cfg: DictConfig) -> None:
+    tune_malloc()
     exit_on_user_error(lambda: audit(cfg))
 
 
 if __name__ == "__main__":
-    tune_malloc()
     main()

@@ -1,234 +1,40 @@
 """Benchmark the seed recipe: ``make bench`` (= ``python -m ffd.bench``).
 
-On a CIPLAB-sized synthetic set (1,081 real + 960 fake 600x600 JPEGs, made
-once), in one run:
-
-1. the seed recipe, 20 epochs, naive path (decode every epoch at full size,
-   fp32, contiguous memory, glibc's default allocator) vs ffd's default path
-   (feature cache, bf16, channels-last, tuned allocator): wall time, train
-   img/s, peak RSS, test accuracy/AUROC, same seed and split;
-2. predict throughput from the fast run's checkpoint and from its ONNX export
-   (JPEG decode included) against the raw backbone forward pass at the
-   checkpoint's precision (``--predict-only RUN_DIR`` measures only this);
-3. where the fast run's time goes: cache build vs head training.
-
-Writes ``bench.json`` and ``bench.md`` under ``outputs/bench/<date_time>/``.
+Trains the seed recipe on the CIPLAB-sized synthetic set along ffd's naive and
+default paths, measures predict throughput, and writes ``bench.json`` and
+``bench.md`` under ``outputs/bench/<date_time>/`` (see ``ffd.runs.bench``).
 Absolute times vary between machines: compare the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from ffd.config import compose_config
-from ffd.data.manifest import read_manifest
-from ffd.data.synthetic import ensure_synthetic
-from ffd.errors import FfdError
-from ffd.export import export
-from ffd.inference import CheckpointScorer, load_scorer
-from ffd.models.checkpoint import load_checkpoint
-from ffd.predict import predict
+from ffd.runs.bench import bench, bench_predict
 from ffd.runtime import tune_malloc
-
-log = logging.getLogger("ffd.bench")
-
-SEED = 42  # conf/train.yaml's seed: every run here uses its split
-VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
-    "naive": (
-        [
-            "data.cache=none",
-            "data.decode_draft=false",
-            "trainer.precision=32-true",
-            "model.channels_last=false",
-        ],
-        {"FFD_TUNE_MALLOC": "0"},
-    ),
-    "fast": ([], {}),
-}
-
-
-def run_training(
-    name: str, out: Path, data: Path, overrides: list[str], env: dict[str, str]
-) -> dict[str, Any]:
-    """One ``python -m ffd.train`` in a child process; its wall time and peak RSS."""
-    run_dir = out / name
-    cmd = [
-        sys.executable, "-m", "ffd.train", f"hydra.run.dir={run_dir}", f"data.root={data}",
-        f"paths.cache_dir={out / 'cache'}", "logger=csv", *overrides,
-    ]  # fmt: skip
-    log.info("%s: %s", name, " ".join(cmd[3:]))
-    start = time.perf_counter()
-    with open(out / f"{name}.log", "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **env})
-        _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bench: the {name} run failed; see {out / f'{name}.log'}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    timings = json.loads((run_dir / "timings.json").read_text())
-    n_train = sum(r.ok and r.split == "train" for r in read_manifest(run_dir / "manifest.csv"))
-    return {
-        "wall_s": round(wall, 1),
-        "fit_s": timings["fit_s"],
-        "setup_s": timings["setup_s"],
-        "train_img_per_s": round(20 * n_train / timings["fit_s"], 1),
-        "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
-        "test_acc": round(metrics["test/acc"], 4),
-        "test_auroc": round(metrics["test/auroc"], 4),
-        "run_dir": str(run_dir),
-    }
-
-
-def throughput(fn: Callable[[torch.Tensor], Any], batches: list[torch.Tensor], images: int) -> float:
-    fn(batches[0])  # warm-up
-    start = time.perf_counter()
-    for b in batches:
-        fn(b)
-    return images / (time.perf_counter() - start)
-
-
-def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, float]:
-    """img/s of ``ffd.predict`` (decode included) from the checkpoint and from its ONNX export,
-    against the raw backbone forward pass at the checkpoint's precision.
-
-    Predict decodes in the main process: on a CPU the backbone already keeps every
-    core busy, and loader workers measured slower (2 cores: 243 img/s with 0
-    workers, 193-202 with 1-2).
-    """
-    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"), None)
-    if ckpt is None:
-        raise FfdError(f"{run_dir} has no checkpoints/epoch*.ckpt: pass a training run's folder.")
-    rows = [r for r in read_manifest(run_dir / "manifest.csv") if r.ok and r.split in ("val", "test")]
-    files = [Path(r.path) for r in rows] * repeats
-    export_cfg = compose_config("export", [f"ckpt_path={ckpt}", "formats=[onnx]"])
-    export_cfg.paths.output_dir = str(out / "export")
-    export(export_cfg)
-    checkpoint = CheckpointScorer(load_checkpoint(ckpt))
-    scorers = {"checkpoint": checkpoint, "onnx": load_scorer(out / "export" / "model.onnx")}
-    result = {}
-    for name, scorer in scorers.items():
-        sum(1 for _ in predict(scorer, files[:64]))  # warm-up: allocator, kernels
-        start = time.perf_counter()
-        scored = sum(row["status"] == "ok" for row in predict(scorer, files))
-        result[f"predict_{name}_img_per_s"] = round(scored / (time.perf_counter() - start), 1)
-
-    model = checkpoint.model
-    cuda = torch.cuda.is_available()
-    size = model.preprocess["size"]
-    x = torch.randn(32, 3, size, size, device=model.device)  # the scorer moved the model
-    batches = [x] * (len(files) // 32)
-
-    def forward(b: torch.Tensor) -> None:
-        model.features(b)
-        if cuda:
-            torch.cuda.synchronize()
-
-    # The training precision: fp16 on CUDA, bf16 on CPU, as predict uses.
-    with torch.no_grad(), torch.autocast(x.device.type, torch.float16 if cuda else torch.bfloat16):
-        result["backbone_img_per_s"] = round(throughput(forward, batches, 32 * len(batches)), 1)
-    return result
-
-
-def predict_line(p: dict[str, float]) -> str:
-    ckpt, onnx, raw = p["predict_checkpoint_img_per_s"], p["predict_onnx_img_per_s"], p["backbone_img_per_s"]
-    return (
-        f"Predict, decode included: {ckpt:.0f} img/s from the checkpoint ({100 * ckpt / raw:.0f} % of the "
-        f"raw backbone forward at the same precision, {raw:.0f} img/s); {onnx:.0f} img/s from the ONNX "
-        "export (onnxruntime, fp32)."
-    )
-
-
-def markdown(report: dict[str, Any]) -> str:
-    n, f, p, runs = report["naive"], report["fast"], report["predict"], report["fast_seeds"]
-    lines = [
-        f"Machine: {report['machine']}",
-        "",
-        "| seed recipe, 20 epochs | wall | train img/s | peak RSS | test acc | test AUROC |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in (("naive", n), ("ffd default", f)):
-        lines.append(
-            f"| {name} | {r['wall_s']:.0f} s | {r['train_img_per_s']:.0f} | {r['peak_rss_gib']:.2f} GiB "
-            f"| {r['test_acc']:.3f} | {r['test_auroc']:.3f} |"
-        )
-    lines += [
-        "",
-        f"Speed-up (wall): **{n['wall_s'] / f['wall_s']:.1f}x**; fit only: {n['fit_s'] / f['fit_s']:.1f}x.",
-        f"Fast run: manifest + feature cache {f['setup_s']:.1f} s, head training + validation "
-        f"{f['fit_s'] - f['setup_s']:.1f} s, wall {f['wall_s']:.1f} s (includes start-up and test).",
-        predict_line(p),
-    ]
-    if len(runs) > 1:
-        acc, auroc = (torch.tensor([r[k] for r in runs]) for k in ("test_acc", "test_auroc"))
-        lines.append(
-            f"ffd default over {len(runs)} training seeds (same split): test acc {acc.mean():.3f} "
-            f"+/- {acc.std():.3f} (min {acc.min():.3f}), AUROC {auroc.mean():.3f} +/- {auroc.std():.3f}; "
-            f"a run with the cache already built takes {min(r['wall_s'] for r in runs[1:]):.0f} s."
-        )
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path("outputs/bench") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    )
+    started = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench") / started)
     parser.add_argument("--skip-naive", action="store_true", help="only the fast path (no speed-up figure)")
-    parser.add_argument(
-        "--seeds", type=int, default=3, help="training seeds of the fast path (same split, cache reused)"
-    )
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds of the fast path (same split)")
     parser.add_argument(
         "--predict-only", type=Path, metavar="RUN_DIR", help="only predict throughput, of a run"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[bench] %(message)s")
     tune_malloc()
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.predict_only:
-        result = measure_predict(args.predict_only, args.out)
-        (args.out / "predict.json").write_text(json.dumps(result, indent=2))
-        log.info("%s", predict_line(result))
-        return
-    data_cfg = compose_config("train").data  # the synthetic CIPLAB-sized set of data=synthetic
-    data = Path(data_cfg.root)
-    ensure_synthetic(data, **data_cfg.synthetic)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
-    machine = (
-        f"{os.cpu_count()} cores, {device}, torch {torch.__version__}, Python {platform.python_version()}"
-    )
-    report: dict[str, Any] = {"machine": machine}
-    for name, (overrides, env) in VARIANTS.items():
-        if name == "naive" and args.skip_naive:
-            continue
-        report[name] = run_training(name, args.out, data, overrides, env)
-        log.info("%s: %s", name, report[name])
-    # The seed recipe's test accuracy swings with the training seed; show how much.
-    report["fast_seeds"] = [report["fast"]] + [
-        run_training(f"fast_seed{seed}", args.out, data, [f"seed={seed}", f"data.split_seed={SEED}"], {})
-        for seed in range(SEED + 1, SEED + args.seeds)
-    ]
-    report["predict"] = measure_predict(Path(report["fast"]["run_dir"]), args.out)
-    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
-    if "naive" in report:
-        table = markdown(report)
-        (args.out / "bench.md").write_text(table)
-        log.info("\n%s", table)
-    log.info("results in %s", args.out)
+        bench_predict(args.predict_only, args.out)
+    else:
+        bench(args.out, args.skip_naive, args.seeds)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ffd.data.io import load_rgb
-from ffd.data.manifest import Record
+from ffd.data.records import Record
 
 
 class ImageDataset(Dataset):

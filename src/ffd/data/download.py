@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ffd.config import compose_config
-from ffd.data.manifest import DataLayoutError, discover
+from ffd.data.layouts import DataLayoutError, discover
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
-"""Image files: finding them, and decoding them (the one place where files become RGB images)."""
+"""Image files: finding them, reading them, and decoding them (the one place files become RGB images)."""
 
 from __future__ import annotations
 
 import glob
-import os
+import io
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -14,11 +14,24 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 
 
 class ImageDecodeError(ValueError):
-    """A file could not be decoded as an image."""
+    """A file could not be read or decoded as an image."""
 
 
-def load_rgb(path: str | Path, min_size: int | None) -> Image.Image:
-    """Decode an image file as upright 8-bit RGB.
+def read_file(path: str | Path) -> bytes:
+    """A file's bytes; missing, empty and unreadable files raise ImageDecodeError."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError("no such file") from None
+    except OSError as err:
+        raise ImageDecodeError(f"cannot read the file: {err}") from err
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    return data
+
+
+def decode_rgb(data: bytes, min_size: int | None) -> Image.Image:
+    """Decode an image file's bytes as upright 8-bit RGB.
 
     JPEGs are decoded in draft mode: libjpeg scales the DCT by 1/2, 1/4 or 1/8
     while decoding, as long as both sides stay >= ``min_size``. For a 600x600
@@ -27,16 +40,10 @@ def load_rgb(path: str | Path, min_size: int | None) -> Image.Image:
     decodes at full size.
 
     Raises:
-        ImageDecodeError: the file is missing, empty, truncated, corrupt, too large or not an image.
+        ImageDecodeError: the data is truncated, corrupt, too large or not an image.
     """
     try:
-        empty = os.path.getsize(path) == 0
-    except FileNotFoundError:
-        raise ImageDecodeError("no such file") from None
-    if empty:
-        raise ImageDecodeError("empty file (0 bytes)")
-    try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             if img.format == "JPEG" and min_size:
                 img.draft("RGB", (min_size, min_size))
             img.load()
@@ -47,6 +54,11 @@ def load_rgb(path: str | Path, min_size: int | None) -> Image.Image:
             return upright.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageDecodeError(f"{type(err).__name__}: {err}") from err
+
+
+def load_rgb(path: str | Path, min_size: int | None) -> Image.Image:
+    """Read and decode an image file (see ``decode_rgb``)."""
+    return decode_rgb(read_file(path), min_size)
 
 
 def expand_input(spec: str) -> list[Path]:

@@ -31,26 +31,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ffd.data.manifest import DIFFICULTIES, replaced_parts
+from ffd.config import compose_config
+from ffd.data.facts import DIFFICULTIES, FACE_SIZE, PART_BOXES, fake_name, real_name, replaced_parts
 from ffd.errors import ConfigError, FfdError
+from ffd.progress import progress
 
 log = logging.getLogger(__name__)
 
-SIZE = 600
+SIZE = FACE_SIZE  # the generator draws CIPLAB's aligned 600x600 face, parts in PART_BOXES
 TREE = "real_and_fake_face"
 MARKER = "synthetic.json"
 # Bump when the drawing changes, so sets made by an older generator are remade, not reused.
 GENERATOR_VERSION = 1
 _PARTIAL = ".ffd-synthetic-incomplete"
 
-# Where each part lies on the canonical face (x0, y0, x1, y1), before pose.
-# Fakes replace exactly these boxes, so an explanation can be scored against them.
-PART_BOXES: dict[str, tuple[int, int, int, int]] = {
-    "left_eye": (175, 212, 285, 300),
-    "right_eye": (315, 212, 425, 300),
-    "nose": (258, 300, 342, 378),
-    "mouth": (228, 380, 372, 452),
-}
 # Feather radius (px) and share of the skin-tone difference removed, per difficulty.
 _BLEND = {"easy": (0.0, 0.0), "mid": (4.0, 0.5), "hard": (10.0, 1.0)}
 _DIFFICULTY_SHARE = {"easy": 0.25, "mid": 0.5, "hard": 0.25}  # CIPLAB's rough proportions
@@ -207,7 +201,7 @@ def _render(task: tuple[str, int, str, str, int]) -> None:
 
 def _plan(out: Path, num_real: int, num_fake: int, seed: int) -> list[tuple[str, int, str, str, int]]:
     real_dir, fake_dir = out / TREE / "training_real", out / TREE / "training_fake"
-    tasks = [(str(real_dir / f"real_{i:05d}.jpg"), seed, "real", "", i) for i in range(1, num_real + 1)]
+    tasks = [(str(real_dir / real_name(i)), seed, "real", "", i) for i in range(1, num_real + 1)]
     rng = np.random.default_rng([seed, 2])
     counts = {d: round(num_fake * _DIFFICULTY_SHARE[d]) for d in DIFFICULTIES[:-1]}
     counts["hard"] = num_fake - sum(counts.values())
@@ -216,14 +210,12 @@ def _plan(out: Path, num_real: int, num_fake: int, seed: int) -> list[tuple[str,
     for j, difficulty in enumerate(difficulties, start=1):
         ids[difficulty] += 1
         bits = format(int(rng.integers(1, 16)), "04b")
-        name = f"{difficulty}_{ids[difficulty]}_{bits}.jpg"
+        name = fake_name(difficulty, ids[difficulty], bits)
         tasks.append((str(fake_dir / name), seed, "fake", f"{difficulty}_{bits}", j))
     return tasks
 
 
-def generate(
-    out: str | Path, num_real: int, num_fake: int, seed: int = 0, workers: int | None = None
-) -> Path:
+def generate(out: str | Path, num_real: int, num_fake: int, seed: int, workers: int | None = None) -> Path:
     """Write a synthetic CIPLAB-like set under ``out`` and return the CIPLAB tree's path.
 
     Deterministic: the same arguments give byte-identical files.
@@ -238,17 +230,20 @@ def generate(
         (out / TREE / d).mkdir(parents=True)
     tasks = _plan(out, num_real, num_fake, seed)
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
-    if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_render, tasks, chunksize=8):
-                pass
-    else:
-        for task in tasks:
-            _render(task)
+    bar = progress(None, "Generating synthetic faces", total=len(tasks), unit="img")
+    with bar:
+        if workers > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for _ in pool.imap_unordered(_render, tasks, chunksize=8):
+                    bar.update()
+        else:
+            for task in tasks:
+                _render(task)
+                bar.update()
     return out / TREE
 
 
-def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int = 0) -> Path:
+def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int) -> Path:
     """Generate the set under ``out`` unless an identical complete one is there already.
 
     Refuses to write into a non-empty folder that ffd did not generate, so a
@@ -283,10 +278,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    spec = compose_config("train", ["data=synthetic"]).data.synthetic  # data=synthetic's set
     parser.add_argument("--out", required=True, type=Path, help="folder to write into")
-    parser.add_argument("--num-real", type=int, default=1081, help="real images (CIPLAB: 1081)")
-    parser.add_argument("--num-fake", type=int, default=960, help="fake images (CIPLAB: 960)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-real", type=int, default=spec.num_real, help="real images (CIPLAB: 1081)")
+    parser.add_argument("--num-fake", type=int, default=spec.num_fake, help="fake images (CIPLAB: 960)")
+    parser.add_argument("--seed", type=int, default=spec.seed)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tree = ensure_synthetic(args.out, args.num_real, args.num_fake, args.seed)

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from ffd.data.manifest import DIFFICULTIES, FAKE, PARTS, REAL, Record, replaced_parts
+from ffd.data.facts import DIFFICULTIES, FAKE, PARTS, REAL, replaced_parts
+from ffd.data.records import Record
 from ffd.metrics.scores import ranking
 
 

@@ -1,7 +1,11 @@
-"""Evaluation figures: ROC, precision-recall, confusion matrix, score histograms, reliability."""
+"""Figures: training curves; ROC, precision-recall, confusion matrix, score histograms, reliability.
+
+The one module that draws with matplotlib's pyplot (on the file-only Agg backend).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -12,7 +16,27 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
 
-from ffd.data.manifest import CLASS_NAMES  # noqa: E402
+from ffd.data.facts import CLASS_NAMES  # noqa: E402
+
+
+def curves_figure(history: Mapping[str, Sequence[float]], metrics: Sequence[str]) -> Figure:
+    """One panel per metric: its ``train/<name>`` and ``val/<name>`` values per epoch (the seed's graphs)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for ax, name in zip(axes[0], metrics, strict=True):
+        for split in ("train", "val"):
+            values = history.get(f"{split}/{name}", [])
+            ax.plot(range(1, len(values) + 1), values, marker="o", label=split)
+        ax.set(title=name, xlabel="epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: Any) -> None:
+    """Write a figure to a PNG file and free it."""
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> Figure:

@@ -8,6 +8,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from ffd.metrics.scores import at_threshold, bootstrap_ci, ranking
+from ffd.metrics.tables import markdown_table
 
 
 def _acc(threshold: float):
@@ -15,7 +16,7 @@ def _acc(threshold: float):
 
 
 def build_report(
-    probs: torch.Tensor, labels: torch.Tensor, threshold: float, n_bootstrap: int = 1000, seed: int = 0
+    probs: torch.Tensor, labels: torch.Tensor, threshold: float, n_bootstrap: int, seed: int
 ) -> dict[str, Any]:
     """Scores at the default 0.5 and at the checkpoint's validation-chosen threshold, with 95 % CIs."""
     report: dict[str, Any] = {
@@ -41,23 +42,22 @@ def _ci(values: Any) -> str:
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
-    """A readable summary of ``build_report`` (plus breakdowns, when present)."""
+    """A readable summary of ``build_report`` (plus breakdowns and localization, when present)."""
     lines = [
         f"# Evaluation: {report['n']} images ({report['n_real']} real, {report['n_fake']} fake)",
         "",
         f"- AUROC {report['auroc']:.3f}{_ci(report.get('auroc_ci95'))} (95 % bootstrap CI)",
         f"- Average precision {report['ap']:.3f}, EER {report['eer']:.3f}",
         "",
-        "| threshold | acc [95 % CI] | balanced acc | precision | recall | F1 |",
-        "|---|---|---|---|---|---|",
     ]
+    rows = []
     for key in ("at_0.5", "at_chosen_threshold"):
         s = report[key]
         name = "0.5" if key == "at_0.5" else f"{s['threshold']:.3f} (chosen on val)"
-        lines.append(
-            f"| {name} | {s['acc']:.3f}{_ci(s.get('acc_ci95'))} | {s['balanced_acc']:.3f} "
-            f"| {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} |"
-        )
+        acc = f"{s['acc']:.3f}{_ci(s.get('acc_ci95'))}"
+        rows.append([name, acc, s["balanced_acc"], s["precision"], s["recall"], s["f1"]])
+    header = ["threshold", "acc [95 % CI]", "balanced acc", "precision", "recall", "F1"]
+    lines += markdown_table(header, rows)
     (tn, fp), (fn, tp) = report["at_chosen_threshold"]["confusion"]
     lines += [
         "",
@@ -65,9 +65,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
     ]
     for kind, groups in (report.get("breakdowns") or {}).items():
         if groups:
-            lines += ["", f"| {kind} | fakes | AUROC vs all reals | recall |", "|---|---|---|---|"]
+            header = [kind, "fakes", "AUROC vs all reals", "recall"]
             lines += [
-                f"| {g} | {v['n_fake']} | {v['auroc']:.3f} | {v['recall']:.3f} |" for g, v in groups.items()
+                "",
+                *markdown_table(
+                    header, ([g, v["n_fake"], v["auroc"], v["recall"]] for g, v in groups.items())
+                ),
             ]
     if loc := report.get("localization"):
         lines += [
@@ -75,11 +78,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"Localization ({loc['method']}): share of each fake's heatmap inside its replaced parts, "
             "against the share of the image they cover.",
             "",
-            "| parts | fakes | heatmap mass inside | area share |",
-            "|---|---|---|---|",
         ]
-        lines += [
-            f"| {g} | {v['n']} | {v['mass_inside']:.3f} | {v['area_share']:.3f} |"
-            for g, v in loc["parts"].items()
-        ]
+        parts = [[g, v["n"], v["mass_inside"], v["area_share"]] for g, v in loc["parts"].items()]
+        lines += markdown_table(["parts", "fakes", "heatmap mass inside", "area share"], parts)
     return "\n".join(lines) + "\n"

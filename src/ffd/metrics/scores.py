@@ -36,7 +36,7 @@ def eer(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     return float((fpr[i] + fnr[i]) / 2), float(thresholds[i].clamp(0, 1))
 
 
-def choose_threshold(probs: torch.Tensor, labels: torch.Tensor, method: str = "eer") -> float:
+def choose_threshold(probs: torch.Tensor, labels: torch.Tensor, method: str) -> float:
     """Decision threshold on p_fake: the EER point, or the point maximising Youden's J = TPR - FPR."""
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {method!r}.")
@@ -88,8 +88,8 @@ def bootstrap_ci(
     probs: torch.Tensor,
     labels: torch.Tensor,
     score: Callable[[torch.Tensor, torch.Tensor], float],
-    n: int = 1000,
-    seed: int = 0,
+    n: int,
+    seed: int,
     level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of ``score``, resampling images with replacement.

@@ -51,11 +51,7 @@ class TimmTrunk(nn.Module):
 
 
 def build_backbone(
-    name: str,
-    pretrained: bool = True,
-    weights: str | None = "DEFAULT",
-    input_size: int | None = None,
-    weights_file: str | None = None,
+    name: str, pretrained: bool, weights: str | None, input_size: int | None, weights_file: str | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A classification model's trunk (no pooling, no classifier) and its preprocessing.
 
@@ -64,8 +60,8 @@ def build_backbone(
             convnext_tiny, ...) or ``timm:<name>`` for any timm model, optionally with a
             pretrained tag (``timm:efficientnet_b0.ra_in1k``).
         pretrained: Load the pretrained weights; False = random init.
-        weights: torchvision weights enum member (``IMAGENET1K_V1``, ``DEFAULT``, ...);
-            unused for timm (put the tag in the name).
+        weights: torchvision weights enum member (``IMAGENET1K_V1``, ``DEFAULT``, ...; None =
+            ``DEFAULT``); unused for timm (put the tag in the name).
         input_size: Square input side; None = the size the weights were trained at.
         weights_file: timm only: a local weights file to load instead of downloading
             (timm's ``pretrained_cfg_overlay=dict(file=...)``).

@@ -10,7 +10,7 @@ HEADS = ("flatten", "avgpool")
 
 
 def build_head(
-    kind: str, channels: int, height: int, width: int, num_classes: int, dropout: float = 0.0
+    kind: str, channels: int, height: int, width: int, num_classes: int, dropout: float
 ) -> nn.Module:
     """Map a (channels, height, width) feature map to class logits.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 from hydra.utils import get_class
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ffd.cache import Encoder, state_fingerprint
-from ffd.data.manifest import CLASS_NAMES, FAKE
+from ffd.data.cache.features import Encoder, state_fingerprint
+from ffd.data.facts import CLASS_NAMES, FAKE
 from ffd.errors import ConfigError
 from ffd.metrics import classification_metrics
 from ffd.metrics.scores import THRESHOLD_METHODS, choose_threshold
@@ -20,15 +21,15 @@ from ffd.models.backbones import build_backbone
 from ffd.models.finetune import GradualUnfreeze, build_scheduler
 from ffd.models.heads import build_head
 
+log = logging.getLogger(__name__)
+
 FREEZE_MODES = ("frozen", "full", "gradual")
 # (images, labels), or {"features", "label"} from the feature cache.
 Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]
 
 
-def _optimizer_spec(optimizer: Callable | Mapping[str, Any] | None) -> dict[str, Any]:
+def _optimizer_spec(optimizer: Callable | Mapping[str, Any]) -> dict[str, Any]:
     """A primitive description of an optimizer, so checkpoints hold no pickled callables."""
-    if optimizer is None:
-        return {"_target_": "torch.optim.Adam", "lr": 1e-3}
     if isinstance(optimizer, Mapping):
         return {k: v for k, v in optimizer.items() if k != "_partial_"}
     func = getattr(optimizer, "func", optimizer)  # functools.partial from Hydra's _partial_
@@ -48,7 +49,8 @@ class FakeFaceClassifier(L.LightningModule):
     """Real (0) vs fake (1) face classifier: backbone trunk -> head -> 2 logits.
 
     Built from primitives only, so ``FakeFaceClassifier.load_from_checkpoint(path)``
-    works without Hydra or the config that trained it.
+    works without Hydra or the config that trained it. Every setting comes from
+    ``conf/model/`` (the one place defaults live); a checkpoint carries them all.
 
     Args:
         backbone: torchvision model name or ``timm:<name>`` (see ``ffd.models.backbones``).
@@ -62,7 +64,7 @@ class FakeFaceClassifier(L.LightningModule):
             ``unfreeze_epochs`` (``ffd.models.finetune.GradualUnfreeze``).
         input_size: Square input side in pixels; None = the backbone's own.
         optimizer: A partial optimizer (Hydra ``_partial_: true``) or its
-            ``{_target_, **kwargs}`` description; default Adam(lr=1e-3).
+            ``{_target_, **kwargs}`` description.
         backbone_lr_factor: The backbone's learning rate is the optimizer's times this
             (``full`` and ``gradual``).
         unfreeze_epochs: ``gradual``: the epoch (0-based) at which each stage of the
@@ -79,21 +81,21 @@ class FakeFaceClassifier(L.LightningModule):
 
     def __init__(
         self,
-        backbone: str = "mobilenet_v2",
-        pretrained: bool = True,
-        weights: str = "IMAGENET1K_V1",
-        head: str = "flatten",
-        num_classes: int = 2,
-        freeze: str = "frozen",
-        input_size: int | None = None,
-        optimizer: Callable | Mapping[str, Any] | None = None,
-        channels_last: bool = True,
-        threshold_method: str = "eer",
-        backbone_lr_factor: float = 1.0,
-        unfreeze_epochs: Sequence[int] = (1,),
-        scheduler: Mapping[str, Any] | None = None,
-        dropout: float = 0.0,
-        weights_file: str | None = None,
+        backbone: str,
+        pretrained: bool,
+        weights: str | None,
+        head: str,
+        num_classes: int,
+        freeze: str,
+        input_size: int | None,
+        optimizer: Callable | Mapping[str, Any],
+        channels_last: bool,
+        threshold_method: str,
+        backbone_lr_factor: float,
+        unfreeze_epochs: Sequence[int],
+        scheduler: Mapping[str, Any] | None,
+        dropout: float,
+        weights_file: str | None,
     ) -> None:
         super().__init__()
         if freeze not in FREEZE_MODES:
@@ -143,6 +145,17 @@ class FakeFaceClassifier(L.LightningModule):
         if self.hparams["freeze"] == "gradual":
             return [GradualUnfreeze(self.hparams["unfreeze_epochs"])]
         return []
+
+    def on_fit_start(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        trunk = sum(p.numel() for p in self.backbone.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        log.info(
+            "Model: %s trunk (%.1f M parameters, %s) -> %s head; %.0f K parameters train now.",
+            self.hparams["backbone"], trunk / 1e6, self.hparams["freeze"], self.hparams["head"],
+            trainable / 1e3,
+        )  # fmt: skip
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=self.memory_format)

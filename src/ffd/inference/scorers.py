@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 import torch
 
-from ffd.data.manifest import FAKE
+from ffd.data.facts import FAKE
 from ffd.errors import FfdError
+from ffd.runtime import autocast_dtype, mixed_precision
 
 ONNX_METADATA_KEY = "ffd"  # metadata_props entry: JSON with preprocess, class_names, threshold
 
@@ -31,15 +32,13 @@ class Scorer(Protocol):
 class CheckpointScorer:
     """An ffd LightningModule, run in the training precision (fp16 on CUDA, bf16 on CPU) or fp32."""
 
-    def __init__(self, model: Any, precision: str = "auto") -> None:
+    def __init__(self, model: Any, precision: str) -> None:
         if precision not in ("auto", "32"):
             raise FfdError(f"precision={precision} must be 'auto' (fp16 on CUDA, bf16 on CPU) or '32'.")
         self.model = model
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(self.device).eval()
-        self.dtype = (
-            None if precision == "32" else torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        )
+        self.dtype = autocast_dtype(mixed_precision(self.device.type)) if precision == "auto" else None
         self.preprocess, self.threshold = model.preprocess, model.threshold
 
     def p_fake(self, x: torch.Tensor) -> list[float]:

@@ -24,13 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ffd.data.io import load_rgb
-from ffd.data.manifest import Record
+from ffd.data.images import DecodedImages
+from ffd.data.records import Record
+from ffd.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +57,16 @@ def state_fingerprint(module: nn.Module) -> str:
 
 
 class _Views(Dataset):
-    """Each item: ``views`` augmented copies of one decoded, resized image, stacked."""
+    """Each item: ``views`` augmented copies of one resized image, stacked."""
 
-    def __init__(
-        self, records: Sequence[Record], resize: Callable, view: Callable, views: int, decode_size: int | None
-    ) -> None:
-        self.records, self.resize, self.view = records, resize, view
-        self.views, self.decode_size = views, decode_size
+    def __init__(self, records: Sequence[Record], images: DecodedImages, view: Callable, views: int) -> None:
+        self.records, self.images, self.view, self.views = records, images, view, views
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = self.resize(load_rgb(self.records[i].path, self.decode_size))  # once per image
+        img = self.images.get(self.records[i].path)  # decoded once, by the manifest scan where it could
         return torch.stack([self.view(img) for _ in range(self.views)])
 
 
@@ -85,7 +84,9 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         views = self.features.shape[1]
-        v = int(torch.randint(views, ())) if views > 1 else 0  # seeded by seed_everything
+        v = (
+            int(torch.randint(views, ())) if views > 1 else 0
+        )  # seeded per epoch (ffd.runs.callbacks.EpochSeed)
         return {"features": torch.from_numpy(self.features[i, v].astype(np.float32)), "label": self.labels[i]}
 
 
@@ -107,8 +108,7 @@ def build_feature_cache(
     folder: Path,
     encoder: Encoder,
     splits: Mapping[str, tuple[Sequence[Record], Callable, int]],
-    resize: Callable,
-    decode_size: int | None,
+    images: DecodedImages,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager],
     num_workers: int,
@@ -118,9 +118,11 @@ def build_feature_cache(
 
     Args:
         splits: ``split -> (records, view transform, views)``.
-        resize: The deterministic decode-stage transform, run once per image.
+        images: The resized images (decoded by the manifest scan where it kept them).
         autocast: The training precision's forward context, so cached features equal
             the ones the uncached path would compute.
+        seed: Seeds the views' augmentation: a data setting (the split's seed), so runs
+            with other training seeds share the cache.
 
     Returns:
         ``split -> read-only memmap of shape (n, views, C, h, w)``.
@@ -134,12 +136,14 @@ def build_feature_cache(
     start = time.perf_counter()
     module = encoder.module.to(device).eval()
     n_views = 0
+    total = sum(len(records) * views for records, _, views in splits.values())
+    bar = progress(None, "Building the feature cache", total=total, unit="view")
     # A private RNG: building the cache must not change the training run's random stream.
-    with torch.random.fork_rng(devices=[]):
+    with bar, torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)  # CPU only: fork_rng restores only that
         for split, (records, view, views) in splits.items():
             loader = DataLoader(
-                _Views(records, resize, view, views, decode_size),
+                _Views(records, images, view, views),
                 batch_size=max(1, 64 // views),
                 num_workers=num_workers,
                 generator=torch.Generator().manual_seed(seed),
@@ -148,19 +152,16 @@ def build_feature_cache(
             row = 0
             for batch in loader:
                 b = batch.shape[0]
-                x = (
-                    batch.flatten(0, 1)
-                    .to(device, non_blocking=True)
-                    .contiguous(memory_format=encoder.memory_format)
-                )
+                x = batch.flatten(0, 1).to(device, non_blocking=True)
                 with torch.no_grad(), autocast():
-                    f = module(x).float()
+                    f = module(x.contiguous(memory_format=encoder.memory_format)).float()
                 if store is None:
                     shape = (len(records), views, *f.shape[1:])
                     store = np.lib.format.open_memmap(folder / f"{split}.npy", "w+", np.float16, shape)
                 store[row : row + b] = f.view(b, views, *f.shape[1:]).cpu().numpy().astype(np.float16)
                 row += b
                 n_views += b * views
+                bar.update(b * views)
             if store is not None:
                 store.flush()
     seconds = time.perf_counter() - start
@@ -169,3 +170,21 @@ def build_feature_cache(
         "Feature cache: %d views in %.1f s (%.0f views/s) -> %s", n_views, seconds, n_views / seconds, folder
     )
     return {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in splits}
+
+
+def once_per_node(
+    trainer: L.Trainer | None, build: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Run ``build`` in one process while the others wait, then in the others (which find it built).
+
+    Global rank 0 first; then each node's local rank 0, which builds its own copy when
+    nodes share no disk and finds rank 0's when they do; then the rest open it.
+    """
+    if trainer is None or trainer.world_size == 1:
+        return build()
+    store = build() if trainer.is_global_zero else None
+    trainer.strategy.barrier("ffd_feature_cache")
+    if store is None and trainer.local_rank == 0:
+        store = build()
+    trainer.strategy.barrier("ffd_feature_cache_node")
+    return store or build()

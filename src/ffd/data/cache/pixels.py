@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch.utils.data import Dataset
 
-from ffd.data.io import load_rgb
-from ffd.data.manifest import Record
+from ffd.data.images import DecodedImages
+from ffd.data.records import Record
 
 
 class PixelDataset(Dataset):
@@ -21,18 +21,15 @@ class PixelDataset(Dataset):
 
     Args:
         records: Rows to serve.
-        resize: Decode-stage transform (to the model's input size), run once per image.
+        images: Their resized images (the manifest scan's, or decoded now).
         view: Per-epoch transform (augmentation, normalization).
-        decode_size: Smallest side the JPEG decoder must keep.
     """
 
-    def __init__(
-        self, records: Sequence[Record], resize: Callable, view: Callable, decode_size: int | None
-    ) -> None:
+    def __init__(self, records: Sequence[Record], images: DecodedImages, view: Callable) -> None:
         self.labels = [r.label for r in records]
         self.view = view
-        with ThreadPoolExecutor() as pool:  # PIL and torch release the GIL while they work
-            self.pixels = list(pool.map(lambda r: resize(load_rgb(r.path, decode_size)), records))
+        with ThreadPoolExecutor() as pool:  # images the scan did not keep: PIL releases the GIL
+            self.pixels = list(pool.map(lambda r: images.get(r.path), records))
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -22,6 +22,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ffd.metrics.tables import markdown_table
+
 log = logging.getLogger(__name__)
 
 # Columns of the summary, in this order, when any run has them.
@@ -73,19 +75,14 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
         writer.writeheader()
         writer.writerows(rows)
 
-    def cell(column: str, value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.1f}" if column == "wall_s" else f"{value:.4f}"
-        return str(value)
-
-    lines = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
-    lines += [f"| {' | '.join(cell(c, r.get(c, '')) for c in columns)} |" for r in rows]
+    cells = [[f"{r[c]:.1f}" if c == "wall_s" and c in r else r.get(c) for c in columns] for r in rows]
+    lines = markdown_table(columns, cells, digits=4)
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return rows
 
 
 class SweepSummary(Callback):
-    """Hydra callback: when a multirun ends, tabulate its runs (``ffd.sweep.summarize``)."""
+    """Hydra callback: when a multirun ends, tabulate its runs (``summarize``)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -10,16 +10,18 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, open_dict
 
+from ffd.data.splits import Fold
+from ffd.metrics.tables import markdown_table
 from ffd.runtime import is_rank_zero
 
 log = logging.getLogger(__name__)
 
 
-def cross_validate(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) -> dict[str, dict]:
+def cross_validate(cfg: DictConfig, train: Callable[[DictConfig, Fold], dict[str, float]]) -> dict[str, dict]:
     """Train one model per fold into ``fold_<i>/`` and summarise the validation metrics.
 
     The test split is the one the config gives without CV, and CV never touches
-    it (``test`` is off for every fold): it stays for one final evaluation.
+    it (no fold is tested): it stays for one final evaluation.
 
     Returns:
         ``metric -> {"mean", "std", "folds"}`` over the folds' validation metrics.
@@ -30,11 +32,9 @@ def cross_validate(cfg: DictConfig, train: Callable[[DictConfig], dict[str, floa
     for fold in range(k):
         fold_cfg = cfg.copy()
         with open_dict(fold_cfg):
-            fold_cfg.data.folds, fold_cfg.data.fold = k, fold
-            fold_cfg.test = False
             fold_cfg.paths.output_dir = str(out / f"fold_{fold}")
         log.info("Cross-validation: fold %d of %d", fold + 1, k)
-        results.append(train(fold_cfg))
+        results.append(train(fold_cfg, (k, fold)))
     keys = sorted(k for k in results[0] if k.startswith("val/"))
     summary = {}
     for key in keys:
@@ -43,12 +43,9 @@ def cross_validate(cfg: DictConfig, train: Callable[[DictConfig], dict[str, floa
     if not is_rank_zero():  # under DDP every rank has the same synced metrics; one writes them
         return summary
     (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
-    lines = [
-        f"# {k}-fold cross-validation (validation folds; test split untouched)",
-        "",
-        "| metric | mean | std |",
-    ]
-    lines += ["|---|---|---|"] + [f"| {m} | {v['mean']:.4f} | {v['std']:.4f} |" for m, v in summary.items()]
+    lines = [f"# {k}-fold cross-validation (validation folds; test split untouched)", ""]
+    rows = ([m, v["mean"], v["std"]] for m, v in summary.items())
+    lines += markdown_table(["metric", "mean", "std"], rows, digits=4)
     (out / "cv_summary.md").write_text("\n".join(lines) + "\n")
     log.info("\n%s", "\n".join(lines))
     return summary

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from ffd.data.manifest import Record
+from ffd.data.records import Record
 from ffd.metrics.scores import ranking
 
 FEATURES = ("log_file_size", "luma_quant_mean", "chroma_quant_mean", "has_exif", "width", "height")
@@ -47,7 +47,7 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, steps: int = 300) -> torch.n
     return model
 
 
-def metadata_baseline(records: Sequence[Record], folds: int = 5, seed: int = 0) -> dict[str, float | bool]:
+def metadata_baseline(records: Sequence[Record], seed: int, folds: int = 5) -> dict[str, float | bool]:
     """Out-of-fold AUROC of a logistic regression on file metadata alone.
 
     Returns:

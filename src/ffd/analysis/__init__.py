@@ -1,0 +1,1 @@
+"""Analysis: evaluation, Grad-CAM explanations and localization, the metadata baseline."""

@@ -1,0 +1,128 @@
+"""Evaluating a model on labelled images: scores with intervals, breakdowns, localization, figures.
+
+One pass over the images: each is decoded once, scored, and (for fakes with part
+metadata, from a checkpoint) explained with Grad-CAM on the same tensor.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.tensorboard import SummaryWriter
+
+from ffd.analysis.gradcam import check_method, grad_cam
+from ffd.analysis.localization import localization_report
+from ffd.data.batches import batches, load_items, ok_images
+from ffd.data.facts import CLASS_NAMES, FAKE, label_name
+from ffd.data.images import DecodedImages
+from ffd.data.manifest import scan
+from ffd.data.records import Record, read_manifest
+from ffd.data.transforms import resize_transform
+from ffd.errors import ConfigError, FfdError
+from ffd.inference.scorers import CheckpointScorer, Scorer, load_scorer
+from ffd.metrics.breakdowns import breakdowns
+from ffd.metrics.figures import all_figures
+from ffd.metrics.report import build_report, summary_markdown
+from ffd.models.checkpoint import run_folder
+
+log = logging.getLogger(__name__)
+
+
+def select_records(cfg: DictConfig, images: DecodedImages) -> list[Record]:
+    """The rows to score: the training run's split (its manifest), or every usable image of ``dataset``."""
+    if cfg.dataset is None:
+        manifest = run_folder(cfg.ckpt_path) / "manifest.csv"
+        if not manifest.exists():
+            raise FfdError(f"No manifest.csv next to the checkpoint's run ({manifest}); pass dataset=PATH.")
+        records, split = read_manifest(manifest), cfg.split or "test"
+    else:
+        if cfg.split not in (None, "all"):
+            # A new split of another data set would not be the run's split: it would leak.
+            raise ConfigError(
+                "With dataset=PATH, eval scores every image of that data set (split=all); "
+                "to score a split of the training run, leave dataset unset."
+            )
+        records, split = scan(cfg.dataset, images), "all"  # decoded once: scoring takes the images
+    rows = [r for r in records if r.ok and (split == "all" or r.split == split)]
+    if not rows:
+        raise FfdError(f"No usable images in split {split!r} (choose split=train|val|test|all).")
+    return rows
+
+
+def score(
+    scorer: Scorer, records: list[Record], batch_size: int, images: DecodedImages, cam_method: str | None
+) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
+    """p_fake of every record, and (part bits, heatmap) of the fakes with part metadata.
+
+    Heatmaps need the checkpoint's gradients: an ONNX model gets none.
+    """
+    model = scorer.model if isinstance(scorer, CheckpointScorer) and cam_method else None
+    parts = {r.path: r.parts for r in records if model is not None and r.label == FAKE and "1" in r.parts}
+    kept = images if images.kept else None
+    probs: list[float] = []
+    cams: list[tuple[str, torch.Tensor]] = []
+    items = load_items([r.path for r in records], scorer.preprocess, images=kept)
+    for group, x in batches(items, scorer.preprocess, batch_size):
+        if failed := [it for it in group if it.image is None]:
+            raise FfdError(
+                f"{len(failed)} images became unreadable since the manifest was made: "
+                f"{failed[0].path}: {failed[0].message}"
+            )
+        assert x is not None
+        probs += scorer.p_fake(x)
+        ok = ok_images(group)
+        fakes = [i for i, it in enumerate(ok) if str(it.path) in parts]
+        if model is not None and fakes:
+            maps, _ = grad_cam(model, x[fakes].to(model.device), cam_method)  # type: ignore[arg-type]
+            cams += [(parts[str(ok[i].path)], m) for i, m in zip(fakes, maps.cpu(), strict=True)]
+    return torch.tensor(probs), cams
+
+
+def write_outputs(
+    out: Path, records: list[Record], probs: torch.Tensor, labels: torch.Tensor, report: dict[str, Any]
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    (out / "summary.md").write_text(summary_markdown(report))
+    threshold = report["at_chosen_threshold"]["threshold"]
+    with (out / "predictions.csv").open("w", newline="") as fh:
+        rows = csv.writer(fh)
+        rows.writerow(["path", "label", "p_fake", "predicted"])
+        for r, p in zip(records, probs.tolist(), strict=True):
+            rows.writerow([r.path, CLASS_NAMES[r.label], repr(p), label_name(p, threshold)])
+    tensorboard = SummaryWriter(str(out / "tensorboard"))
+    (out / "figures").mkdir(exist_ok=True)
+    for name, fig in all_figures(probs, labels, report).items():
+        fig.savefig(out / "figures" / f"{name}.png", dpi=100, bbox_inches="tight")
+        tensorboard.add_figure(f"eval/{name}", fig)  # closes the figure
+    tensorboard.close()
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """``python -m ffd.eval``: score the records, write metrics.json, summary.md, predictions.csv, figures."""
+    if cfg.localization is not None:
+        check_method(cfg.localization, "localization")
+    scorer = load_scorer(cfg.ckpt_path)
+    size = int(scorer.preprocess["size"])
+    images = DecodedImages(resize_transform(scorer.preprocess), size)
+    records = select_records(cfg, images)
+    if cfg.localization and not isinstance(scorer, CheckpointScorer):
+        log.info("No localization for an ONNX model (Grad-CAM needs the checkpoint's gradients).")
+    probs, cams = score(scorer, records, cfg.batch_size, images, cfg.localization)
+    labels = torch.tensor([r.label for r in records])
+    report = build_report(probs, labels, scorer.threshold, cfg.bootstrap, cfg.seed)
+    report["checkpoint"] = str(Path(cfg.ckpt_path).resolve())
+    report["breakdowns"] = breakdowns(records, probs, scorer.threshold)
+    if cams:
+        report["localization"] = {"method": cfg.localization, "parts": localization_report(cams)}
+    out = Path(cfg.paths.output_dir)
+    write_outputs(out, records, probs, labels, report)
+    log.info("\n%s", summary_markdown(report))
+    log.info("Eval folder: %s", out.resolve())
+    return report

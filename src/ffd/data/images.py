@@ -1,0 +1,45 @@
+"""Decoded images kept in memory between the steps of one run, so each file is decoded once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ffd.data.io import load_rgb
+
+# Kept images stop here (a resized 224 px image is 150 KB: CIPLAB's 2,041 take 0.3 GiB);
+# past it, the next step decodes the file again.
+BUDGET_BYTES = 2 << 30
+
+
+class DecodedImages:
+    """The resized uint8 images (3, size, size) of the files already decoded in this run.
+
+    The manifest scan decodes every file to check it and puts the result here; the
+    next step (the feature or pixel cache build, eval's scoring) takes it from here
+    instead of reading and decoding the file again.
+
+    Args:
+        resize: Decoded image -> resized uint8 tensor (the model's deterministic first stage).
+        decode_size: The JPEG draft size the consumer decodes at (None: full size).
+    """
+
+    def __init__(self, resize: Callable[[Image.Image], torch.Tensor], decode_size: int | None) -> None:
+        self.resize, self.decode_size = resize, decode_size
+        self.kept: dict[str, torch.Tensor] = {}
+        self.bytes = 0
+
+    def add(self, path: str | Path, image: Image.Image) -> None:
+        """Keep a decoded image (decoded at ``decode_size``), while the budget lasts."""
+        if self.bytes < BUDGET_BYTES:
+            tensor = self.resize(image)
+            self.kept[str(path)] = tensor
+            self.bytes += tensor.numel() * tensor.element_size()
+
+    def get(self, path: str | Path) -> torch.Tensor:
+        """The resized image of a file: kept, or read and decoded now."""
+        kept = self.kept.get(str(path))
+        return kept if kept is not None else self.resize(load_rgb(path, self.decode_size))

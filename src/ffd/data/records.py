@@ -1,0 +1,57 @@
+"""The manifest's rows and its CSV file: one table of every image a run saw."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+
+
+@dataclasses.dataclass
+class Record:
+    """One row of the manifest.
+
+    Attributes:
+        path: Absolute path of the image file.
+        label: REAL (0) or FAKE (1).
+        source: Layout the file came from (ciplab, folders, presplit, csv).
+        difficulty: CIPLAB fake difficulty (easy/mid/hard); empty otherwise.
+        parts: CIPLAB replaced-part bits LRNM ("1010"); empty otherwise.
+        sha256: Hash of the file's bytes.
+        split: train, val or test; empty for rows not used.
+        status: ok, duplicate or unreadable.
+        reason: Why a row is not ok.
+    """
+
+    path: str
+    label: int
+    source: str
+    difficulty: str = ""
+    parts: str = ""
+    sha256: str = ""
+    split: str = ""
+    status: str = "ok"
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+COLUMNS = [f.name for f in dataclasses.fields(Record)]
+
+
+def write_manifest(records: Iterable[Record], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(r) for r in records)
+
+
+def read_manifest(path: str | Path) -> list[Record]:
+    with Path(path).open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [Record(**{k: int(v) if k == "label" else v for k, v in row.items()}) for row in rows]  # type: ignore[arg-type]

@@ -1,0 +1,94 @@
+"""Train/val/test splits, cross-validation folds and the label-shuffle control."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from ffd.data.facts import SPLITS
+from ffd.data.records import Record
+from ffd.errors import ConfigError
+
+Fold = tuple[int, int]  # (number of folds k, which fold i is the validation split)
+
+
+def assign_splits(
+    records: Sequence[Record], val_fraction: float, test_fraction: float, seed: int, fold: Fold | None
+) -> None:
+    """Stratified, seeded train/val/test split of the ok rows without a split.
+
+    Strata are (label, difficulty), so every split sees each CIPLAB difficulty in
+    proportion. Rows are ordered by content hash before shuffling: the split
+    depends on the data and the seed only, not on file names or disk order.
+
+    With ``fold=(k, i)`` the test rows are the same as without it, and the rest is
+    dealt into k stratified folds: fold i is val, the others train (``val_fraction``
+    is unused).
+    """
+    val = val_fraction
+    if fold is not None:
+        k, i = fold
+        if not (k >= 2 and 0 <= i < k):
+            raise ConfigError(
+                f"Cross-validation needs folds >= 2 and 0 <= fold < folds (got {k} folds, fold {i})."
+            )
+        if any(r.split for r in records if r.ok):
+            raise ConfigError(
+                "Cross-validation deals its own folds, but this data set comes pre-split "
+                "(split folders or a split column); train without cv.folds."
+            )
+        val = 0.0
+    if not (0 <= val < 1 and 0 <= test_fraction < 1 and val + test_fraction < 1):
+        raise ConfigError(
+            f"data.split.val_fraction ({val}) and test_fraction ({test_fraction}) "
+            "must be >= 0 and sum below 1."
+        )
+    strata: dict[tuple[int, str], list[Record]] = defaultdict(list)
+    for r in records:
+        if r.ok and not r.split:
+            strata[(r.label, r.difficulty)].append(r)
+    rng = np.random.default_rng(seed)
+    for key in sorted(strata):
+        rows = sorted(strata[key], key=lambda r: r.sha256)
+        order = rng.permutation(len(rows))
+        n_test, n_val = round(len(rows) * test_fraction), round(len(rows) * val)
+        for rank, j in enumerate(order):
+            if rank < n_test:
+                rows[j].split = "test"
+            elif fold is not None:
+                rows[j].split = "val" if (rank - n_test) % fold[0] == fold[1] else "train"
+            else:
+                rows[j].split = "val" if rank < n_test + n_val else "train"
+
+
+def shuffled_labels(records: Sequence[Record], seed: int) -> list[Record]:
+    """Copies of records with their labels permuted (seeded): the label-shuffle control."""
+    labels = np.random.default_rng([seed, 1]).permutation([r.label for r in records])
+    return [dataclasses.replace(r, label=int(y)) for r, y in zip(records, labels, strict=True)]
+
+
+def split_rows(records: Sequence[Record], shuffle_seed: int | None) -> dict[str, list[Record]]:
+    """The usable rows of each split, in content-hash order, so classes are interleaved in every batch.
+
+    Args:
+        shuffle_seed: If given, the train and val labels are permuted with it (the
+            label-shuffle control; val too, since choosing the best checkpoint on true val
+            labels would leak them); test keeps the true labels.
+
+    Raises:
+        ConfigError: a split is empty.
+    """
+    rows = {s: sorted((r for r in records if r.ok and r.split == s), key=lambda r: r.sha256) for s in SPLITS}
+    if shuffle_seed is not None:
+        rows["train"] = shuffled_labels(rows["train"], shuffle_seed)
+        rows["val"] = shuffled_labels(rows["val"], shuffle_seed + 1)
+    for split, members in rows.items():
+        if not members:
+            raise ConfigError(
+                f"The {split} split is empty ({sum(r.ok for r in records)} usable files); use more data "
+                "or set data.split.val_fraction / data.split.test_fraction above 0."
+            )
+    return rows

@@ -1,0 +1,1 @@
+"""Inference: scorers (checkpoint, ONNX), predicting on files, exporting a model."""

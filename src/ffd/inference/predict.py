@@ -1,0 +1,103 @@
+"""Scoring image files: one row per file (path, p_fake, label, status, message), in input order."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ffd.data.batches import batches, load_items, ok_images
+from ffd.data.faces import FaceCropper
+from ffd.data.facts import label_name
+from ffd.data.io import expand_input
+from ffd.errors import ConfigError, FfdError
+from ffd.inference.scorers import Scorer, load_scorer
+from ffd.progress import progress
+
+log = logging.getLogger(__name__)
+
+FIELDS = ["path", "p_fake", "label", "status", "message"]
+
+
+def predict(
+    scorer: Scorer,
+    files: Sequence[Path],
+    batch_size: int,
+    cropper: FaceCropper | None = None,
+    crops_dir: Path | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One result row per file, in order; files that can't be scored get a status and message instead.
+
+    Args:
+        scorer: A checkpoint or ONNX model (``ffd.inference.scorers.load_scorer``).
+        files: Image files.
+        batch_size: Images per forward pass.
+        cropper: Crop each photo to its largest face first (status ``no_face`` if none).
+        crops_dir: Save each face crop there, as ``<index>_<name>.png``.
+    """
+    items = load_items(files, scorer.preprocess, cropper)
+    index = 0
+    for group, x in batches(items, scorer.preprocess, batch_size):
+        probs = dict(zip(map(id, ok_images(group)), scorer.p_fake(x) if x is not None else [], strict=True))
+        for item in group:
+            p = probs.get(id(item))
+            if item.crop is not None and crops_dir is not None:
+                item.crop.save(crops_dir / f"{index:05d}_{item.path.stem}.png")
+            label = label_name(p, scorer.threshold) if p is not None else ""
+            yield {"path": str(item.path), "p_fake": p, "label": label, "status": item.status,
+                   "message": item.message}  # fmt: skip
+            index += 1
+
+
+def _crops_dir(value: str | None) -> Path | None:
+    if not value:
+        return None
+    crops_dir = Path(value)
+    if crops_dir.is_dir() and any(crops_dir.iterdir()):
+        raise ConfigError(
+            f"crops_dir={crops_dir} is not empty: name a new folder, so no earlier file is replaced."
+        )
+    crops_dir.mkdir(parents=True, exist_ok=True)
+    return crops_dir
+
+
+def predict_files(cfg: DictConfig) -> Counter:
+    """``python -m ffd.predict``: score ``cfg.input`` and write ``cfg.output`` (CSV or JSON Lines).
+
+    Returns:
+        Rows by label (real, fake) or status (unreadable, no_face).
+
+    Raises:
+        FfdError: nothing could be scored (the rows are written all the same).
+    """
+    scorer = load_scorer(cfg.ckpt_path)
+    files = expand_input(str(cfg.input))
+    cropper = FaceCropper(cfg.face_margin) if cfg.face_crop else None
+    output = Path(cfg.output)
+    if output.suffix not in (".csv", ".jsonl"):
+        raise ConfigError(f"output={output} must end in .csv or .jsonl.")
+    crops_dir = _crops_dir(cfg.crops_dir)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    counts: Counter = Counter()
+    with output.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS) if output.suffix == ".csv" else None
+        if writer:
+            writer.writeheader()
+        rows = predict(scorer, files, cfg.batch_size, cropper, crops_dir)
+        for row in progress(rows, "Scoring", total=len(files), unit="img"):
+            writer.writerow(row) if writer else fh.write(json.dumps(row) + "\n")
+            counts[row["label"] or row["status"]] += 1
+    log.info(
+        "%d files: %d real, %d fake, %d unreadable, %d without a face (threshold %.3g) -> %s",
+        len(files), counts["real"], counts["fake"], counts["unreadable"], counts["no_face"],
+        scorer.threshold, output,
+    )  # fmt: skip
+    if not counts["real"] + counts["fake"]:
+        raise FfdError(f"None of the {len(files)} files could be scored; see {output}.")
+    return counts

@@ -1,0 +1,80 @@
+"""A training run: fit, test the best checkpoint, write the run's metrics; or k of them (cross-validation)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from ffd.data.splits import Fold
+from ffd.runs.cv import cross_validate
+from ffd.runs.distributed import check_ddp_launch
+from ffd.runs.resume import keep_csv_history, resolve_ckpt_path
+from ffd.runtime import silence_known_noise
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, fold: Fold | None = None) -> dict[str, float]:
+    """Fit, then test the best checkpoint; return the final metrics (also written to metrics.json).
+
+    Args:
+        fold: ``(k, i)``: train on cross-validation fold i of k (see ``ffd.runs.cv``).
+    """
+    silence_known_noise()
+    L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
+    model = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data, preprocess=model.preprocess, encoder=model.encoder(), fold=fold)
+    # ~callbacks / ~logger (or logger=null) on the command line: none
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    start = time.perf_counter()
+    if ckpt_path:
+        log.info("Resuming from %s", ckpt_path)
+        keep_csv_history(loggers)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    timings = {"setup_s": datamodule.setup_seconds, "fit_s": time.perf_counter() - start}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    checkpoint = trainer.checkpoint_callback
+    if not isinstance(checkpoint, ModelCheckpoint):
+        checkpoint = None
+    if checkpoint and checkpoint.monitor and checkpoint.best_model_score is not None:
+        metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
+    if cfg.test and fold is None:  # CV never touches the test split: it stays for one final evaluation
+        best = checkpoint.best_model_path if checkpoint else ""
+        if not best:
+            log.warning(
+                "No best checkpoint (fast_dev_run or no checkpoint callback): testing the last weights."
+            )
+        start = time.perf_counter()
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        timings["test_s"] = time.perf_counter() - start
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+
+    out = Path(cfg.paths.output_dir)
+    if not trainer.is_global_zero:  # under DDP every rank has the same synced metrics; one writes them
+        return metrics
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    (out / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}, indent=2))
+    log.info("Final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    log.info("Run folder: %s", out.resolve())
+    return metrics
+
+
+def run(cfg: DictConfig, multirun: bool) -> float | None:
+    """``python -m ffd.train``: one run, or one per fold with ``cv.folds``; the value a sweeper optimizes."""
+    check_ddp_launch(cfg.trainer, multirun)
+    if cfg.cv.folds:
+        summary = cross_validate(cfg, train)
+        return summary.get(cfg.optimized_metric, {}).get("mean")
+    return train(cfg).get(cfg.optimized_metric)

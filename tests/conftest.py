@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from ffd.config import CONF_DIR
+from ffd.config import CONF_DIR, compose_config, register_resolvers
 from ffd.data.synthetic import ensure_synthetic
-from ffd.runtime import register_resolvers
+from ffd.errors import FfdError
+from ffd.models.module import FakeFaceClassifier
 
 register_resolvers()
 
@@ -30,6 +33,39 @@ TINY = [
     "data.num_workers=0",
     "trainer.accelerator=cpu",
 ]
+
+
+def split_settings(**overrides: float) -> dict:
+    """``build_manifest``'s split arguments as conf/data/ciplab.yaml sets them, with overrides."""
+    return {**compose_config("train").data.split, **overrides}
+
+
+def build(node: DictConfig, **kwargs):
+    """``instantiate``, raising the FfdError a user would see rather than Hydra's wrapper of it."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, FfdError):
+            raise err.__cause__ from None
+        raise
+
+
+def build_model(*overrides: str, **kwargs) -> FakeFaceClassifier:
+    """The model conf/model/ builds (with Hydra overrides such as ``model.head=avgpool``)."""
+    return build(compose_config("train", list(overrides)).model, **kwargs)
+
+
+def tiny_model(**kwargs) -> FakeFaceClassifier:
+    """The seed model, random-init at 64 px (keyword arguments replace settings)."""
+    return build_model(**{"pretrained": False, "input_size": 64, **kwargs})
+
+
+def build_datamodule(root: Path, model: FakeFaceClassifier, **kwargs):
+    """conf/data/ciplab.yaml's data module on ``root`` for ``model``, without a run folder or loader
+    workers (keyword arguments replace settings)."""
+    cfg = compose_config("train", ["data=ciplab", "data.num_workers=0", "data.manifest_path=null"])
+    settings = {"root": str(root), "preprocess": model.preprocess, "encoder": model.encoder(), **kwargs}
+    return build(cfg.data, **settings)
 
 
 def start_train(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -94,13 +130,13 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One tiny pretrained run (40 real + 40 fake, 64 px, 3 epochs), shared: (best checkpoint, metrics)."""
-    from ffd.train import train
+    from ffd.runs.training import train
 
     root = tmp_path_factory.mktemp("trained")
     overrides = [
         "+experiment=demo", f"data.root={root / 'data'}", "data.synthetic.num_real=40",
-        "data.synthetic.num_fake=40", "data.test_fraction=0.3", "model.input_size=64",
-        "trainer.max_epochs=3", "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false",
+        "data.synthetic.num_fake=40", "data.split.test_fraction=0.3", "model.input_size=64",
+        "trainer.max_epochs=3", "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0",
     ]  # fmt: skip
     metrics = train(compose_run("train", overrides, root, root / "run"))
     return next((root / "run" / "checkpoints").glob("epoch*.ckpt")), metrics

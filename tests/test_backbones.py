@@ -10,13 +10,18 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, build_model
 from torch.utils.data import DataLoader, TensorDataset
 
-from ffd.models.backbones import build_backbone
+from ffd.models.backbones import build_backbone as _build_backbone
 from ffd.models.checkpoint import load_checkpoint
-from ffd.models.module import FakeFaceClassifier
-from ffd.train import train
+from ffd.runs.training import train
+
+
+def build_backbone(name: str, **kwargs):
+    """``build_backbone`` with model/mobilenet_v2.yaml's settings where a test does not set one."""
+    settings = {"pretrained": False, "weights": None, "input_size": None, "weights_file": None, **kwargs}
+    return _build_backbone(name, **settings)
 
 
 @pytest.mark.parametrize(
@@ -49,8 +54,8 @@ def test_torchvision_trunk_without_features_is_cut_before_pooling() -> None:
 
 
 def test_head_width_follows_the_backbone_and_checkpoint_carries_timm_preprocessing(tmp_path: Path) -> None:
-    model = FakeFaceClassifier(
-        backbone="timm:test_efficientnet", pretrained=False, weights=None, head="avgpool"
+    model = build_model(
+        "model=timm", "model.backbone=timm:test_efficientnet", "model.pretrained=false", "model.head=avgpool"
     )
     assert model.head[-1].in_features == 256 and model.preprocess["size"] == 160
     data = TensorDataset(torch.randn(4, 3, 160, 160), torch.tensor([0, 1, 0, 1]))
@@ -73,7 +78,7 @@ def test_timm_backbone_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> No
     """model=timm trains end to end; eval and predict get timm's preprocessing from the checkpoint."""
     cfg = make_cfg(
         "model=timm", "model.backbone=timm:test_efficientnet", f"data.root={tiny_synthetic}", *TINY,
-        "model.input_size=96", "trainer.max_epochs=2", "+trainer.enable_progress_bar=false",
+        "model.input_size=96", "trainer.max_epochs=2", "callbacks.progress_bar.refresh_rate=0",
     )  # fmt: skip
     metrics = train(cfg)
     assert 0 <= metrics["test/auroc"] <= 1 and "val/auroc_best" in metrics
@@ -107,9 +112,11 @@ def test_weights_file_loads_local_timm_weights(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 96, 96)
     torch.testing.assert_close(trunk.eval()(x), source.eval()(x))
     with pytest.raises(ValueError, match="does not exist"):
-        build_backbone("timm:test_efficientnet", weights_file=str(tmp_path / "missing.pth"))
+        build_backbone("timm:test_efficientnet", pretrained=True, weights_file=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="is not timm:test_convnext's weights"):
-        build_backbone("timm:test_convnext", weights_file=str(path))  # another model's weights
+        build_backbone(
+            "timm:test_convnext", pretrained=True, weights_file=str(path)
+        )  # another model's weights
 
 
 def test_unknown_timm_model_is_explained() -> None:

@@ -9,24 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import build_datamodule, tiny_model
 from PIL import Image
 
-from ffd.cache import Encoder, feature_key
+from ffd.data.cache.features import Encoder, feature_key
 from ffd.data.datamodule import FaceDataModule
-from ffd.data.manifest import Record
+from ffd.data.records import Record
 from ffd.errors import FfdError
 from ffd.models.module import FakeFaceClassifier
-from ffd.train import train
+from ffd.runs.training import train
 
 NO_AUGMENT = {"hflip": 0, "vflip": 0, "rotation": 0}
 SEED_AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotation": 20}
 
 
 def make_dm(root: Path, model: FakeFaceClassifier, cache_dir: Path, **kwargs) -> FaceDataModule:
-    kwargs = {"cache": "features", "views": 3, "num_workers": 0, **kwargs}
-    dm = FaceDataModule(
-        str(root), model.preprocess, cache_dir=str(cache_dir), encoder=model.encoder(), **kwargs
-    )
+    dm = build_datamodule(root, model, cache="features", views=3, cache_dir=str(cache_dir), **kwargs)
     dm.setup()
     return dm
 
@@ -34,11 +32,11 @@ def make_dm(root: Path, model: FakeFaceClassifier, cache_dir: Path, **kwargs) ->
 @pytest.fixture(scope="module")
 def model() -> FakeFaceClassifier:
     # Pretrained: a random-init trunk in eval mode outputs (nearly) all zeros, which would hide errors.
-    return FakeFaceClassifier(pretrained=True, input_size=64).eval()
+    return tiny_model(pretrained=True).eval()
 
 
 def fresh_features(model: FakeFaceClassifier, dm: FaceDataModule, split: str) -> torch.Tensor:
-    plain = FaceDataModule(str(dm.root), model.preprocess, augment=dm.augment, num_workers=0)
+    plain = build_datamodule(dm.root, model, augment=dm.augment, cache="none")
     plain.setup()
     x = torch.stack([plain.datasets[split][i][0] for i in range(len(plain.datasets[split]))])
     return model.features(x).float()
@@ -105,32 +103,22 @@ def test_key_covers_everything_that_changes_features() -> None:
 
 def test_backbone_fingerprint_follows_weights(model) -> None:
     before = model.encoder().fingerprint
-    other = FakeFaceClassifier(pretrained=False, input_size=64)
-    assert other.encoder().fingerprint != before
-    assert FakeFaceClassifier(pretrained=True, input_size=64).encoder().fingerprint == before
-    assert FakeFaceClassifier(pretrained=False, input_size=96).encoder().fingerprint.split(":")[2] == "96"
+    assert tiny_model().encoder().fingerprint != before
+    assert tiny_model(pretrained=True).encoder().fingerprint == before
+    assert tiny_model(input_size=96).encoder().fingerprint.split(":")[2] == "96"
 
 
 def test_feature_cache_refused_for_a_training_backbone(tiny_synthetic: Path, tmp_path: Path) -> None:
-    full = FakeFaceClassifier(pretrained=False, input_size=64, freeze="full")
+    full = tiny_model(freeze="full")
     assert full.encoder() is None
     with pytest.raises(FfdError, match="frozen backbone.*data.cache=pixels"):
-        FaceDataModule(
-            str(tiny_synthetic),
-            full.preprocess,
-            cache="features",
-            cache_dir=str(tmp_path),
-            encoder=full.encoder(),
-        )
-    auto = FaceDataModule(
-        str(tiny_synthetic), full.preprocess, cache="auto", cache_dir=str(tmp_path), encoder=full.encoder()
-    )
-    assert auto.cache == "none"
+        build_datamodule(tiny_synthetic, full, cache="features", cache_dir=str(tmp_path))
+    assert build_datamodule(tiny_synthetic, full, cache="auto", cache_dir=str(tmp_path)).cache == "none"
 
 
 def test_pixel_cache_serves_the_same_tensors(tiny_synthetic: Path, model) -> None:
-    plain = FaceDataModule(str(tiny_synthetic), model.preprocess, num_workers=0)
-    pixels = FaceDataModule(str(tiny_synthetic), model.preprocess, num_workers=0, cache="pixels")
+    plain = build_datamodule(tiny_synthetic, model, cache="none")
+    pixels = build_datamodule(tiny_synthetic, model, cache="pixels")
     plain.setup()
     pixels.setup()
     for i in range(len(plain.datasets["test"])):
@@ -178,7 +166,7 @@ def test_empty_split_is_refused_before_any_cache_is_built(
     tiny_synthetic: Path, model, tmp_path: Path
 ) -> None:
     with pytest.raises(FfdError, match="test split is empty"):
-        make_dm(tiny_synthetic, model, tmp_path, test_fraction=0.0)
+        make_dm(tiny_synthetic, model, tmp_path, split={"test_fraction": 0.0})
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
+from omegaconf import OmegaConf
 
 from ffd.config import CONF_DIR
 from ffd.data.datamodule import FaceDataModule
@@ -92,3 +94,44 @@ def test_seed_recipe_values(make_cfg) -> None:
 def test_data_dir_from_environment(make_cfg, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FFD_DATA_DIR", str(tmp_path / "faces"))
     assert make_cfg("+experiment=seed").data.root == str(tmp_path / "faces")
+
+
+# Settings the code passes when it builds the object, never set in YAML.
+PASSED_BY_CODE = {"ffd.data.datamodule.FaceDataModule": {"preprocess", "encoder", "fold"}}
+OVERRIDES = [
+    *(f"+experiment={e}" for e in EXPERIMENTS), *(f"+debug={d}" for d in DEBUG),
+    *(f"{g}={o}" for g, opts in GROUPS.items() for o in opts), "hparams_search=optuna",
+]  # fmt: skip
+
+
+def ffd_targets(node, where: str = ""):
+    """(path, target, settings) of every ``_target_: ffd.*`` node of a plain config tree."""
+    if isinstance(node, dict):
+        if str(node.get("_target_", "")).startswith("ffd."):
+            yield where, node["_target_"], node
+        for key, value in node.items():
+            yield from ffd_targets(value, f"{where}.{key}".lstrip("."))
+
+
+@pytest.mark.parametrize("override", OVERRIDES)
+def test_yaml_is_the_one_source_of_every_default(override: str) -> None:
+    """Each ffd class or function a config builds takes every setting from YAML: Python repeats no
+    value the YAML sets (so the two can't disagree) and needs none it leaves out."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[override], return_hydra_config=True)
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    found = list(ffd_targets(tree))
+    assert any(target.endswith("FakeFaceClassifier") for _, target, _ in found)
+    for where, target, node in found:
+        params = inspect.signature(get_object(target)).parameters
+        set_here = {k for k in node if not k.startswith("_")}
+        passed = PASSED_BY_CODE.get(target, set())
+        assert set_here <= set(params), f"{where}: {target} has no {sorted(set_here - set(params))}"
+        repeated = sorted(k for k in set_here if params[k].default is not inspect.Parameter.empty)
+        assert not repeated, f"{where}: {target} restates YAML defaults for {repeated}"
+        missing = sorted(
+            k for k, p in params.items()
+            if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+            and k not in set_here | passed
+        )  # fmt: skip
+        assert not missing, f"{where}: {target} needs {missing}, which no YAML sets"

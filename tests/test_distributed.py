@@ -14,9 +14,10 @@ from conftest import TINY, run_train
 # 16 train, 8 val, 8 test images: even splits, so DDP's sampler pads nothing. With no
 # augmentation, no dropout and one batch per rank, two ranks of 8 average to exactly the
 # gradient of one batch of 16: the runs differ only in float summation order.
-ARGS = [*TINY, "data.val_fraction=0.25", "data.test_fraction=0.25", "data.augment.hflip=0",
+ARGS = [*TINY, "data.split.val_fraction=0.25", "data.split.test_fraction=0.25", "data.augment.hflip=0",
         "data.augment.vflip=0", "data.augment.rotation=0", "trainer.precision=32-true",
-        "trainer.max_epochs=3", "model.optimizer.lr=1e-2", "+trainer.enable_progress_bar=false"]  # fmt: skip
+        "trainer.max_epochs=3", "model.optimizer.lr=1e-2",
+        "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
 
 
 def run(args: list[str], cwd: Path) -> None:
@@ -24,6 +25,7 @@ def run(args: list[str], cwd: Path) -> None:
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tiny_synthetic: Path, tmp_path: Path) -> None:
     common = [f"data.root={tiny_synthetic}", *ARGS]
     ddp, single = tmp_path / "ddp", tmp_path / "single"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ffd.analysis.evaluate import evaluate
 from ffd.errors import ConfigError, FfdError
-from ffd.eval import evaluate
 
 
 def test_eval_reproduces_the_training_test_metrics(make_cfg, trained, tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ def test_eval_reproduces_the_training_test_metrics(make_cfg, trained, tmp_path: 
 def test_eval_on_another_data_set(make_cfg, trained, tiny_synthetic: Path) -> None:
     ckpt, _ = trained
     report = evaluate(
-        make_cfg(f"ckpt_path={ckpt}", f"data.root={tiny_synthetic}", "bootstrap=0", config="eval")
+        make_cfg(f"ckpt_path={ckpt}", f"dataset={tiny_synthetic}", "bootstrap=0", config="eval")
     )
     assert report["n"] == 32 and "auroc_ci95" not in report  # every image of the other set
 
@@ -51,17 +51,15 @@ def test_eval_of_new_fakes_only(make_cfg, trained, tiny_synthetic: Path, tmp_pat
     fakes = sorted((tiny_synthetic / "real_and_fake_face" / "training_fake").iterdir())
     csv = tmp_path / "fakes.csv"
     csv.write_text("path,label\n" + "".join(f"{p},fake\n" for p in fakes))
-    report = evaluate(make_cfg(f"ckpt_path={ckpt}", f"data.root={csv}", "bootstrap=50", config="eval"))
+    report = evaluate(make_cfg(f"ckpt_path={ckpt}", f"dataset={csv}", "bootstrap=50", config="eval"))
     assert report["n"] == report["n_fake"] == 16 and 0 <= report["at_chosen_threshold"]["recall"] <= 1
     assert sorted(p.stem for p in (tmp_path / "eval" / "figures").glob("*.png")) == ["confusion", "scores"]
 
 
 def test_eval_will_not_resplit_another_data_set(make_cfg, trained, tiny_synthetic: Path) -> None:
     ckpt, _ = trained
-    with pytest.raises(ConfigError, match="data.split=all"):
-        evaluate(
-            make_cfg(f"ckpt_path={ckpt}", f"data.root={tiny_synthetic}", "data.split=test", config="eval")
-        )
+    with pytest.raises(ConfigError, match="split=all"):
+        evaluate(make_cfg(f"ckpt_path={ckpt}", f"dataset={tiny_synthetic}", "split=test", config="eval"))
 
 
 def test_eval_refuses_what_is_not_an_ffd_checkpoint(make_cfg, tmp_path: Path) -> None:

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, tiny_model
 
+from ffd.analysis.explain import explain
+from ffd.analysis.gradcam import grad_cam
+from ffd.analysis.localization import localization, localization_report
+from ffd.data.facts import PART_BOXES, part_boxes
 from ffd.data.io import load_rgb
-from ffd.data.manifest import read_manifest
-from ffd.data.synthetic import PART_BOXES
+from ffd.data.records import read_manifest
 from ffd.data.transforms import build_transform
-from ffd.explain import explain
-from ffd.gradcam import grad_cam, localization, localization_report, part_boxes
 from ffd.models.module import FakeFaceClassifier
-from ffd.train import train
+from ffd.runs.training import train
 
 
 def test_localization_on_planted_maps() -> None:
@@ -49,7 +50,7 @@ def test_localization_on_planted_maps() -> None:
 def planted_model() -> FakeFaceClassifier:
     """A random 64 px model whose head sees evidence for "fake" in every feature (weights >= 0)."""
     torch.manual_seed(0)
-    model = FakeFaceClassifier(pretrained=False, input_size=64).eval()
+    model = tiny_model().eval()
     linear = model.head[-1]
     with torch.no_grad():
         linear.weight[0] = 0
@@ -71,12 +72,12 @@ def test_grad_cam_maps(tiny_synthetic: Path) -> None:
     # With the flatten head each cell has its own weights: Grad-CAM's averaged gradient
     # and HiResCAM's cell-by-cell one differ. With an average-pooled head they agree.
     assert not torch.allclose(grad_cam(model, x, "gradcam")[0], grad_cam(model, x, "hirescam")[0])
-    pooled = FakeFaceClassifier(pretrained=False, head="avgpool", input_size=64).eval()
+    pooled = tiny_model(head="avgpool").eval()
     torch.testing.assert_close(grad_cam(pooled, x, "gradcam")[0], grad_cam(pooled, x, "hirescam")[0])
     # No evidence for "fake" anywhere (all head weights for "fake" <= those for "real"): empty maps.
     with torch.no_grad():
         model.head[-1].weight[1] *= -1
-    assert grad_cam(model, x)[0].max() == 0
+    assert grad_cam(model, x, "gradcam")[0].max() == 0
 
 
 def test_explain_writes_overlays_and_scores(make_cfg, trained, tmp_path: Path) -> None:
@@ -101,7 +102,7 @@ def test_explain_writes_overlays_and_scores(make_cfg, trained, tmp_path: Path) -
 
 
 def test_eval_reports_localization(make_cfg, trained) -> None:
-    from ffd.eval import evaluate
+    from ffd.analysis.evaluate import evaluate
 
     ckpt, _ = trained
     report = evaluate(make_cfg(f"ckpt_path={ckpt}", "bootstrap=0", "localization=hirescam", config="eval"))

@@ -14,13 +14,13 @@ import torch
 from conftest import compose_run
 from safetensors.torch import load_file
 
-from ffd.data.manifest import read_manifest
+from ffd.data.records import read_manifest
 from ffd.errors import ConfigError, FfdError
-from ffd.export import Probabilities, export, sample_batch
 from ffd.files import sha256_file
-from ffd.inference import CheckpointScorer, load_scorer
+from ffd.inference.export import Probabilities, export, sample_batch
+from ffd.inference.predict import predict
+from ffd.inference.scorers import CheckpointScorer, load_scorer
 from ffd.models.checkpoint import load_checkpoint
-from ffd.predict import predict
 from ffd.provenance import provenance
 
 
@@ -89,8 +89,8 @@ def test_predict_from_onnx_equals_the_checkpoint(trained, exported) -> None:
     ckpt, _ = trained
     out, _ = exported
     files = [Path(r.path) for r in read_manifest(ckpt.parent.parent / "manifest.csv") if r.split == "test"]
-    onnx_rows = list(predict(load_scorer(out / "model.onnx"), files))
-    ckpt_rows = list(predict(CheckpointScorer(load_checkpoint(ckpt), precision="32"), files))
+    onnx_rows = list(predict(load_scorer(out / "model.onnx"), files, batch_size=32))
+    ckpt_rows = list(predict(CheckpointScorer(load_checkpoint(ckpt), precision="32"), files, batch_size=32))
     got, expected = (torch.tensor([r["p_fake"] for r in rows]) for rows in (onnx_rows, ckpt_rows))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert [r["label"] for r in onnx_rows] == [r["label"] for r in ckpt_rows]
@@ -115,6 +115,7 @@ def test_unknown_format_is_refused(make_cfg, trained) -> None:
         export(make_cfg(f"ckpt_path={ckpt}", "parity_images=2", config="export"))
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nope.ckpt"
     for module, extra in (("ffd.export", []), ("ffd.explain", [f"input={tmp_path}"])):

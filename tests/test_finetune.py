@@ -8,14 +8,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, build_model, tiny_model
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from ffd.models.finetune import GradualUnfreeze, backbone_blocks, unfreeze_stages
 from ffd.models.module import FakeFaceClassifier
 from ffd.provenance import provenance
-from ffd.train import train
+from ffd.runs.training import train
 
 
 def loader(n: int = 8, size: int = 32) -> DataLoader:
@@ -51,7 +51,7 @@ def fit(model: FakeFaceClassifier, epochs: int, *callbacks: L.Callback) -> L.Tra
 
 def test_gradual_unfreezes_top_down_on_schedule() -> None:
     torch.manual_seed(0)
-    model = FakeFaceClassifier(pretrained=False, input_size=32, freeze="gradual", unfreeze_epochs=[1, 2])
+    model = tiny_model(input_size=32, freeze="gradual", unfreeze_epochs=[1, 2])
     blocks = backbone_blocks(model.backbone)
     assert len(blocks) == 19  # torchvision MobileNetV2 features
     top, bottom = unfreeze_stages(blocks, 2)
@@ -71,8 +71,8 @@ def test_gradual_unfreezes_top_down_on_schedule() -> None:
 
 def test_last_stage_frees_parameters_outside_blocks() -> None:
     """A ViT's cls_token and pos_embed belong to no block; the last stage unfreezes them too."""
-    model = FakeFaceClassifier(
-        backbone="timm:test_vit", pretrained=False, weights=None, head="avgpool", freeze="gradual"
+    model = build_model(
+        "model=timm", "model.backbone=timm:test_vit", "model.pretrained=false", "model.freeze=gradual"
     )
     (schedule,) = [c for c in model.configure_callbacks() if isinstance(c, GradualUnfreeze)]
     schedule.freeze_before_training(model)
@@ -81,8 +81,8 @@ def test_last_stage_frees_parameters_outside_blocks() -> None:
 
 
 def test_backbone_trains_at_its_own_learning_rate_with_cosine_warmup() -> None:
-    model = FakeFaceClassifier(
-        pretrained=False, input_size=32, freeze="full", backbone_lr_factor=0.1,
+    model = tiny_model(
+        input_size=32, freeze="full", backbone_lr_factor=0.1,
         scheduler={"name": "cosine", "warmup_epochs": 1, "min_lr_factor": 0.01},
     )  # fmt: skip
 
@@ -103,16 +103,16 @@ def test_backbone_trains_at_its_own_learning_rate_with_cosine_warmup() -> None:
 
 def test_scheduler_and_freeze_errors_are_explained() -> None:
     with pytest.raises(ValueError, match="scheduler.name"):
-        fit(FakeFaceClassifier(pretrained=False, input_size=32, scheduler={"name": "step"}), 1)
+        fit(tiny_model(input_size=32, scheduler={"name": "step"}), 1)
     with pytest.raises(ValueError, match="unfreeze_epochs"):
-        fit(FakeFaceClassifier(pretrained=False, input_size=32, freeze="gradual", unfreeze_epochs=[3, 1]), 1)
+        fit(tiny_model(input_size=32, freeze="gradual", unfreeze_epochs=[3, 1]), 1)
 
 
 def test_fine_tuning_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
     """+experiment=finetune_mobilenet_v2 trains the backbone, on decoded pixels (never the feature cache)."""
     cfg = make_cfg(
         "+experiment=finetune_mobilenet_v2", f"data.root={tiny_synthetic}", *TINY, "data.cache=auto",
-        "trainer.max_epochs=3", "model.unfreeze_epochs=[1,2]", "+trainer.enable_progress_bar=false",
+        "trainer.max_epochs=3", "model.unfreeze_epochs=[1,2]", "callbacks.progress_bar.refresh_rate=0",
     )  # fmt: skip
     metrics = train(cfg)
     assert "test/auroc" in metrics and "val/auroc_best" in metrics
@@ -131,8 +131,8 @@ def test_gradual_fine_tuning_resumes_into_its_stage(tmp_path: Path) -> None:
 
     def model() -> FakeFaceClassifier:
         torch.manual_seed(0)
-        return FakeFaceClassifier(
-            pretrained=False, input_size=32, freeze="gradual", unfreeze_epochs=[1, 2], backbone_lr_factor=0.1,
+        return tiny_model(
+            input_size=32, freeze="gradual", unfreeze_epochs=[1, 2], backbone_lr_factor=0.1,
             scheduler={"name": "cosine", "warmup_epochs": 1},
         )  # fmt: skip
 

@@ -5,21 +5,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import write_jpegs
+from conftest import split_settings, write_jpegs
 
-from ffd.data.manifest import (
-    FAKE,
-    REAL,
-    DataLayoutError,
-    LeakageError,
-    Record,
-    build_manifest,
-    check_no_leakage,
-    discover,
-    parse_fake_name,
-    read_manifest,
-    write_manifest,
-)
+from ffd.data.facts import FAKE, REAL, parse_fake_name
+from ffd.data.layouts import DataLayoutError, discover
+from ffd.data.manifest import LeakageError, build_manifest, check_no_leakage
+from ffd.data.records import Record, read_manifest, write_manifest
 from ffd.errors import ConfigError
 
 FAKE_NAMES = [
@@ -59,7 +50,7 @@ def test_discovers_nested_archive_and_drops_duplicate_tree(tmp_path: Path) -> No
         tmp_path / "real_and_fake_face",
         tmp_path / "real_and_fake_face_detection" / "real_and_fake_face",
     )
-    records = build_manifest(tmp_path, seed=0)
+    records = build_manifest(tmp_path, **split_settings(seed=0))
     assert len(records) == 2 * (30 + 30)
     kept = [r for r in records if r.ok]
     dupes = [r for r in records if r.status == "duplicate"]
@@ -75,9 +66,9 @@ def test_discovers_nested_archive_and_drops_duplicate_tree(tmp_path: Path) -> No
 
 def test_split_is_stratified_disjoint_and_deterministic(tmp_path: Path) -> None:
     ciplab_tree(tmp_path, n_real=40)
-    a = build_manifest(tmp_path, val=0.15, test=0.15, seed=3)
-    b = build_manifest(tmp_path, val=0.15, test=0.15, seed=3)
-    c = build_manifest(tmp_path, val=0.15, test=0.15, seed=4)
+    a = build_manifest(tmp_path, 0.15, 0.15, seed=3)
+    b = build_manifest(tmp_path, 0.15, 0.15, seed=3)
+    c = build_manifest(tmp_path, 0.15, 0.15, seed=4)
     assert [r.split for r in a] == [r.split for r in b]
     assert [r.split for r in a] != [r.split for r in c]
     counts = Counter((r.label, r.split) for r in a)
@@ -94,10 +85,10 @@ def test_split_is_stratified_disjoint_and_deterministic(tmp_path: Path) -> None:
 
 def test_split_does_not_depend_on_file_names(tmp_path: Path) -> None:
     tree = ciplab_tree(tmp_path / "a")
-    before = {r.sha256: r.split for r in build_manifest(tmp_path / "a", seed=0)}
+    before = {r.sha256: r.split for r in build_manifest(tmp_path / "a", **split_settings(seed=0))}
     for p in (tree / "training_real").iterdir():
         p.rename(p.with_name("x" + p.name))
-    after = {r.sha256: r.split for r in build_manifest(tmp_path / "a", seed=0)}
+    after = {r.sha256: r.split for r in build_manifest(tmp_path / "a", **split_settings(seed=0))}
     assert before == after
 
 
@@ -118,7 +109,7 @@ def test_bad_files_are_recorded_not_fatal(tmp_path: Path) -> None:
     good = (fake_dir / "easy_0_1000.jpg").read_bytes()
     (fake_dir / "mid_92_0001.jpg").write_bytes(good[: len(good) // 2])  # truncated
     (fake_dir / "mid_93_0001.jpg").write_bytes(good[:20] + b"\x00" * 50 + good[70:])  # corrupt header
-    records = {Path(r.path).name: r for r in build_manifest(tmp_path, seed=0)}
+    records = {Path(r.path).name: r for r in build_manifest(tmp_path, **split_settings(seed=0))}
     assert records["mid_90_0001.jpg"].reason == "empty file (0 bytes)"
     for name in ("mid_90_0001.jpg", "mid_91_0001.jpg", "mid_92_0001.jpg", "mid_93_0001.jpg"):
         assert records[name].status == "unreadable" and records[name].reason and not records[name].split
@@ -149,7 +140,7 @@ def test_class_without_readable_image(tmp_path: Path) -> None:
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "x.jpg").write_bytes(b"junk")
     with pytest.raises(DataLayoutError, match="No readable fake image"):
-        build_manifest(tmp_path)
+        build_manifest(tmp_path, **split_settings())
 
 
 def test_other_layouts(tmp_path: Path) -> None:
@@ -164,7 +155,7 @@ def test_other_layouts(tmp_path: Path) -> None:
     for split in ("train", "valid", "test"):
         write_jpegs(tmp_path / "pre" / split / "real", ["r.jpg"], seed=3)
         write_jpegs(tmp_path / "pre" / split / "fake", ["f.jpg"], seed=4)
-    pre = build_manifest(tmp_path / "pre")
+    pre = build_manifest(tmp_path / "pre", **split_settings())
     assert Counter(r.split for r in pre) == {"train": 2, "val": 2, "test": 2}
     csv = tmp_path / "list.csv"
     csv.write_text("path,label\nflat/real/a.jpg,real\nflat/fake/c.png,1\n")
@@ -177,7 +168,7 @@ def test_other_layouts(tmp_path: Path) -> None:
 
 def test_manifest_round_trip(tmp_path: Path) -> None:
     ciplab_tree(tmp_path / "d")
-    records = build_manifest(tmp_path / "d")
+    records = build_manifest(tmp_path / "d", **split_settings())
     write_manifest(records, tmp_path / "m.csv")
     assert read_manifest(tmp_path / "m.csv") == records
 
@@ -194,5 +185,5 @@ def test_csv_split_column(tmp_path: Path) -> None:
 
 def test_bad_fractions_are_config_errors(tmp_path: Path) -> None:
     ciplab_tree(tmp_path)
-    with pytest.raises(ConfigError, match="fractions"):
-        build_manifest(tmp_path, val=0.6, test=0.5)
+    with pytest.raises(ConfigError, match="test_fraction .* must be >= 0 and sum below 1"):
+        build_manifest(tmp_path, 0.6, 0.5, seed=0)

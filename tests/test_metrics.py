@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ffd.data.manifest import Record
+from ffd.data.records import Record
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.report import build_report, summary_markdown
 from ffd.metrics.scores import at_threshold, bootstrap_ci, choose_threshold, eer, ranking
@@ -30,7 +30,7 @@ def test_eer_and_threshold_choice() -> None:
     assert choose_threshold(P, Y, "youden") == pytest.approx(0.8)  # J = .5 first reached at 0.8
     separable = torch.tensor([0.1, 0.2, 0.8, 0.9])
     assert eer(separable, Y) == pytest.approx((0.0, 0.8))
-    assert choose_threshold(P, torch.zeros(4, dtype=torch.long)) == 0.5  # one class: nothing to choose
+    assert choose_threshold(P, torch.zeros(4, dtype=torch.long), "eer") == 0.5  # one class: nothing to choose
     with pytest.raises(ValueError, match="threshold method"):
         choose_threshold(P, Y, "f1")
 
@@ -84,7 +84,7 @@ def test_breakdowns_on_a_planted_case() -> None:
 
 def test_one_class_data_gives_nan_intervals_not_a_hang() -> None:
     fakes = torch.tensor([1, 1, 1, 1])
-    report = build_report(P, fakes, threshold=0.5, n_bootstrap=100)
+    report = build_report(P, fakes, threshold=0.5, n_bootstrap=100, seed=0)
     assert math.isnan(report["auroc"]) and "auroc_ci95" not in report
     assert all(math.isnan(v) for v in report["at_0.5"]["acc_ci95"])
     assert report["at_0.5"]["recall"] == 0.25 and math.isnan(report["at_0.5"]["balanced_acc"])
@@ -92,7 +92,7 @@ def test_one_class_data_gives_nan_intervals_not_a_hang() -> None:
 
 
 def test_report_and_summary() -> None:
-    report = build_report(P, Y, threshold=0.4, n_bootstrap=50)
+    report = build_report(P, Y, threshold=0.4, n_bootstrap=50, seed=0)
     assert report["n"] == 4 and report["at_0.5"]["acc"] == 0.75
     assert report["at_chosen_threshold"]["threshold"] == 0.4
     assert report["at_chosen_threshold"]["confusion"] == [[1, 1], [1, 1]]  # 0.4 itself is called fake

@@ -1,18 +1,14 @@
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from conftest import tiny_model
 from torch.utils.data import DataLoader, TensorDataset
 
 from ffd.models.module import FakeFaceClassifier
-
-
-def tiny_model(**kwargs) -> FakeFaceClassifier:
-    return FakeFaceClassifier(pretrained=False, input_size=64, **kwargs)
 
 
 def test_output_shape_and_head_width() -> None:
@@ -30,7 +26,7 @@ def test_output_shape_and_head_width() -> None:
 
 def test_frozen_backbone_and_bn_stats_stay_head_learns() -> None:
     torch.manual_seed(0)
-    model = tiny_model(optimizer=partial(torch.optim.Adam, lr=1e-2))
+    model = tiny_model(optimizer={"lr": 1e-2})
     model.train()
     assert not model.backbone.training and model.head.training
     backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}  # incl. BN running stats
@@ -56,7 +52,7 @@ def test_full_finetune_trains_backbone() -> None:
 
 
 def test_checkpoint_loads_without_hydra_and_holds_no_pickled_code(tmp_path: Path) -> None:
-    model = tiny_model(optimizer=partial(torch.optim.Adam, lr=3e-4))
+    model = tiny_model(optimizer={"lr": 3e-4})
     data = TensorDataset(torch.randn(8, 3, 64, 64), torch.randint(0, 2, (8,)))
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, DataLoader(data, batch_size=4))
@@ -75,8 +71,8 @@ def test_bad_arguments_are_explained() -> None:
     with pytest.raises(ValueError, match="freeze must be one of"):
         tiny_model(freeze="half")
     with pytest.raises(ValueError, match="Unknown torchvision backbone"):
-        FakeFaceClassifier(backbone="not_a_net", pretrained=False)
+        tiny_model(backbone="not_a_net")
     with pytest.raises(ValueError, match="has no weights"):
-        FakeFaceClassifier(weights="IMAGENET9K", pretrained=False)
+        tiny_model(weights="IMAGENET9K")
     with pytest.raises(ValueError, match="Unknown head"):
         tiny_model(head="mlp")

@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_jpegs
-from PIL import Image
+from PIL import Image, ImageOps
+from torchvision.transforms import v2 as TV
 
+from ffd.analysis.evaluate import evaluate
 from ffd.data.io import expand_input, load_rgb
 from ffd.errors import FfdError
-from ffd.eval import evaluate
-from ffd.inference import load_scorer
-from ffd.predict import predict, run
+from ffd.inference.predict import predict, predict_files
+from ffd.inference.scorers import load_scorer
+from ffd.models.checkpoint import load_checkpoint
 
 
 def test_input_kinds(tmp_path: Path) -> None:
@@ -64,7 +66,7 @@ def test_bad_files_get_a_status_and_the_run_goes_on(trained, tmp_path: Path) -> 
     (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:300])
     Image.new("1", (14000, 14000)).save(tmp_path / "bomb.png")  # 196 M pixels: a decompression bomb
     files = [good] + [tmp_path / n for n in ("empty.jpg", "text.jpg", "cut.jpg", "bomb.png", "gone.jpg")]
-    rows = {Path(r["path"]).name: r for r in predict(load_scorer(ckpt), files)}
+    rows = {Path(r["path"]).name: r for r in predict(load_scorer(ckpt), files, batch_size=32)}
     assert rows["good.jpg"]["status"] == "ok" and 0 <= rows["good.jpg"]["p_fake"] <= 1
     assert rows["empty.jpg"]["message"] == "empty file (0 bytes)"
     assert "DecompressionBomb" in rows["bomb.png"]["message"]
@@ -73,21 +75,43 @@ def test_bad_files_get_a_status_and_the_run_goes_on(trained, tmp_path: Path) -> 
         assert rows[name]["status"] == "unreadable" and rows[name]["p_fake"] is None, name
 
 
-def test_predict_equals_eval(make_cfg, trained, tmp_path: Path) -> None:
+def independent_p_fake(ckpt: Path, paths: list[str]) -> torch.Tensor:
+    """p_fake computed here, sharing no code with ffd's data path: PIL decodes (JPEGs at the DCT scale
+    that still covers the input size, as ffd does), torchvision resizes and normalizes with the
+    checkpoint's own preprocessing, then the model's forward in eval's CPU precision."""
+    pre = torch.load(ckpt, map_location="cpu", weights_only=True)["ffd"]["preprocess"]
+    size = pre["size"]
+    resize = TV.Resize((size, size), TV.InterpolationMode(pre["interpolation"]), antialias=True)
+    images = []
+    for path in paths:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))
+            pixels = TV.functional.pil_to_tensor(ImageOps.exif_transpose(img).convert("RGB"))
+        images.append(TV.functional.normalize(resize(pixels).float() / 255, pre["mean"], pre["std"]))
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        return load_checkpoint(ckpt)(torch.stack(images)).float().softmax(-1)[:, 1]
+
+
+def test_eval_and_predict_score_what_the_model_sees(make_cfg, trained, tmp_path: Path) -> None:
+    """eval and the predict CLI give each test image the p_fake of the model's own forward."""
     ckpt, _ = trained
     evaluate(make_cfg(f"ckpt_path={ckpt}", "bootstrap=0", config="eval"))
     with (tmp_path / "eval" / "predictions.csv").open() as fh:
-        expected = {r["path"]: float(r["p_fake"]) for r in csv.DictReader(fh)}
+        from_eval = {r["path"]: float(r["p_fake"]) for r in csv.DictReader(fh)}
+    paths = sorted(from_eval)
     listing = tmp_path / "test_images.txt"
-    listing.write_text("\n".join(expected))
+    listing.write_text("\n".join(paths))
     out = tmp_path / "preds.jsonl"
-    counts = run(make_cfg(f"ckpt_path={ckpt}", f"input={listing}", f"output={out}", config="predict"))
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == len(expected) == counts["real"] + counts["fake"]
-    got = torch.tensor([r["p_fake"] for r in rows])
-    torch.testing.assert_close(got, torch.tensor([expected[r["path"]] for r in rows]), atol=1e-5, rtol=0)
+    cmd = [sys.executable, "-m", "ffd.predict", f"ckpt_path={ckpt}", f"input={listing}", f"output={out}"]
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    from_predict = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert sorted(from_predict) == paths
+    expected = independent_p_fake(ckpt, paths)
+    assert expected.std() > 0.01  # a model whose outputs differ from image to image
+    for scores in (from_eval, {p: r["p_fake"] for p, r in from_predict.items()}):
+        torch.testing.assert_close(torch.tensor([scores[p] for p in paths]), expected, atol=1e-5, rtol=0)
     threshold = torch.load(ckpt, weights_only=True)["ffd"]["threshold"]
-    assert all(r["label"] == ("fake" if r["p_fake"] >= threshold else "real") for r in rows)
+    assert all(r["label"] == ("fake" if r["p_fake"] >= threshold else "real") for r in from_predict.values())
 
 
 def test_cli_fails_only_when_nothing_could_be_scored(trained, tmp_path: Path) -> None:
@@ -123,7 +147,7 @@ def test_face_crop(trained, tmp_path: Path) -> None:
     crops = tmp_path / "crops"
     crops.mkdir()
     files = [noise, photo, tmp_path / "gone.jpg"]
-    rows = list(predict(load_scorer(ckpt), files, cropper=FaceCropper(), crops_dir=crops))
+    rows = list(predict(load_scorer(ckpt), files, batch_size=32, cropper=FaceCropper(), crops_dir=crops))
     assert [r["status"] for r in rows] == ["no_face", "ok", "unreadable"]  # in input order
     assert rows[0]["p_fake"] is None and "no face" in rows[0]["message"]
     saved = list(crops.glob("*.png"))
@@ -140,5 +164,5 @@ def test_crops_never_replace_earlier_files(make_cfg, trained, tmp_path: Path) ->
     overrides = [f"ckpt_path={ckpt}", f"input={photo}", "face_crop=true", f"crops_dir={earlier.parent}"]
     cfg = make_cfg(*overrides, config="predict")
     with pytest.raises(FfdError, match="is not empty"):
-        run(cfg)
+        predict_files(cfg)
     assert earlier.read_bytes() == b"made by an earlier run"

@@ -13,12 +13,12 @@ import torch
 from conftest import TINY, start_train
 
 from ffd.errors import ConfigError
-from ffd.runs import resolve_ckpt_path
-from ffd.train import train
+from ffd.runs.resume import resolve_ckpt_path
+from ffd.runs.training import train
 
 # The backbone trains (dropout, BatchNorm, augmentation and shuffling all draw random numbers).
 FULL = ["model.freeze=full", "model.dropout=0.2", "data.cache=none", "trainer.deterministic=true",
-        "+trainer.enable_progress_bar=false"]  # fmt: skip
+        "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
 
 
 def test_deterministic_runs_give_identical_metrics(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
@@ -36,6 +36,7 @@ def test_deterministic_runs_give_identical_metrics(make_cfg, tiny_synthetic: Pat
     )
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_synthetic: Path, tmp_path: Path) -> None:
     epochs = 8
     # Two loader workers: their augmentation must be seeded per epoch too.

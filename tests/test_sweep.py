@@ -9,17 +9,19 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from conftest import TINY, start_train
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
 from ffd.config import CONF_DIR
-from ffd.sweep import run_folders, summarize
+from ffd.runs.sweep import run_folders, summarize
 
 
+@pytest.mark.slow
 def test_optuna_study_killed_and_resumed(tiny_synthetic: Path, tmp_path: Path) -> None:
     args = ["hparams_search=optuna", "trials=3", "hydra.sweeper.study_name=s", f"data.root={tiny_synthetic}",
-            *TINY, "trainer.max_epochs=2", "+trainer.enable_progress_bar=false"]  # fmt: skip
+            *TINY, "trainer.max_epochs=2", "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
     study_dir = tmp_path / "outputs" / "train" / "optuna" / "s"
     storage = f"sqlite:///{study_dir / 'optuna.db'}"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY, run_train
 
-from ffd.data.manifest import read_manifest
-from ffd.train import train
+from ffd.data.records import read_manifest
+from ffd.runs.training import train
 
 
 def test_fast_dev_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
@@ -23,6 +23,7 @@ def test_fast_dev_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
     assert len(rows) == 32 and {r.split for r in rows} == {"train", "val", "test"}
 
 
+@pytest.mark.slow
 def test_short_run_learns_the_synthetic_set(make_cfg, tmp_path: Path) -> None:
     """The seed recipe (pretrained, frozen, flatten head, feature cache) at 160 px on 400 images.
 
@@ -35,11 +36,11 @@ def test_short_run_learns_the_synthetic_set(make_cfg, tmp_path: Path) -> None:
         f"data.root={tmp_path / 'synthetic'}",
         "data.synthetic.num_real=200",
         "data.synthetic.num_fake=200",
-        "data.test_fraction=0.3",
+        "data.split.test_fraction=0.3",
         "model.input_size=160",
         "trainer.max_epochs=8",
         "trainer.accelerator=cpu",
-        "+trainer.enable_progress_bar=false",
+        "callbacks.progress_bar.refresh_rate=0",
     )
     metrics = train(cfg)
     assert metrics["test/auroc"] > 0.7, metrics

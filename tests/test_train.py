@@ -96,3 +96,13 @@ def test_allocator_tuning_can_be_turned_off(value: str, tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == ("True" if value == "1" else "False")
+
+
+def test_a_run_prints_no_noise(tiny_synthetic: Path, tmp_path: Path) -> None:
+    """No Lightning tips, no known-harmless warnings, the last epoch's bar not cut by a log line."""
+    result = run_train(f"data.root={tiny_synthetic}", *TINY, "trainer.max_epochs=2", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Final metrics" in output
+    for noise in ("Tip:", "Warning", "warn(", "`Trainer.fit` stopped", "LeafSpec", "No positive samples"):
+        assert noise not in output, noise

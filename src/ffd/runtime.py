@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -69,14 +70,21 @@ def is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+def _not_noise(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return "Tip:" not in message and not re.match(r"`Trainer.fit` stopped: `max_epochs=\d+` reached", message)
+
+
 def silence_known_noise() -> None:
     """Silence what Lightning and torch print during training that a user can't act on.
 
     Each filter names one message, so anything new still shows.
     """
-    # Lightning's advertisements ("Tip: ... install litlogger / litmodels") say nothing about the run.
+    # Lightning's advertisements ("Tip: ... install litlogger / litmodels") say nothing about the run;
+    # "`Trainer.fit` stopped: `max_epochs=N` reached." lands in the middle of the last epoch's bar
+    # (which then prints twice) and tells what the bar already shows. Other reasons to stop still show.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(lambda record: "Tip:" not in record.getMessage())
+        logging.getLogger(name).addFilter(_not_noise)
     # Lightning 2.6's own pytree helper uses a torch API that torch 2.14 deprecates: Lightning's to
     # change, nothing in ffd or the user's config triggers it.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")

@@ -1,8 +1,9 @@
-"""Callbacks of a training run: curves, Grad-CAM grid, run_info.json, per-epoch seeding."""
+"""Callbacks of a training run: progress, curves, Grad-CAM grid, run_info.json, per-epoch seeding."""
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid, save_image
@@ -24,6 +26,26 @@ from ffd.metrics.figures import curves_figure, save
 from ffd.models.module import FakeFaceClassifier
 from ffd.provenance import provenance
 from ffd.seeds import GLOBAL, epoch_seed
+
+log = logging.getLogger(__name__)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bars on a terminal; one log line per epoch when stdout is a pipe or a file,
+    where tqdm's carriage-return updates would leave hundreds of lines (``refresh_rate=0``: neither)."""
+
+    def __init__(self, refresh_rate: int) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.on_terminal = sys.stdout.isatty()
+        if not self.on_terminal:
+            self.disable()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self.on_terminal and self.refresh_rate and trainer.is_global_zero:
+            metrics = self.get_metrics(trainer, pl_module).items()
+            shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics if "/" in k and isinstance(v, float))
+            log.info("Epoch %d/%d: %s", trainer.current_epoch + 1, trainer.max_epochs, shown)
 
 
 class TrainingCurves(L.Callback):

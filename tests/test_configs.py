@@ -100,7 +100,7 @@ def test_data_dir_from_environment(make_cfg, monkeypatch: pytest.MonkeyPatch, tm
 PASSED_BY_CODE = {"ffd.data.datamodule.FaceDataModule": {"preprocess", "encoder", "fold"}}
 OVERRIDES = [
     *(f"+experiment={e}" for e in EXPERIMENTS), *(f"+debug={d}" for d in DEBUG),
-    *(f"{g}={o}" for g, opts in GROUPS.items() for o in opts), "hparams_search=optuna",
+    *(f"{g}={o}" for g, opts in GROUPS.items() for o in opts), "hparams_search=optuna", "callbacks=gradcam",
 ]  # fmt: skip
 
 

@@ -51,7 +51,7 @@ def metadata_baseline(records: Sequence[Record], seed: int, folds: int = 5) -> d
     """Out-of-fold AUROC of a logistic regression on file metadata alone.
 
     Returns:
-        ``auroc`` (cross-validated over all usable images), ``n`` and ``shortcut``
+        ``auroc`` (cross-validated over all usable images), ``n``, ``folds`` and ``shortcut``
         (AUROC above SHORTCUT_AUROC).
     """
     rows = [r for r in records if r.ok]
@@ -66,4 +66,4 @@ def metadata_baseline(records: Sequence[Record], seed: int, folds: int = 5) -> d
         with torch.no_grad():
             scores[test] = torch.sigmoid(model((x[test] - mean) / std).squeeze(1))
     auroc = ranking(scores, y)["auroc"]
-    return {"auroc": auroc, "n": len(rows), "shortcut": bool(auroc > SHORTCUT_AUROC)}
+    return {"auroc": auroc, "n": len(rows), "folds": folds, "shortcut": bool(auroc > SHORTCUT_AUROC)}

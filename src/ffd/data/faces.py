@@ -24,7 +24,7 @@ class FaceCropper:
         detect_side: Detection runs on a copy whose longer side is at most this many pixels.
     """
 
-    def __init__(self, margin: float = 0.25, min_face: float = 0.1, detect_side: int = 640) -> None:
+    def __init__(self, margin: float, min_face: float = 0.1, detect_side: int = 640) -> None:
         try:
             import cv2
         except ImportError as err:

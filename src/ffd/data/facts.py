@@ -20,6 +20,9 @@ from pathlib import Path
 REAL, FAKE = 0, 1
 CLASS_NAMES = ("real", "fake")
 SPLITS = ("train", "val", "test")
+# CIPLAB's class folders (the Kaggle archive's tree is real_and_fake_face/<folder>/), by label.
+CIPLAB_FOLDERS = ("training_real", "training_fake")
+CIPLAB_TREE = "real_and_fake_face"
 
 PARTS = ("left_eye", "right_eye", "nose", "mouth")  # the order of the LRNM bits
 DIFFICULTIES = ("easy", "mid", "hard")

@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from ffd.data.facts import CLASS_NAMES, FAKE, REAL, SPLITS, parse_fake_name
+from ffd.data.facts import CIPLAB_FOLDERS, CLASS_NAMES, FAKE, REAL, SPLITS, parse_fake_name
 from ffd.data.io import IMAGE_SUFFIXES
 from ffd.data.records import Record
 from ffd.errors import FfdError
@@ -52,7 +52,7 @@ def _ciplab_roots(root: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, _ in os.walk(root):
         dirnames.sort()
-        if "training_real" in dirnames and "training_fake" in dirnames:
+        if all(folder in dirnames for folder in CIPLAB_FOLDERS):
             found.append(Path(dirpath))
     return found
 
@@ -96,7 +96,7 @@ def discover(root: str | Path) -> list[Record]:
         return [
             r
             for c in ciplab
-            for folder, label in (("training_real", REAL), ("training_fake", FAKE))
+            for label, folder in enumerate(CIPLAB_FOLDERS)
             for r in _class_folder(c / folder, label, "ciplab")
         ]
     split_dirs = ("train", "valid", "val", "test")

@@ -64,9 +64,10 @@ def assign_splits(
                 rows[j].split = "val" if rank < n_test + n_val else "train"
 
 
-def shuffled_labels(records: Sequence[Record], seed: int) -> list[Record]:
-    """Copies of records with their labels permuted (seeded): the label-shuffle control."""
-    labels = np.random.default_rng([seed, 1]).permutation([r.label for r in records])
+def shuffled_labels(records: Sequence[Record], seed: int, stream: int) -> list[Record]:
+    """Copies of records with their labels permuted (seeded; one stream per split): the label-shuffle
+    control."""
+    labels = np.random.default_rng([seed, stream]).permutation([r.label for r in records])
     return [dataclasses.replace(r, label=int(y)) for r, y in zip(records, labels, strict=True)]
 
 
@@ -83,8 +84,8 @@ def split_rows(records: Sequence[Record], shuffle_seed: int | None) -> dict[str,
     """
     rows = {s: sorted((r for r in records if r.ok and r.split == s), key=lambda r: r.sha256) for s in SPLITS}
     if shuffle_seed is not None:
-        rows["train"] = shuffled_labels(rows["train"], shuffle_seed)
-        rows["val"] = shuffled_labels(rows["val"], shuffle_seed + 1)
+        rows["train"] = shuffled_labels(rows["train"], shuffle_seed, stream=1)
+        rows["val"] = shuffled_labels(rows["val"], shuffle_seed, stream=2)
     for split, members in rows.items():
         if not members:
             raise ConfigError(

@@ -32,14 +32,23 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ffd.config import compose_config
-from ffd.data.facts import DIFFICULTIES, FACE_SIZE, PART_BOXES, fake_name, real_name, replaced_parts
+from ffd.data.facts import (
+    CIPLAB_FOLDERS,
+    CIPLAB_TREE,
+    DIFFICULTIES,
+    FACE_SIZE,
+    PART_BOXES,
+    fake_name,
+    real_name,
+    replaced_parts,
+)
 from ffd.errors import ConfigError, FfdError
 from ffd.progress import progress
 
 log = logging.getLogger(__name__)
 
 SIZE = FACE_SIZE  # the generator draws CIPLAB's aligned 600x600 face, parts in PART_BOXES
-TREE = "real_and_fake_face"
+TREE = CIPLAB_TREE
 MARKER = "synthetic.json"
 # Bump when the drawing changes, so sets made by an older generator are remade, not reused.
 GENERATOR_VERSION = 1
@@ -200,7 +209,7 @@ def _render(task: tuple[str, int, str, str, int]) -> None:
 
 
 def _plan(out: Path, num_real: int, num_fake: int, seed: int) -> list[tuple[str, int, str, str, int]]:
-    real_dir, fake_dir = out / TREE / "training_real", out / TREE / "training_fake"
+    real_dir, fake_dir = (out / TREE / folder for folder in CIPLAB_FOLDERS)
     tasks = [(str(real_dir / real_name(i)), seed, "real", "", i) for i in range(1, num_real + 1)]
     rng = np.random.default_rng([seed, 2])
     counts = {d: round(num_fake * _DIFFICULTY_SHARE[d]) for d in DIFFICULTIES[:-1]}
@@ -225,7 +234,7 @@ def generate(out: str | Path, num_real: int, num_fake: int, seed: int, workers: 
         raise ConfigError(
             f"Need at least one real and one fake image (got {num_real} real, {num_fake} fake)."
         )
-    for d in ("training_real", "training_fake"):
+    for d in CIPLAB_FOLDERS:
         shutil.rmtree(out / TREE / d, ignore_errors=True)
         (out / TREE / d).mkdir(parents=True)
     tasks = _plan(out, num_real, num_fake, seed)

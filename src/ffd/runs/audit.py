@@ -1,14 +1,4 @@
-"""The leakage and shortcut audit of a recipe (``python -m ffd.audit [+experiment=seed]``).
-
-Three checks on the data set and recipe the config describes, in one report:
-
-1. leakage: duplicates dropped, and no content hash in two splits (an error);
-2. the label-shuffle control: the recipe trained on permuted labels must score
-   at chance on the test split;
-3. the metadata-only baseline: file properties alone must not separate the classes.
-
-Writes audit.json and audit.md into ``outputs/audit/<date_time>/``.
-"""
+"""The leakage and shortcut audit of a recipe (``python -m ffd.audit``: see that module for the checks)."""
 
 from __future__ import annotations
 
@@ -84,6 +74,6 @@ def markdown(report: dict[str, Any]) -> str:
         f"{control['test_auroc_mean']:.3f} (runs: "
         f"{', '.join(f'{a:.3f}' for a in control['test_auroc_runs'])}): {verdict}.",
         f"- Metadata-only baseline (file size, JPEG quantization, EXIF, image size; {meta['n']} "
-        f"images, 5-fold out-of-fold): AUROC {meta['auroc']:.3f}: {shortcut}.",
+        f"images, {meta['folds']}-fold out-of-fold): AUROC {meta['auroc']:.3f}: {shortcut}.",
     ]
     return "\n".join(lines) + "\n"

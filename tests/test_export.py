@@ -1,7 +1,9 @@
-"""ffd.export: ONNX/TorchScript/safetensors parity with the checkpoint, the model card, ONNX predict."""
+"""ffd.export: every format and the reference consumer agree with eval; the model card; ONNX eval."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -11,89 +13,126 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import compose_run
 from safetensors.torch import load_file
 
-from ffd.data.records import read_manifest
+from ffd.analysis.evaluate import evaluate
 from ffd.errors import ConfigError, FfdError
 from ffd.files import sha256_file
-from ffd.inference.export import Probabilities, export, sample_batch
-from ffd.inference.predict import predict
+from ffd.inference.export import export, sample_batch
 from ffd.inference.scorers import CheckpointScorer, load_scorer
 from ffd.models.checkpoint import load_checkpoint
+from ffd.models.inference import Probabilities
 from ffd.provenance import provenance
 
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """The trained run's checkpoint exported in every format: (export folder, model card)."""
+    """``python -m ffd.export`` of the trained run's checkpoint, every format: (export folder, card)."""
     ckpt, _ = trained
     out = tmp_path_factory.mktemp("export")
-    card = export(compose_run("export", [f"ckpt_path={ckpt}"], out, out))
-    return out, card
+    cmd = [sys.executable, "-m", "ffd.export", f"ckpt_path={ckpt}", f"hydra.run.dir={out}"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=out)
+    return out, json.loads((out / "model.json").read_text())
 
 
-def test_exports_match_the_checkpoint(trained, exported) -> None:
+def csv_p_fake(text: str) -> dict[str, float]:
+    return {r["path"]: float(r["p_fake"]) for r in csv.DictReader(io.StringIO(text))}
+
+
+TORCHSCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from predict_onnx import decode
+model = torch.jit.load(sys.argv[1] + "/model.torchscript.pt")
+for path in sys.argv[3:]:
+    print(path + "," + repr(float(model(torch.from_numpy(decode(path, int(sys.argv[2])))[None])[0, 1])))
+"""
+
+
+def test_every_consumer_gives_evals_p_fake(make_cfg, trained, exported, tmp_path: Path) -> None:
+    """train -> eval -> export -> the checkpoint, ONNX and TorchScript files and the reference consumer,
+    each in a fresh process, score the test split as eval did: to 1e-4, no label changed."""
     ckpt, _ = trained
     out, card = exported
-    model = load_checkpoint(ckpt).float()
-    x, source = sample_batch(ckpt, model.preprocess, 12)
-    assert source == "test images" and len(x) == 12
-    with torch.no_grad():
-        expected = Probabilities(model).eval()(x)
+    evaluate(make_cfg(f"ckpt_path={ckpt}", "bootstrap=0", config="eval"))
+    expected = csv_p_fake((tmp_path / "eval" / "predictions.csv").read_text())
+    paths = sorted(expected)
+    listing = tmp_path / "test.txt"
+    listing.write_text("\n".join(paths))
+    got = {}
+    for name, model in (("predict checkpoint", ckpt), ("predict onnx", out / "model.onnx")):
+        cmd = [sys.executable, "-m", "ffd.predict", f"ckpt_path={model}", f"input={listing}",
+               f"output={tmp_path / name}.csv", f"hydra.run.dir={tmp_path / name}"]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path)
+        got[name] = csv_p_fake((tmp_path / f"{name}.csv").read_text())
+    consumer = [sys.executable, str(out / "predict_onnx.py"), *paths]
+    got["predict_onnx.py"] = csv_p_fake(
+        subprocess.run(consumer, check=True, capture_output=True, text=True).stdout
+    )
+    size = str(card["preprocess"]["size"])
+    script = [sys.executable, "-c", TORCHSCRIPT, str(out), size, *paths]
+    lines = subprocess.run(script, check=True, capture_output=True, text=True).stdout
+    got["torchscript"] = csv_p_fake("path,p_fake\n" + lines)
+    reference = torch.tensor([expected[p] for p in paths], dtype=torch.float64)
+    assert reference.std() > 0.01  # scores that differ from image to image
+    threshold = card["threshold"]
+    for name, scores in got.items():
+        p_fake = torch.tensor([scores[p] for p in paths], dtype=torch.float64)
+        torch.testing.assert_close(p_fake, reference, atol=1e-4, rtol=0, msg=name)
+        assert torch.equal(p_fake >= threshold, reference >= threshold), name
 
+
+def test_export_files_and_safetensors(trained, exported) -> None:
+    ckpt, _ = trained
+    out, card = exported
     onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    x, source = sample_batch(ckpt, card["preprocess"]["size"], 12)
+    assert source == "test images" and x.dtype == torch.uint8 and x.shape[0] == 12 and x.shape[-1] == 3
+    expected = CheckpointScorer(load_checkpoint(ckpt)).net.cpu()(x)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"image": x.numpy()})
-    torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=0)
-    (five,) = session.run(None, {"image": x[:5].numpy()})  # dynamic batch
+    (five,) = session.run(None, {"image": x[:5, :-7].numpy()})  # another batch and image size
     assert five.shape == (5, 2)
-
-    scripted = torch.jit.load(str(out / "model.torchscript.pt"))
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), expected, atol=1e-4, rtol=0)
-
     # The safetensors weights rebuild the same model from a fresh, randomly initialised one.
     fresh = Probabilities(load_checkpoint(ckpt)).eval()
     for p in fresh.parameters():
         p.data.normal_()
     fresh.load_state_dict(load_file(out / "model.safetensors"))
     with torch.no_grad():
-        torch.testing.assert_close(fresh.float()(x), expected, atol=1e-6, rtol=0)
-    assert max(card["parity"]["max_abs_diff"].values()) < 1e-4
+        torch.testing.assert_close(fresh(x), expected, atol=1e-6, rtol=0)
+    assert max(card["parity"]["max_abs_diff"].values()) < 1e-4 and card["parity"]["label_flips"] == 0
 
 
 def test_model_card(trained, exported) -> None:
-    ckpt, metrics = trained
+    ckpt, _ = trained
     out, card = exported
-    assert json.loads((out / "model.json").read_text()) == card
     raw = torch.load(ckpt, weights_only=True)
     assert card["backbone"] == "mobilenet_v2" and card["head"] == "flatten"
-    assert card["input"]["preprocess"] == raw["ffd"]["preprocess"]
-    assert card["input"]["shape"] == ["batch", 3, 64, 64]
-    assert card["input"]["class_names"] == ["real", "fake"]
-    assert card["input"]["threshold"] == pytest.approx(raw["ffd"]["threshold"])
+    assert card["preprocess"] == raw["ffd"]["preprocess"] and card["precision"] == "32-true"
+    assert card["input"]["name"] == "image" and card["input"]["dtype"] == "uint8"
+    assert card["input"]["shape"] == ["batch", "height", "width", 3] and card["output"]["name"] == "probs"
+    assert card["class_names"] == ["real", "fake"]
+    assert card["threshold"] == raw["ffd"]["threshold"] and card["temperature"] == raw["ffd"]["temperature"]
     run = ckpt.parent.parent
     assert card["manifest_sha256"] == sha256_file(run / "manifest.csv")
-    assert card["metrics"]["test/auroc"] == pytest.approx(metrics["test/auroc"])
+    # The exported checkpoint's own figures: those metrics.json reports for the run's best checkpoint.
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert card["metrics"] == raw["ffd"]["metrics"]
+    for key in ("val/auroc", "val/threshold", "test/auroc", "test/acc", "test/ece"):
+        assert card["metrics"][key] == metrics[key], key
     assert card["ffd"] and card["packages"]["torch"] == torch.__version__.split("+")[0]
     assert card["git_commit"] == provenance()["git_commit"]  # None outside a git checkout
     for name, facts in card["files"].items():
         assert sha256_file(out / name) == facts["sha256"]
     # The ONNX file carries what predict needs, so it works on its own.
-    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
-    assert json.loads(meta["ffd"])["preprocess"] == card["input"]["preprocess"]
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}["ffd"])
+    assert meta["preprocess"] == card["preprocess"] and meta["training_run"] == str(run)
 
 
-def test_predict_from_onnx_equals_the_checkpoint(trained, exported) -> None:
-    ckpt, _ = trained
+def test_eval_of_an_exported_model_finds_its_run(make_cfg, trained, exported) -> None:
+    ckpt, metrics = trained
     out, _ = exported
-    files = [Path(r.path) for r in read_manifest(ckpt.parent.parent / "manifest.csv") if r.split == "test"]
-    onnx_rows = list(predict(load_scorer(out / "model.onnx"), files, batch_size=32))
-    ckpt_rows = list(predict(CheckpointScorer(load_checkpoint(ckpt), precision="32"), files, batch_size=32))
-    got, expected = (torch.tensor([r["p_fake"] for r in rows]) for rows in (onnx_rows, ckpt_rows))
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    assert [r["label"] for r in onnx_rows] == [r["label"] for r in ckpt_rows]
+    report = evaluate(make_cfg(f"ckpt_path={out / 'model.onnx'}", "bootstrap=0", config="eval"))
+    assert report["auroc"] == pytest.approx(metrics["test/auroc"], abs=1e-4)
 
 
 def test_foreign_onnx_files_are_refused(tmp_path: Path) -> None:

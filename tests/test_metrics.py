@@ -9,7 +9,8 @@ import torch
 
 from ffd.data.records import Record
 from ffd.metrics.breakdowns import breakdowns
-from ffd.metrics.report import build_report, summary_markdown
+from ffd.metrics.calibration import brier, ece, fit_temperature
+from ffd.metrics.report import build_report, summary_markdown, uncalibrated
 from ffd.metrics.scores import at_threshold, bootstrap_ci, choose_threshold, eer, ranking
 
 # The classic 4-point example: ROC points (FPR, TPR) = (0,0) (0,.5) (.5,.5) (.5,1) (1,1).
@@ -28,6 +29,9 @@ def test_eer_and_threshold_choice() -> None:
     assert eer(P, Y) == pytest.approx((0.5, 0.4))
     assert choose_threshold(P, Y, "eer") == pytest.approx(0.4)
     assert choose_threshold(P, Y, "youden") == pytest.approx(0.8)  # J = .5 first reached at 0.8
+    # 3 reals, 1 fake: ROC (0,0) (1/3,0) (1/3,1) (2/3,1) (1,1); FPR = FNR = 1/3 two thirds up the
+    # vertical segment, whose upper point (threshold 0.5) is the nearer one.
+    assert eer(torch.tensor([0.1, 0.2, 0.9, 0.5]), torch.tensor([0, 0, 0, 1])) == pytest.approx((1 / 3, 0.5))
     separable = torch.tensor([0.1, 0.2, 0.8, 0.9])
     assert eer(separable, Y) == pytest.approx((0.0, 0.8))
     assert choose_threshold(P, torch.zeros(4, dtype=torch.long), "eer") == 0.5  # one class: nothing to choose
@@ -84,7 +88,7 @@ def test_breakdowns_on_a_planted_case() -> None:
 
 def test_one_class_data_gives_nan_intervals_not_a_hang() -> None:
     fakes = torch.tensor([1, 1, 1, 1])
-    report = build_report(P, fakes, threshold=0.5, n_bootstrap=100, seed=0)
+    report = build_report(P, fakes, threshold=0.5, n_bootstrap=100, seed=0, temperature=1.0)
     assert math.isnan(report["auroc"]) and "auroc_ci95" not in report
     assert all(math.isnan(v) for v in report["at_0.5"]["acc_ci95"])
     assert report["at_0.5"]["recall"] == 0.25 and math.isnan(report["at_0.5"]["balanced_acc"])
@@ -92,9 +96,24 @@ def test_one_class_data_gives_nan_intervals_not_a_hang() -> None:
 
 
 def test_report_and_summary() -> None:
-    report = build_report(P, Y, threshold=0.4, n_bootstrap=50, seed=0)
+    report = build_report(P, Y, threshold=0.4, n_bootstrap=50, seed=0, temperature=2.0)
     assert report["n"] == 4 and report["at_0.5"]["acc"] == 0.75
     assert report["at_chosen_threshold"]["threshold"] == 0.4
     assert report["at_chosen_threshold"]["confusion"] == [[1, 1], [1, 1]]  # 0.4 itself is called fake
     text = summary_markdown(report)
     assert "AUROC 0.750" in text and "0.400 (chosen on val)" in text
+
+
+def test_temperature_scaling_undoes_overconfidence() -> None:
+    """Logits 3x too large for the labels they were drawn from: the fitted temperature is ~3, and the
+    calibration error drops; uncalibrated() inverts the scaling."""
+    g = torch.Generator().manual_seed(0)
+    margin = torch.randn(20000, generator=g) * 2
+    labels = (torch.rand(20000, generator=g) < torch.sigmoid(margin)).long()
+    logits = torch.stack([torch.zeros_like(margin), 3 * margin], 1)  # p_fake = sigmoid(3 x margin)
+    t = fit_temperature(logits, labels)
+    assert t == pytest.approx(3.0, rel=0.05)
+    before, after = logits.softmax(-1)[:, 1], (logits / t).softmax(-1)[:, 1]
+    assert ece(after, labels) < 0.02 < 0.1 < ece(before, labels)
+    assert brier(after, labels) < brier(before, labels)
+    torch.testing.assert_close(uncalibrated(after, t), before, atol=1e-5, rtol=0)

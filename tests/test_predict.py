@@ -76,10 +76,11 @@ def test_bad_files_get_a_status_and_the_run_goes_on(trained, tmp_path: Path) -> 
 
 
 def independent_p_fake(ckpt: Path, paths: list[str]) -> torch.Tensor:
-    """p_fake computed here, sharing no code with ffd's data path: PIL decodes (JPEGs at the DCT scale
-    that still covers the input size, as ffd does), torchvision resizes and normalizes with the
-    checkpoint's own preprocessing, then the model's forward in eval's CPU precision."""
-    pre = torch.load(ckpt, map_location="cpu", weights_only=True)["ffd"]["preprocess"]
+    """p_fake computed here, sharing no code with ffd's inference path: PIL decodes (JPEGs at the DCT
+    scale that still covers the input size, as ffd documents), torchvision resizes and normalizes with
+    the checkpoint's own preprocessing, then the model's forward in fp32 and its temperature."""
+    ffd = torch.load(ckpt, map_location="cpu", weights_only=True)["ffd"]
+    pre = ffd["preprocess"]
     size = pre["size"]
     resize = TV.Resize((size, size), TV.InterpolationMode(pre["interpolation"]), antialias=True)
     images = []
@@ -87,9 +88,10 @@ def independent_p_fake(ckpt: Path, paths: list[str]) -> torch.Tensor:
         with Image.open(path) as img:
             img.draft("RGB", (size, size))
             pixels = TV.functional.pil_to_tensor(ImageOps.exif_transpose(img).convert("RGB"))
-        images.append(TV.functional.normalize(resize(pixels).float() / 255, pre["mean"], pre["std"]))
-    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
-        return load_checkpoint(ckpt)(torch.stack(images)).float().softmax(-1)[:, 1]
+        images.append(TV.functional.normalize(resize(pixels.float()) / 255, pre["mean"], pre["std"]))
+    with torch.no_grad():
+        logits = load_checkpoint(ckpt)(torch.stack(images)).double()
+    return (logits / ffd["temperature"]).softmax(-1)[:, 1].float()
 
 
 def test_eval_and_predict_score_what_the_model_sees(make_cfg, trained, tmp_path: Path) -> None:
@@ -147,7 +149,9 @@ def test_face_crop(trained, tmp_path: Path) -> None:
     crops = tmp_path / "crops"
     crops.mkdir()
     files = [noise, photo, tmp_path / "gone.jpg"]
-    rows = list(predict(load_scorer(ckpt), files, batch_size=32, cropper=FaceCropper(), crops_dir=crops))
+    rows = list(
+        predict(load_scorer(ckpt), files, batch_size=32, cropper=FaceCropper(margin=0.25), crops_dir=crops)
+    )
     assert [r["status"] for r in rows] == ["no_face", "ok", "unreadable"]  # in input order
     assert rows[0]["p_fake"] is None and "no face" in rows[0]["message"]
     saved = list(crops.glob("*.png"))

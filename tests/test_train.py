@@ -16,7 +16,7 @@ from ffd.runs.training import train
 def test_fast_dev_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
     cfg = make_cfg("+debug=fdr", f"data.root={tiny_synthetic}", *TINY)
     metrics = train(cfg)
-    assert {"train/loss", "test/acc", "test/auroc"} <= set(metrics)
+    assert {"last_epoch/train/loss", "test/acc", "test/auroc", "val/temperature"} <= set(metrics)
     run = tmp_path / "train"
     assert json.loads((run / "metrics.json").read_text()) == metrics
     rows = read_manifest(run / "manifest.csv")

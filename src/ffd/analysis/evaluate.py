@@ -18,28 +18,27 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ffd.analysis.gradcam import check_method, grad_cam
 from ffd.analysis.localization import localization_report
-from ffd.data.batches import batches, load_items, ok_images
+from ffd.data.batches import batches, load_items, ok_images, pixels
 from ffd.data.facts import CLASS_NAMES, FAKE, label_name
 from ffd.data.images import DecodedImages
 from ffd.data.manifest import scan
 from ffd.data.records import Record, read_manifest
-from ffd.data.transforms import resize_transform
 from ffd.errors import ConfigError, FfdError
 from ffd.inference.scorers import CheckpointScorer, Scorer, load_scorer
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
 from ffd.metrics.report import build_report, summary_markdown
-from ffd.models.checkpoint import run_folder
+from ffd.progress import progress
 
 log = logging.getLogger(__name__)
 
 
-def select_records(cfg: DictConfig, images: DecodedImages) -> list[Record]:
+def select_records(cfg: DictConfig, scorer: Scorer, images: DecodedImages) -> list[Record]:
     """The rows to score: the training run's split (its manifest), or every usable image of ``dataset``."""
     if cfg.dataset is None:
-        manifest = run_folder(cfg.ckpt_path) / "manifest.csv"
+        manifest = (scorer.training_run or Path(cfg.ckpt_path).parent) / "manifest.csv"
         if not manifest.exists():
-            raise FfdError(f"No manifest.csv next to the checkpoint's run ({manifest}); pass dataset=PATH.")
+            raise FfdError(f"No manifest.csv in the model's training run ({manifest}); pass dataset=PATH.")
         records, split = read_manifest(manifest), cfg.split or "test"
     else:
         if cfg.split not in (None, "all"):
@@ -68,7 +67,8 @@ def score(
     probs: list[float] = []
     cams: list[tuple[str, torch.Tensor]] = []
     items = load_items([r.path for r in records], scorer.preprocess, images=kept)
-    for group, x in batches(items, scorer.preprocess, batch_size):
+    bar = progress(None, "Scoring" + (f" and {cam_method}" if model is not None else ""), len(records), "img")
+    for group, x in batches(items, batch_size):
         if failed := [it for it in group if it.image is None]:
             raise FfdError(
                 f"{len(failed)} images became unreadable since the manifest was made: "
@@ -79,8 +79,10 @@ def score(
         ok = ok_images(group)
         fakes = [i for i, it in enumerate(ok) if str(it.path) in parts]
         if model is not None and fakes:
-            maps, _ = grad_cam(model, x[fakes].to(model.device), cam_method)  # type: ignore[arg-type]
+            maps, _ = grad_cam(model, scorer.net.preprocess(x[fakes].to(model.device)), cam_method)  # type: ignore
             cams += [(parts[str(ok[i].path)], m) for i, m in zip(fakes, maps.cpu(), strict=True)]
+        bar.update(len(group))
+    bar.close()
     return torch.tensor(probs), cams
 
 
@@ -110,13 +112,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         check_method(cfg.localization, "localization")
     scorer = load_scorer(cfg.ckpt_path)
     size = int(scorer.preprocess["size"])
-    images = DecodedImages(resize_transform(scorer.preprocess), size)
-    records = select_records(cfg, images)
+    images = DecodedImages(pixels, size)
+    records = select_records(cfg, scorer, images)
     if cfg.localization and not isinstance(scorer, CheckpointScorer):
         log.info("No localization for an ONNX model (Grad-CAM needs the checkpoint's gradients).")
     probs, cams = score(scorer, records, cfg.batch_size, images, cfg.localization)
     labels = torch.tensor([r.label for r in records])
-    report = build_report(probs, labels, scorer.threshold, cfg.bootstrap, cfg.seed)
+    report = build_report(probs, labels, scorer.threshold, cfg.bootstrap, cfg.seed, scorer.temperature)
     report["checkpoint"] = str(Path(cfg.ckpt_path).resolve())
     report["breakdowns"] = breakdowns(records, probs, scorer.threshold)
     if cams:

@@ -20,7 +20,9 @@ from PIL import Image, ImageDraw
 
 from ffd.data.batches import batches, load_items, ok_images
 from ffd.data.facts import FAKE, REAL, Box
+from ffd.data.transforms import resize_transform
 from ffd.errors import ConfigError
+from ffd.models.inference import Preprocess
 from ffd.models.module import FakeFaceClassifier
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ def grad_cam(model: FakeFaceClassifier, x: torch.Tensor, method: str) -> tuple[t
         x: Normalized images (N, 3, H, W).
 
     Returns:
-        Heatmaps (N, H, W), and p_fake (N,).
+        Heatmaps (N, H, W), and p_fake (N,), temperature-scaled as the shipped model's.
     """
     check_method(method, "method")
     with torch.no_grad():
@@ -56,7 +58,7 @@ def grad_cam(model: FakeFaceClassifier, x: torch.Tensor, method: str) -> tuple[t
     cam = F.relu((weights * feats).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
-    return (cam / peak).detach(), logits.softmax(-1)[:, FAKE].detach()
+    return (cam / peak).detach(), (logits / model.temperature).softmax(-1)[:, FAKE].detach()
 
 
 def check_method(method: str, setting: str) -> None:
@@ -68,16 +70,17 @@ def check_method(method: str, setting: str) -> None:
 def explain_files(
     model: FakeFaceClassifier, files: Sequence[Path], method: str, batch_size: int
 ) -> Iterator[tuple[Path, torch.Tensor, torch.Tensor, float]]:
-    """(path, resized uint8 image, heatmap, p_fake) for each readable file; unreadable ones are logged."""
-    items = load_items(files, model.preprocess)
-    for group, x in batches(items, model.preprocess, batch_size):
+    """(path, image at the input size (3, size, size) uint8, heatmap, p_fake) for each readable file;
+    unreadable ones are logged. The images go through the shipped model's own preprocessing."""
+    preprocess, shown = Preprocess(model.preprocess).to(model.device), resize_transform(model.preprocess)
+    for group, x in batches(load_items(files, model.preprocess), batch_size):
         for item in group:
             if item.image is None:
                 log.warning("Skipped %s: %s", item.path, item.message)
         if x is not None:
-            cams, probs = grad_cam(model, x.to(model.device), method)
+            cams, probs = grad_cam(model, preprocess(x.to(model.device)), method)
             for item, cam, p in zip(ok_images(group), cams.cpu(), probs.tolist(), strict=True):
-                yield item.path, item.image, cam, p  # type: ignore[misc]
+                yield item.path, shown(item.image.permute(2, 0, 1)), cam, p  # type: ignore[union-attr]
 
 
 def overlay(

@@ -1,9 +1,10 @@
-"""Files -> model-ready batches, for inference: each file decoded once, failures kept in order.
+"""Files -> decoded batches, for inference: each file decoded once, failures kept in order.
 
 predict, eval, Grad-CAM and the export's parity check all feed a model this way:
-every file becomes an ``Item`` (its resized uint8 image, or a status saying why not),
-and ``batches`` groups them, in input order, with the normalized tensor of the ones
-that decoded.
+every file becomes an ``Item`` (its decoded uint8 RGB pixels, or a status saying why
+not), and ``batches`` groups them, in input order, with the stacked pixels of the
+ones that decoded. Resizing and normalization belong to the model
+(``ffd.models.inference.Preprocess``), so an exported model gets the same input.
 """
 
 from __future__ import annotations
@@ -13,25 +14,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ffd.data.faces import FaceCropper
 from ffd.data.images import DecodedImages
 from ffd.data.io import ImageDecodeError, load_rgb
-from ffd.data.transforms import resize_transform, view_transform
+
+
+def pixels(image: Image.Image) -> torch.Tensor:
+    """An RGB image as the uint8 (H, W, 3) tensor a model takes (what ``numpy.asarray`` gives)."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
 
 
 @dataclass
 class Item:
-    """One input file: its resized uint8 image (3, size, size), or why there is none.
+    """One input file: its decoded uint8 pixels (H, W, 3), or why there are none.
 
     Attributes:
         path: The file.
         status: ``ok``, ``unreadable`` or ``no_face``.
         message: Why not ok.
-        image: The resized image, for ok items.
-        crop: The face crop it was resized from (with a face cropper).
+        image: The decoded pixels, for ok items.
+        crop: The face crop they were taken from (with a face cropper).
     """
 
     path: Path
@@ -49,45 +55,51 @@ def load_items(
 ) -> Iterator[Item]:
     """An Item for each file, in order.
 
+    JPEGs are decoded at the smallest DCT scale that still covers the model's input
+    size (``ffd.data.io.decode_rgb``), as in training.
+
     Args:
         files: Image files.
-        preprocess: The model's preprocessing (size, interpolation).
+        preprocess: The model's preprocessing (its input size).
         cropper: Crop each photo to its largest face first (status ``no_face`` if none);
             the photo is decoded at full size, as the face may be a small part of it.
         images: Images this run already decoded (the manifest scan's), taken from there.
     """
-    resize, size = resize_transform(preprocess), int(preprocess["size"])
+    size = int(preprocess["size"])
     for file in files:
         path = Path(file)
         try:
             if images is not None:
                 yield Item(path, "ok", image=images.get(path))
             elif cropper is None:
-                yield Item(path, "ok", image=resize(load_rgb(path, size)))
+                yield Item(path, "ok", image=pixels(load_rgb(path, size)))
             elif (face := cropper(load_rgb(path, None))) is None:
                 yield Item(path, "no_face", "no face found (OpenCV Haar cascade)")
             else:
-                yield Item(path, "ok", image=resize(face), crop=face)
+                yield Item(path, "ok", image=pixels(face), crop=face)
         except ImageDecodeError as err:
             yield Item(path, "unreadable", str(err))
 
 
-def batches(
-    items: Iterable[Item], preprocess: Mapping[str, Any], batch_size: int
-) -> Iterator[tuple[list[Item], torch.Tensor | None]]:
-    """Items grouped in input order, each group with the normalized images of its ok items.
+def batches(items: Iterable[Item], batch_size: int) -> Iterator[tuple[list[Item], torch.Tensor | None]]:
+    """Items grouped in input order, each group with the stacked pixels (N, H, W, 3) of its ok items.
 
-    A group closes when it holds ``batch_size`` ok items; the tensor is None for a
-    group with none (the trailing failures).
+    A group closes when it holds ``batch_size`` ok items, or before an image of another
+    size; the tensor is None for a group with none (the trailing failures).
     """
-    view = view_transform(preprocess)
     group: list[Item] = []
 
     def close() -> tuple[list[Item], torch.Tensor | None]:
-        ok = [view(it.image) for it in group if it.image is not None]
+        ok = [it.image for it in group if it.image is not None]
         return list(group), torch.stack(ok) if ok else None
 
+    shape = None
     for item in items:
+        if item.image is not None:
+            if shape is not None and item.image.shape != shape:
+                yield close()
+                group.clear()
+            shape = item.image.shape
         group.append(item)
         if sum(it.image is not None for it in group) == batch_size:
             yield close()

@@ -1,19 +1,21 @@
 """Exporting a checkpoint for deployment (``python -m ffd.export ckpt_path=CKPT``).
 
-Writes into the export run folder: ``model.onnx`` (dynamic batch, checked with
-onnx.checker), ``model.torchscript.pt``, ``model.safetensors`` and
-``model.json``, the model card. Each graph maps normalized images
-(N, 3, size, size) to class probabilities (real, fake) and carries what a
-consumer needs to feed it (preprocessing, class names, the validation-chosen
-threshold). Every export is run once on a batch of the training run's test
-images and compared with the checkpoint; a difference above ``parity_atol``
-is an error, and the measured differences go into the model card.
+Writes into the export run folder: ``model.onnx`` (dynamic batch and image size,
+checked with onnx.checker), ``model.torchscript.pt``, ``model.safetensors``,
+``model.json`` (the model card) and ``predict_onnx.py`` (a reference consumer that
+needs only onnxruntime, numpy and Pillow). Each graph is the shipped model
+(``ffd.models.inference.Probabilities``): decoded uint8 RGB images (N, H, W, 3) ->
+calibrated class probabilities (real, fake), with resizing and normalization inside.
+Every export is run on test images of the training run and compared with the scores
+eval and predict give them; a difference above ``parity_atol`` or a changed label is
+an error, and the measured differences go into the model card.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,58 +27,50 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ffd.data.batches import batches, load_items
-from ffd.data.facts import CLASS_NAMES
+from ffd.data.facts import CLASS_NAMES, FAKE
 from ffd.data.records import read_manifest
 from ffd.errors import ConfigError, FfdError
 from ffd.files import sha256_file
-from ffd.inference.scorers import ONNX_METADATA_KEY, OnnxScorer
+from ffd.inference.scorers import ONNX_METADATA_KEY, CheckpointScorer, OnnxScorer
 from ffd.models.checkpoint import load_checkpoint, run_folder
-from ffd.models.module import FakeFaceClassifier
+from ffd.models.inference import INFERENCE_PRECISION
 from ffd.provenance import provenance
 
 log = logging.getLogger(__name__)
 FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
+CONSUMER = Path(__file__).with_name("predict_onnx.py")
 
 
-class Probabilities(nn.Module):
-    """The exported graph: normalized images -> class probabilities (real, fake)."""
-
-    def __init__(self, model: FakeFaceClassifier) -> None:
-        super().__init__()
-        self.backbone, self.head = model.backbone, model.head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x)).softmax(-1)
-
-
-def sample_batch(ckpt_path: Path, preprocess: dict[str, Any], n: int) -> tuple[torch.Tensor, str]:
-    """n test images of the checkpoint's run, preprocessed; random inputs if the run has too few left."""
+def sample_batch(ckpt_path: Path, size: int, n: int) -> tuple[torch.Tensor, str]:
+    """n decoded test images of the checkpoint's run (uint8, N x H x W x 3); random pixels if the run
+    has too few left."""
     manifest = run_folder(ckpt_path) / "manifest.csv"
     test = (
         [r.path for r in read_manifest(manifest) if r.ok and r.split == "test"] if manifest.exists() else []
     )
     # Files moved or deleted since training are skipped (they come as items without an image).
-    for _, x in batches(load_items(test, preprocess), preprocess, n):
+    for _, x in batches(load_items(test, {"size": size}), n):
         if x is not None and len(x) == n:
             return x, "test images"
         break
-    log.warning("Fewer than %d readable test images next to %s: checking on random inputs.", n, ckpt_path)
-    size = preprocess["size"]
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)), "random inputs"
+    log.warning("Fewer than %d readable test images next to %s: checking on random pixels.", n, ckpt_path)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=generator), "random pixels"
 
 
 def export_onnx(net: nn.Module, x: torch.Tensor, path: Path, metadata: str, opset: int) -> OnnxScorer:
-    """ONNX via torch.export: dynamic batch, weights inside the one file, checked, loaded in onnxruntime."""
+    """ONNX via torch.export: dynamic batch and image size, weights inside the one file, checked,
+    loaded in onnxruntime."""
     import onnx
 
     for name in ("onnx_ir", "onnxscript"):  # per-pass INFO lines
         logging.getLogger(name).setLevel(logging.WARNING)
-    batch = torch.export.Dim("batch", min=1)
+    dims = [torch.export.Dim(name, min=lo) for name, lo in (("batch", 1), ("height", 8), ("width", 8))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
         program = torch.onnx.export(
             net, (x,), input_names=["image"], output_names=["probs"],
-            dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
+            dynamic_shapes=(dict(enumerate(dims)),), opset_version=opset, dynamo=True, verbose=False,
         )  # fmt: skip
     assert program is not None  # no file name given: the exporter returns the program
     graph = program.model_proto
@@ -104,39 +98,57 @@ def export_safetensors(net: nn.Module, path: Path, metadata: str) -> None:
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
-def check_parity(name: str, run: Runner, x: torch.Tensor, reference: torch.Tensor, atol: float) -> float:
-    """Max |difference| from the checkpoint's probabilities; an error above atol or for a fixed batch size."""
+def check_parity(
+    name: str, run: Runner, x: torch.Tensor, reference: torch.Tensor, threshold: float, atol: float
+) -> float:
+    """Max |p_fake difference| from eval's and predict's scores; an error above atol, for a changed
+    label, or for a fixed batch or image size."""
     with torch.no_grad():
-        diff = float((run(x) - reference).abs().max())
-        odd = run(x[:3])  # another batch size: the batch dimension must be dynamic
+        p_fake = run(x)[:, FAKE]
+        odd = run(x[:3, : x.shape[1] - 5])  # another batch and image size: both must be dynamic
     if odd.shape != (3, len(CLASS_NAMES)):
         raise FfdError(f"{name} returned shape {tuple(odd.shape)} for a batch of 3 images.")
+    diff = float((p_fake - reference).abs().max())
     if diff > atol:
-        raise FfdError(f"{name} differs from the checkpoint by {diff:.2e} (> parity_atol={atol}).")
+        raise FfdError(f"{name} differs from the checkpoint's scores by {diff:.2e} (> parity_atol={atol}).")
+    if flips := int(((p_fake >= threshold) != (reference >= threshold)).sum()):
+        raise FfdError(f"{name} changes the label of {flips} images at the threshold {threshold:.4g}.")
     return diff
 
 
-def run_facts(ckpt_path: Path) -> dict[str, Any]:
-    """What the training run folder says about the model: manifest hash, metrics at export time."""
-    run = run_folder(ckpt_path)
-    manifest, metrics = run / "manifest.csv", run / "metrics.json"
-    scores = json.loads(metrics.read_text()) if metrics.exists() else {}
+def card_io(model: Any) -> dict[str, Any]:
+    """What a consumer needs to feed the graph and read it: the decode, the tensors, the threshold."""
+    size = int(model.preprocess["size"])
     return {
-        "training_run": str(run),
-        "manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
-        # The run's final metrics: val of the last epoch, test of the best checkpoint (the exported one
-        # when it is the best); the last epoch's val/threshold is not this checkpoint's.
-        "metrics": {
-            k: v
-            for k, v in sorted(scores.items())
-            if k.startswith(("val/", "test/")) and k != "val/threshold"
-        }
-        or None,
-    }
+        "decode": {
+            "library": "Pillow (reference: predict_onnx.py)",
+            "steps": [
+                "Image.open(path)",
+                f"JPEG only: img.draft('RGB', ({size}, {size})): libjpeg decodes at the smallest DCT "
+                f"scale (1/2, 1/4, 1/8) that keeps both sides >= {size}",
+                "ImageOps.exif_transpose (upright, as the camera held it)",
+                "16-bit greyscale: point(v / 256) -> 'L'; then convert('RGB')",
+                "numpy.asarray(img, uint8): (height, width, 3), RGB",
+            ],
+        },
+        "input": {
+            "name": "image", "dtype": "uint8", "shape": ["batch", "height", "width", 3], "layout": "NHWC RGB",
+            "note": "any size (one size per batch): the graph resizes to the model's input and normalizes",
+        },
+        "output": {
+            "name": "probs", "dtype": "float32", "shape": ["batch", 2], "classes": list(CLASS_NAMES),
+            "p_fake": "probs[:, 1], temperature-scaled (calibrated on the training run's val split)",
+        },
+        "preprocess": model.preprocess,  # inside the graph: resize (antialiased) to size, then mean/std
+        "class_names": list(CLASS_NAMES),
+        "threshold": model.threshold,
+        "temperature": model.temperature,
+        "precision": INFERENCE_PRECISION,
+    }  # fmt: skip
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
-    """``python -m ffd.export``: write ``cfg.formats`` and model.json; return the model card."""
+    """``python -m ffd.export``: write ``cfg.formats``, model.json and predict_onnx.py; return the card."""
     if unknown := set(cfg.formats) - set(FILES):
         raise ConfigError(f"formats: unknown {sorted(unknown)}; choose from {list(FILES)}.")
     if cfg.parity_images < 3:
@@ -144,17 +156,14 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             f"parity_images={cfg.parity_images}: use 3 or more (a batch of 3 checks the batch size)."
         )
     ckpt_path = Path(cfg.ckpt_path)
-    model = load_checkpoint(ckpt_path).float()
+    model = load_checkpoint(ckpt_path)
     model.backbone.to(memory_format=torch.contiguous_format)  # plain NCHW for every runtime
-    net = Probabilities(model).eval()
-    x, source = sample_batch(ckpt_path, model.preprocess, cfg.parity_images)
-    with torch.no_grad():
-        reference = net(x)
-    hp = model.hparams
-    inference: dict[str, Any] = {
-        "preprocess": model.preprocess, "class_names": list(CLASS_NAMES), "threshold": model.threshold
-    }  # fmt: skip
-    metadata = json.dumps(inference)
+    scorer = CheckpointScorer(model)  # what eval and predict score with
+    x, source = sample_batch(ckpt_path, int(model.preprocess["size"]), cfg.parity_images)
+    reference = torch.tensor(scorer.p_fake(x))
+    net = scorer.net.cpu()
+    io, run = card_io(model), run_folder(ckpt_path)
+    metadata = json.dumps({**io, "training_run": str(run)})
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -167,20 +176,25 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             checks[fmt] = export_torchscript(net, x, path, metadata)
         else:
             export_safetensors(net, path, metadata)
-    parity = {f: check_parity(FILES[f], run, x, reference, cfg.parity_atol) for f, run in checks.items()}
-    log.info("Max |p - p_checkpoint| on %d %s: %s", len(x), source, parity)
+    threshold, atol = model.threshold, cfg.parity_atol
+    parity = {f: check_parity(FILES[f], run, x, reference, threshold, atol) for f, run in checks.items()}
+    log.info("Max |p_fake - p_fake of eval/predict| on %d %s: %s", len(x), source, parity)
+    shutil.copyfile(CONSUMER, out / CONSUMER.name)
 
+    hp = model.hparams
+    manifest = run / "manifest.csv"
     card: dict[str, Any] = {
         "name": out.name,
         "backbone": hp["backbone"],
         "head": hp["head"],
         "freeze": hp["freeze"],
-        "input": {"shape": ["batch", 3, model.preprocess["size"], model.preprocess["size"]], **inference},
-        "output": "probs: (batch, 2) softmax probabilities in class_names order; p_fake = probs[:, 1]",
+        **io,
         "threshold_method": hp["threshold_method"],
-        **run_facts(ckpt_path),
+        "training_run": str(run),
+        "manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
+        "metrics": model.final_metrics or None,  # this checkpoint's own (val, and test when it was tested)
         "checkpoint": {"path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path)},
-        "parity": {"max_abs_diff": parity, "images": len(x), "on": source},
+        "parity": {"max_abs_diff": parity, "images": len(x), "on": source, "label_flips": 0},
         "files": {FILES[f]: {"sha256": sha256_file(out / FILES[f])} for f in cfg.formats},
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **provenance(),

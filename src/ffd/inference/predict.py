@@ -43,7 +43,7 @@ def predict(
     """
     items = load_items(files, scorer.preprocess, cropper)
     index = 0
-    for group, x in batches(items, scorer.preprocess, batch_size):
+    for group, x in batches(items, batch_size):
         probs = dict(zip(map(id, ok_images(group)), scorer.p_fake(x) if x is not None else [], strict=True))
         for item in group:
             p = probs.get(id(item))

@@ -1,8 +1,10 @@
 """Scorers: a trained model behind one interface, from an ffd checkpoint or an exported ONNX file.
 
-Both carry the preprocessing they were trained with and the decision threshold
-chosen on validation, so every consumer (predict, eval, explain, bench) feeds
-them the same way. The ONNX scorer needs onnxruntime only, not Lightning.
+Both take decoded uint8 RGB images (N, H, W, 3) and run the same graph
+(``ffd.models.inference.Probabilities``: resize, normalize, model, temperature, in
+fp32), and carry the decision threshold chosen on validation, so every consumer
+(predict, eval, explain, bench) gets the same p_fake for the same file. The ONNX
+scorer needs onnxruntime only, not Lightning.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import torch
 
 from ffd.data.facts import FAKE
 from ffd.errors import FfdError
-from ffd.runtime import autocast_dtype, mixed_precision
 
 ONNX_METADATA_KEY = "ffd"  # metadata_props entry: JSON with preprocess, class_names, threshold
 
@@ -23,31 +24,33 @@ ONNX_METADATA_KEY = "ffd"  # metadata_props entry: JSON with preprocess, class_n
 class Scorer(Protocol):
     preprocess: dict[str, Any]
     threshold: float
+    temperature: float
+    training_run: Path | None  # the training run folder the model came from (its manifest.csv)
 
-    def p_fake(self, x: torch.Tensor) -> list[float]:
-        """Normalized images (N, 3, H, W) -> the probability that each is fake."""
+    def p_fake(self, images: torch.Tensor) -> list[float]:
+        """Decoded uint8 RGB images (N, H, W, 3) -> the probability that each is fake."""
         ...
 
 
 class CheckpointScorer:
-    """An ffd LightningModule, run in the training precision (fp16 on CUDA, bf16 on CPU) or fp32."""
+    """An ffd checkpoint's model as it ships (``Probabilities``, fp32), on CUDA when there is one."""
 
-    def __init__(self, model: Any, precision: str) -> None:
-        if precision not in ("auto", "32"):
-            raise FfdError(f"precision={precision} must be 'auto' (fp16 on CUDA, bf16 on CPU) or '32'.")
+    def __init__(self, model: Any) -> None:
+        from ffd.models.inference import Probabilities  # imports Lightning: only for checkpoints
+
         self.model = model
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model.to(self.device).eval()
-        self.dtype = autocast_dtype(mixed_precision(self.device.type)) if precision == "auto" else None
-        self.preprocess, self.threshold = model.preprocess, model.threshold
+        self.net = Probabilities(model.float()).to(self.device).eval()
+        self.preprocess, self.threshold, self.temperature = (
+            model.preprocess,
+            model.threshold,
+            model.temperature,
+        )
+        self.training_run: Path | None = None
 
-    def p_fake(self, x: torch.Tensor) -> list[float]:
-        x = x.to(self.device, non_blocking=True)
-        with (
-            torch.no_grad(),
-            torch.autocast(self.device.type, self.dtype or torch.float32, self.dtype is not None),
-        ):
-            return self.model(x).float().softmax(-1)[:, FAKE].cpu().tolist()
+    def p_fake(self, images: torch.Tensor) -> list[float]:
+        with torch.no_grad():
+            return self.net(images.to(self.device, non_blocking=True))[:, FAKE].cpu().tolist()
 
 
 class OnnxScorer:
@@ -67,23 +70,27 @@ class OnnxScorer:
             )
         card = json.loads(meta[ONNX_METADATA_KEY])
         self.preprocess, self.threshold = card["preprocess"], float(card["threshold"])
+        self.temperature = float(card["temperature"])
+        self.training_run = Path(card["training_run"]) if card.get("training_run") else None
         self.input_name = self.session.get_inputs()[0].name
 
-    def probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized images -> class probabilities (N, 2)."""
-        (probs,) = self.session.run(None, {self.input_name: x.float().numpy()})
+    def probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Decoded uint8 RGB images (N, H, W, 3) -> class probabilities (N, 2)."""
+        (probs,) = self.session.run(None, {self.input_name: images.numpy()})
         return torch.from_numpy(probs)
 
-    def p_fake(self, x: torch.Tensor) -> list[float]:
-        return self.probs(x)[:, FAKE].tolist()
+    def p_fake(self, images: torch.Tensor) -> list[float]:
+        return self.probs(images)[:, FAKE].tolist()
 
 
-def load_scorer(path: str | Path, precision: str = "auto") -> Scorer:
+def load_scorer(path: str | Path) -> Scorer:
     """A scorer for an ffd checkpoint (``.ckpt``) or an exported ``.onnx`` model."""
     if Path(path).suffix == ".onnx":
         if not Path(path).is_file():
             raise FfdError(f"ONNX model {path} does not exist; make one with python -m ffd.export.")
         return OnnxScorer(path)
-    from ffd.models.checkpoint import load_checkpoint  # imports Lightning: only when needed
+    from ffd.models.checkpoint import load_checkpoint, run_folder  # imports Lightning: only when needed
 
-    return CheckpointScorer(load_checkpoint(path), precision)
+    scorer = CheckpointScorer(load_checkpoint(path))
+    scorer.training_run = run_folder(path)
+    return scorer

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
+from ffd.metrics.calibration import brier, ece
 from ffd.metrics.scores import at_threshold, bootstrap_ci, ranking
 from ffd.metrics.tables import markdown_table
 
@@ -15,10 +16,22 @@ def _acc(threshold: float):
     return lambda p, y: float(((p >= threshold).long() == y).float().mean())
 
 
+def uncalibrated(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p_fake before temperature scaling: the logit odds times the temperature."""
+    p = probs.double().clamp(1e-300, 1 - 1e-16)
+    return torch.sigmoid(torch.logit(p) * temperature).to(probs.dtype)
+
+
 def build_report(
-    probs: torch.Tensor, labels: torch.Tensor, threshold: float, n_bootstrap: int, seed: int
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float,
+    n_bootstrap: int,
+    seed: int,
+    temperature: float,
 ) -> dict[str, Any]:
-    """Scores at the default 0.5 and at the checkpoint's validation-chosen threshold, with 95 % CIs."""
+    """Scores at the default 0.5 and at the checkpoint's validation-chosen threshold, and calibration
+    (ECE before and after the model's temperature scaling, Brier score), with 95 % CIs."""
     report: dict[str, Any] = {
         "n": len(labels),
         "n_real": int((labels == 0).sum()),
@@ -34,6 +47,15 @@ def build_report(
         if n_bootstrap:
             scores["acc_ci95"] = bootstrap_ci(probs, labels, _acc(t), n_bootstrap, seed)
         report[key] = scores
+    calibration: dict[str, Any] = {
+        "temperature": temperature,
+        "ece": ece(probs, labels),
+        "ece_uncalibrated": ece(uncalibrated(probs, temperature), labels),
+        "brier": brier(probs, labels),
+    }
+    if n_bootstrap:
+        calibration["ece_ci95"] = bootstrap_ci(probs, labels, ece, n_bootstrap, seed)
+    report["calibration"] = calibration
     return report
 
 
@@ -43,11 +65,15 @@ def _ci(values: Any) -> str:
 
 def summary_markdown(report: dict[str, Any]) -> str:
     """A readable summary of ``build_report`` (plus breakdowns and localization, when present)."""
+    cal = report["calibration"]
     lines = [
         f"# Evaluation: {report['n']} images ({report['n_real']} real, {report['n_fake']} fake)",
         "",
-        f"- AUROC {report['auroc']:.3f}{_ci(report.get('auroc_ci95'))} (95 % bootstrap CI)",
+        f"- AUROC {report['auroc']:.3f}"
+        + (f"{_ci(report['auroc_ci95'])} (95 % bootstrap CI)" if report.get("auroc_ci95") else ""),
         f"- Average precision {report['ap']:.3f}, EER {report['eer']:.3f}",
+        f"- Calibration: ECE {cal['ece']:.3f}{_ci(cal.get('ece_ci95'))} after temperature scaling "
+        f"(T = {cal['temperature']:.3g}; {cal['ece_uncalibrated']:.3f} before), Brier {cal['brier']:.3f}",
         "",
     ]
     rows = []
@@ -56,7 +82,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
         name = "0.5" if key == "at_0.5" else f"{s['threshold']:.3f} (chosen on val)"
         acc = f"{s['acc']:.3f}{_ci(s.get('acc_ci95'))}"
         rows.append([name, acc, s["balanced_acc"], s["precision"], s["recall"], s["f1"]])
-    header = ["threshold", "acc [95 % CI]", "balanced acc", "precision", "recall", "F1"]
+    with_ci = "acc_ci95" in report["at_0.5"]
+    header = ["threshold", "acc [95 % CI]" if with_ci else "acc", "balanced acc", "precision", "recall", "F1"]
     lines += markdown_table(header, rows)
     (tn, fp), (fn, tp) = report["at_chosen_threshold"]["confusion"]
     lines += [

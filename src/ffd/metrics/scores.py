@@ -26,14 +26,19 @@ def eer(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Equal error rate and the threshold where it is reached.
 
     The EER is the operating point where the false-positive rate (reals called
-    fake) equals the false-negative rate (fakes called real). On a finite set
-    the two rates cross between ROC points; we take the point where
-    ``|FPR - FNR|`` is smallest and report the mean of the two rates there.
+    fake) equals the false-negative rate (fakes called real). On a finite set the
+    two rates cross between ROC points: the EER is that crossing, interpolated
+    linearly along the ROC curve; the threshold is that of the ROC point nearer
+    the crossing (a threshold can only reach ROC points).
     """
-    fpr, tpr, thresholds = binary_roc(probs, labels.long())
-    fnr = 1 - tpr
-    i = int(torch.argmin((fpr - fnr).abs()))
-    return float((fpr[i] + fnr[i]) / 2), float(thresholds[i].clamp(0, 1))
+    fpr, tpr, thresholds = (t.double() for t in binary_roc(probs, labels.long()))
+    gap = fpr - (1 - tpr)  # FPR - FNR: rises from -1 to 1 along the curve
+    j = int(torch.nonzero(gap >= 0)[0])
+    if j == 0 or gap[j] == 0:
+        return float(fpr[j]), float(thresholds[j].clamp(0, 1))
+    w = float(-gap[j - 1] / (gap[j] - gap[j - 1]))  # where the crossing lies between points j-1 and j
+    rate = (1 - w) * fpr[j - 1] + w * fpr[j]
+    return float(rate), float(thresholds[j if w >= 0.5 else j - 1].clamp(0, 1))
 
 
 def choose_threshold(probs: torch.Tensor, labels: torch.Tensor, method: str) -> float:

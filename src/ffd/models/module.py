@@ -125,8 +125,11 @@ class FakeFaceClassifier(L.LightningModule):
         base = classification_metrics()
         self.train_metrics = base.clone(prefix="train/")
         self.val_metrics = base.clone(prefix="val/")
-        self.test_metrics = base.clone(prefix="test/")
         self.threshold = 0.5  # replaced by the validation-chosen one after each validation epoch
+        # Set after training, on the best checkpoint (ffd.runs.calibration): the temperature fitted on
+        # val, and the val (and test) metrics of the model as it ships.
+        self.temperature = 1.0
+        self.final_metrics: dict[str, float] = {}
         self._val_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def train(self, mode: bool = True) -> FakeFaceClassifier:
@@ -215,14 +218,6 @@ class FakeFaceClassifier(L.LightningModule):
             self.log("val/threshold", self.threshold)
         self._val_scores.clear()
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        """p_fake for each image."""
-        x = batch[0] if isinstance(batch, list | tuple) else batch
-        return self(x).float().softmax(-1)[:, FAKE]
-
     def configure_optimizers(self) -> Any:
         spec = dict(self.hparams["optimizer"])
         optimizer_cls = get_class(spec.pop("_target_"))
@@ -248,9 +243,13 @@ class FakeFaceClassifier(L.LightningModule):
             "preprocess": self.preprocess,
             "class_names": list(CLASS_NAMES),
             "threshold": self.threshold,
+            "temperature": self.temperature,
+            "metrics": self.final_metrics,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("ffd", {})
         self.threshold = saved.get("threshold", 0.5)
+        self.temperature = saved.get("temperature", 1.0)
+        self.final_metrics = saved.get("metrics", {})
         self.preprocess = saved.get("preprocess", self.preprocess)  # as trained, whatever the code now says

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from ffd.config import compose_config
 from ffd.data.records import read_manifest
@@ -79,11 +80,12 @@ def run_training(
     metrics = json.loads((run_dir / "metrics.json").read_text())
     timings = json.loads((run_dir / "timings.json").read_text())
     n_train = sum(r.ok and r.split == "train" for r in read_manifest(run_dir / "manifest.csv"))
+    epochs = OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_epochs
     return {
         "wall_s": round(wall, 1),
         "fit_s": timings["fit_s"],
         "setup_s": timings["setup_s"],
-        "train_img_per_s": round(20 * n_train / timings["fit_s"], 1),
+        "train_img_per_s": round(epochs * n_train / timings["fit_s"], 1),
         "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
         "test_acc": round(metrics["test/acc"], 4),
         "test_auroc": round(metrics["test/auroc"], 4),
@@ -101,7 +103,7 @@ def throughput(fn: Callable[[torch.Tensor], Any], batches: list[torch.Tensor], i
 
 def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, float]:
     """img/s of ``ffd.predict`` (decode included) from the checkpoint and from its ONNX export,
-    against the raw backbone forward pass at the checkpoint's precision.
+    against the raw backbone forward pass in fp32 (what they run) and at the training precision.
 
     Predict decodes in the main process: on a CPU the backbone already keeps every
     core busy, and loader workers measured slower (2 cores: 243 img/s with 0
@@ -115,38 +117,44 @@ def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, flo
     export_cfg = compose_config("export", [f"ckpt_path={ckpt}", "formats=[onnx]"])
     export_cfg.paths.output_dir = str(out / "export")
     export(export_cfg)
-    checkpoint = CheckpointScorer(load_checkpoint(ckpt), "auto")
+    checkpoint = CheckpointScorer(load_checkpoint(ckpt))
     scorers = {"checkpoint": checkpoint, "onnx": load_scorer(out / "export" / "model.onnx")}
+    batch = compose_config("predict").batch_size  # ffd.predict's
     result = {}
     for name, scorer in scorers.items():
-        sum(1 for _ in predict(scorer, files[:64], 32))  # warm-up: allocator, kernels
+        sum(1 for _ in predict(scorer, files[: 2 * batch], batch))  # warm-up: allocator, kernels
         start = time.perf_counter()
-        scored = sum(row["status"] == "ok" for row in predict(scorer, files, 32))
+        scored = sum(row["status"] == "ok" for row in predict(scorer, files, batch))
         result[f"predict_{name}_img_per_s"] = round(scored / (time.perf_counter() - start), 1)
 
     model = checkpoint.model
     cuda = model.device.type == "cuda"
     size = model.preprocess["size"]
-    x = torch.randn(32, 3, size, size, device=model.device)  # the scorer moved the model
-    batches = [x] * (len(files) // 32)
+    x = torch.randn(batch, 3, size, size, device=model.device)  # the scorer moved the model
+    batches = [x] * (len(files) // batch)
 
     def forward(b: torch.Tensor) -> None:
         model.features(b)
         if cuda:
             torch.cuda.synchronize()
 
-    # The training precision, as predict uses.
-    with torch.no_grad(), torch.autocast(x.device.type, autocast_dtype(mixed_precision(x.device.type))):
-        result["backbone_img_per_s"] = round(throughput(forward, batches, 32 * len(batches)), 1)
+    # fp32, as predict and every export score; and the training precision, for comparison.
+    with torch.no_grad():
+        result["backbone_img_per_s"] = round(throughput(forward, batches, batch * len(batches)), 1)
+    mixed = mixed_precision(x.device.type)
+    with torch.no_grad(), torch.autocast(x.device.type, autocast_dtype(mixed)):
+        result[f"backbone_{mixed}_img_per_s"] = round(throughput(forward, batches, batch * len(batches)), 1)
     return result
 
 
 def predict_line(p: dict[str, float]) -> str:
     ckpt, onnx, raw = p["predict_checkpoint_img_per_s"], p["predict_onnx_img_per_s"], p["backbone_img_per_s"]
+    mixed = next(k for k in p if k.startswith("backbone_") and k != "backbone_img_per_s")
     return (
-        f"Predict, decode included: {ckpt:.0f} img/s from the checkpoint ({100 * ckpt / raw:.0f} % of the "
-        f"raw backbone forward at the same precision, {raw:.0f} img/s); {onnx:.0f} img/s from the ONNX "
-        "export (onnxruntime, fp32)."
+        f"Predict (fp32), decode included: {ckpt:.0f} img/s from the checkpoint ({100 * ckpt / raw:.0f} % of "
+        f"the raw fp32 backbone forward, {raw:.0f} img/s; {p[mixed]:.0f} img/s at "
+        f"{mixed.removeprefix('backbone_').removesuffix('_img_per_s')}); {onnx:.0f} img/s from the ONNX "
+        "export (onnxruntime)."
     )
 
 

@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from ffd.data.splits import Fold
+from ffd.models.checkpoint import load_checkpoint
+from ffd.runs.calibration import calibrate, store
 from ffd.runs.cv import cross_validate
 from ffd.runs.distributed import check_ddp_launch
 from ffd.runs.resume import keep_csv_history, resolve_ckpt_path
@@ -43,26 +45,32 @@ def train(cfg: DictConfig, fold: Fold | None = None) -> dict[str, float]:
         keep_csv_history(loggers)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     timings = {"setup_s": datamodule.setup_seconds, "fit_s": time.perf_counter() - start}
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # The last epoch's figures, as training saw them; the run's own are the best checkpoint's, below.
+    metrics = {f"last_epoch/{k}": float(v) for k, v in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback
     if not isinstance(checkpoint, ModelCheckpoint):
         checkpoint = None
     if checkpoint and checkpoint.monitor and checkpoint.best_model_score is not None:
         metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
-    if cfg.test and fold is None:  # CV never touches the test split: it stays for one final evaluation
-        best = checkpoint.best_model_path if checkpoint else ""
-        if not best:
-            log.warning(
-                "No best checkpoint (fast_dev_run or no checkpoint callback): testing the last weights."
-            )
-        start = time.perf_counter()
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        timings["test_s"] = time.perf_counter() - start
-        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    if not trainer.is_global_zero:  # under DDP one process scores and writes what ships
+        return metrics
+    start = time.perf_counter()
+    best = checkpoint.best_model_path if checkpoint else ""
+    if not best:
+        log.warning("No best checkpoint (fast_dev_run or no checkpoint callback): scoring the last weights.")
+    shipped = load_checkpoint(best) if best else model
+    test = bool(cfg.test) and fold is None  # CV never touches the test split: it stays for the end
+    method, batch_size = model.hparams["threshold_method"], cfg.data.batch_size
+    metrics |= calibrate(shipped, datamodule.rows, method, batch_size, test)
+    if best:
+        store(shipped, best)
+    tested = {k: v for k, v in metrics.items() if k.startswith("test/")}
+    for logger in loggers:  # after fit: written now
+        logger.log_metrics(tested, trainer.global_step)
+        logger.save()
+    timings["calibrate_s"] = time.perf_counter() - start
 
     out = Path(cfg.paths.output_dir)
-    if not trainer.is_global_zero:  # under DDP every rank has the same synced metrics; one writes them
-        return metrics
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (out / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}, indent=2))

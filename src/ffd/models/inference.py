@@ -1,0 +1,56 @@
+"""The model that ships: decoded pixels in, calibrated probabilities out, one graph for every consumer.
+
+``Probabilities`` is what eval, predict, explain, the export's parity check and every
+exported file run: uint8 RGB images as decoded (N, H, W, 3), any size, are resized
+(antialiased, as torchvision's ``Resize``), scaled to [0, 1], normalized, scored by the
+backbone and head in fp32, and turned into temperature-scaled softmax probabilities.
+Exported to ONNX or TorchScript, the same graph needs nothing but a decoder in front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ffd.models.module import FakeFaceClassifier
+
+INFERENCE_PRECISION = "32-true"  # fp32: the precision every consumer and export scores in (README, Speed)
+
+
+class Preprocess(nn.Module):
+    """Decoded uint8 RGB (N, H, W, 3), any size -> the model's normalized input (N, 3, size, size)."""
+
+    def __init__(self, preprocess: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.size, self.mode = int(preprocess["size"]), str(preprocess["interpolation"])
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.register_buffer("mean", torch.tensor(preprocess["mean"]).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(preprocess["std"]).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, antialias=True, align_corners=False)
+        return (x - self.mean) / self.std
+
+
+class Probabilities(nn.Module):
+    """Decoded uint8 RGB (N, H, W, 3) -> calibrated class probabilities (N, 2): (p_real, p_fake)."""
+
+    def __init__(self, model: FakeFaceClassifier) -> None:
+        super().__init__()
+        self.preprocess = Preprocess(model.preprocess)
+        self.backbone, self.head = model.backbone, model.head
+        self.temperature: torch.Tensor
+        self.register_buffer("temperature", torch.tensor(float(model.temperature)))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits (N, 2), what temperature scaling is fitted on."""
+        return self.head(self.backbone(self.preprocess(images)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.logits(images) / self.temperature).softmax(-1)

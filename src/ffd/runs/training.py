@@ -74,7 +74,8 @@ def train(cfg: DictConfig, fold: Fold | None = None) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (out / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}, indent=2))
-    log.info("Final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    shipped = sorted(k for k in metrics if not k.startswith("last_epoch/"))  # the rest: in metrics.json
+    log.info("Final metrics: %s", ", ".join(f"{k}={metrics[k]:.4f}" for k in shipped))
     log.info("Run folder: %s", out.resolve())
     return metrics
 

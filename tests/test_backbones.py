@@ -89,6 +89,7 @@ def test_timm_backbone_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> No
                                 "interpolation": "bicubic"}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_timm_pretrained_offline_fails_with_a_clear_message(tiny_synthetic: Path, tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HYDRA_FULL_ERROR": "0"}
     result = subprocess.run(

@@ -46,6 +46,7 @@ def test_two_process_ddp_matches_one_process(tiny_synthetic: Path, tmp_path: Pat
     )
 
 
+@pytest.mark.slow
 def test_local_ddp_inside_a_sweep_is_refused(tiny_synthetic: Path, tmp_path: Path) -> None:
     env = {
         k: v for k, v in os.environ.items() if k not in ("SLURM_PROCID", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")

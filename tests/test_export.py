@@ -49,6 +49,7 @@ for path in sys.argv[3:]:
 """
 
 
+@pytest.mark.slow
 def test_every_consumer_gives_evals_p_fake(make_cfg, trained, exported, tmp_path: Path) -> None:
     """train -> eval -> export -> the checkpoint, ONNX and TorchScript files and the reference consumer,
     each in a fresh process, score the test split as eval did: to 1e-4, no label changed."""

@@ -9,7 +9,7 @@ import torch
 
 from ffd.data.records import Record
 from ffd.metrics.breakdowns import breakdowns
-from ffd.metrics.calibration import brier, ece, fit_temperature
+from ffd.metrics.calibration import TEMPERATURE_RANGE, brier, ece, fit_temperature
 from ffd.metrics.report import build_report, summary_markdown, uncalibrated
 from ffd.metrics.scores import at_threshold, bootstrap_ci, choose_threshold, eer, ranking
 
@@ -117,3 +117,10 @@ def test_temperature_scaling_undoes_overconfidence() -> None:
     assert ece(after, labels) < 0.02 < 0.1 < ece(before, labels)
     assert brier(after, labels) < brier(before, labels)
     torch.testing.assert_close(uncalibrated(after, t), before, atol=1e-5, rtol=0)
+
+
+def test_temperature_stays_finite_at_both_ends() -> None:
+    labels = torch.tensor([0, 0, 1, 1])
+    separable = torch.tensor([[1.0, -1.0], [2.0, -2.0], [-1.0, 1.0], [-2.0, 2.0]])
+    assert TEMPERATURE_RANGE[0] <= fit_temperature(separable, labels) < 0.2  # the NLL falls as T -> 0
+    assert fit_temperature(separable.flip(0), labels) == pytest.approx(TEMPERATURE_RANGE[1])  # all wrong

@@ -52,6 +52,7 @@ def test_short_run_learns_the_synthetic_set(make_cfg, tmp_path: Path) -> None:
     assert "val/auroc" in (run / "csv" / "metrics.csv").read_text()
 
 
+@pytest.mark.slow
 def test_multirun_sweep_gives_each_run_its_folder(tiny_synthetic: Path, tmp_path: Path) -> None:
     result = run_train(
         "-m",

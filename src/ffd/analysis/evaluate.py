@@ -79,7 +79,7 @@ def score(
         ok = ok_images(group)
         fakes = [i for i, it in enumerate(ok) if str(it.path) in parts]
         if model is not None and fakes:
-            maps, _ = grad_cam(model, scorer.net.preprocess(x[fakes].to(model.device)), cam_method)  # type: ignore
+            maps, _ = grad_cam(model, scorer.net.preprocess(x[fakes].to(scorer.device)), cam_method)  # type: ignore
             cams += [(parts[str(ok[i].path)], m) for i, m in zip(fakes, maps.cpu(), strict=True)]
         bar.update(len(group))
     bar.close()

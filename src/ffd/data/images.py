@@ -10,20 +10,22 @@ from PIL import Image
 
 from ffd.data.io import load_rgb
 
-# Kept images stop here (a resized 224 px image is 150 KB: CIPLAB's 2,041 take 0.3 GiB);
+# Kept images stop here (a resized 224 px image is 150 KB, a 300 px draft decode 270 KB: CIPLAB's
+# 2,041 take 0.3 or 0.55 GiB);
 # past it, the next step decodes the file again.
 BUDGET_BYTES = 2 << 30
 
 
 class DecodedImages:
-    """The resized uint8 images (3, size, size) of the files already decoded in this run.
+    """The images of the files already decoded in this run, as the next step takes them (``resize``:
+    training's resized uint8 (3, size, size); eval's decoded pixels (H, W, 3)).
 
     The manifest scan decodes every file to check it and puts the result here; the
     next step (the feature or pixel cache build, eval's scoring) takes it from here
     instead of reading and decoding the file again.
 
     Args:
-        resize: Decoded image -> resized uint8 tensor (the model's deterministic first stage).
+        resize: Decoded image -> the tensor kept (resized for training, raw pixels for eval).
         decode_size: The JPEG draft size the consumer decodes at (None: full size).
     """
 

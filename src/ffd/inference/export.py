@@ -48,12 +48,12 @@ def sample_batch(ckpt_path: Path, size: int, n: int) -> tuple[torch.Tensor, str]
     test = (
         [r.path for r in read_manifest(manifest) if r.ok and r.split == "test"] if manifest.exists() else []
     )
-    # Files moved or deleted since training are skipped (they come as items without an image).
+    # Files moved or deleted since training are skipped (they come as items without an image); a
+    # batch holds images of one decoded size: the first full one is taken.
     for _, x in batches(load_items(test, {"size": size}), n):
         if x is not None and len(x) == n:
             return x, "test images"
-        break
-    log.warning("Fewer than %d readable test images next to %s: checking on random pixels.", n, ckpt_path)
+    log.warning("No %d readable same-size test images next to %s: checking on random pixels.", n, ckpt_path)
     generator = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=generator), "random pixels"
 

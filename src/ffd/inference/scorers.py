@@ -18,7 +18,7 @@ import torch
 from ffd.data.facts import FAKE
 from ffd.errors import FfdError
 
-ONNX_METADATA_KEY = "ffd"  # metadata_props entry: JSON with preprocess, class_names, threshold
+ONNX_METADATA_KEY = "ffd"  # metadata_props entry: the card's input facts (see export.card_io), training_run
 
 
 class Scorer(Protocol):
@@ -40,6 +40,8 @@ class CheckpointScorer:
 
         self.model = model
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":  # fp32 means fp32: TF32 matmuls would not match the CPU exports
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         self.net = Probabilities(model.float()).to(self.device).eval()
         self.preprocess, self.threshold, self.temperature = (
             model.preprocess,
@@ -69,6 +71,8 @@ class OnnxScorer:
                 f"{path} is not an ffd export (no '{ONNX_METADATA_KEY}' metadata): use ffd.export."
             )
         card = json.loads(meta[ONNX_METADATA_KEY])
+        if "temperature" not in card:
+            raise FfdError(f"{path} was exported by an older ffd (normalized float input): export it again.")
         self.preprocess, self.threshold = card["preprocess"], float(card["threshold"])
         self.temperature = float(card["temperature"])
         self.training_run = Path(card["training_run"]) if card.get("training_run") else None

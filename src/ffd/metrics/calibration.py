@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_calibration_error
 
 ECE_BINS = 15  # the usual choice since Guo et al.
+TEMPERATURE_RANGE = (0.05, 1e4)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -30,7 +31,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    # Separable data drives T to 0 and signal-free data to infinity: both ends are kept finite.
+    return float(log_t.detach().exp().clamp(*TEMPERATURE_RANGE))
 
 
 def ece(probs: torch.Tensor, labels: torch.Tensor) -> float:

@@ -34,7 +34,14 @@ class Preprocess(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, antialias=True, align_corners=False)
+        smooth = self.mode in ("bilinear", "bicubic")  # torchvision's Resize antialiases these two
+        x = F.interpolate(
+            x,
+            size=(self.size, self.size),
+            mode=self.mode,
+            antialias=smooth,
+            align_corners=False if smooth else None,
+        )
         return (x - self.mean) / self.std
 
 

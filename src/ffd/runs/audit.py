@@ -14,6 +14,7 @@ from ffd.data.manifest import check_no_leakage
 from ffd.data.records import read_manifest
 from ffd.errors import ConfigError
 from ffd.runs.training import train
+from ffd.runtime import is_rank_zero
 
 log = logging.getLogger(__name__)
 # A head trained on permuted labels is a random function of the features; where the classes
@@ -38,6 +39,8 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     # The manifest holds the true labels (only the control's train/val rows were permuted).
     records = read_manifest(out / f"control_shuffled_{cfg.seed}" / "manifest.csv")
     check_no_leakage(records)  # checked when the manifest was built; re-read from what was written
+    if not is_rank_zero():  # under DDP rank 0 scores the controls and writes the report
+        return {}
     aurocs = [r["test/auroc"] for r in runs]
     auroc = sum(aurocs) / len(aurocs)
     report = {

@@ -127,14 +127,14 @@ def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, flo
         scored = sum(row["status"] == "ok" for row in predict(scorer, files, batch))
         result[f"predict_{name}_img_per_s"] = round(scored / (time.perf_counter() - start), 1)
 
-    model = checkpoint.model
-    cuda = model.device.type == "cuda"
-    size = model.preprocess["size"]
-    x = torch.randn(batch, 3, size, size, device=model.device)  # the scorer moved the model
+    net, device = checkpoint.net, checkpoint.device
+    cuda = device.type == "cuda"
+    size = checkpoint.preprocess["size"]
+    x = torch.randn(batch, 3, size, size, device=device)  # where the scorer put the model
     batches = [x] * (len(files) // batch)
 
     def forward(b: torch.Tensor) -> None:
-        model.features(b)
+        net.backbone(b)
         if cuda:
             torch.cuda.synchronize()
 

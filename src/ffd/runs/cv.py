@@ -40,7 +40,7 @@ def cross_validate(cfg: DictConfig, train: Callable[[DictConfig, Fold], dict[str
     for key in keys:
         values = torch.tensor([r[key] for r in results])
         summary[key] = {"mean": float(values.mean()), "std": float(values.std()), "folds": values.tolist()}
-    if not is_rank_zero():  # under DDP every rank has the same synced metrics; one writes them
+    if not is_rank_zero():  # under DDP rank 0 scores the folds' checkpoints and writes the summary
         return summary
     (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
     lines = [f"# {k}-fold cross-validation (validation folds; test split untouched)", ""]

@@ -61,7 +61,7 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
             row["status"] = "incomplete"
         if timings_file.exists():
             timings = json.loads(timings_file.read_text())  # fit_s includes the data setup
-            row["wall_s"] = round(timings["fit_s"] + timings.get("test_s", 0.0), 1)
+            row["wall_s"] = round(timings["fit_s"] + timings.get("calibrate_s", 0.0), 1)
         rows.append(row)
     if not rows:
         return rows

@@ -61,9 +61,11 @@ def train(cfg: DictConfig, fold: Fold | None = None) -> dict[str, float]:
     shipped = load_checkpoint(best) if best else model
     test = bool(cfg.test) and fold is None  # CV never touches the test split: it stays for the end
     method, batch_size = model.hparams["threshold_method"], cfg.data.batch_size
-    metrics |= calibrate(shipped, datamodule.rows, method, batch_size, test)
-    if best:
-        store(shipped, best)
+    # fast_dev_run: one batch of each split, as for the fit
+    rows = {s: r[:batch_size] if trainer.fast_dev_run else r for s, r in datamodule.rows.items()}
+    metrics |= calibrate(shipped, rows, method, batch_size, test)
+    if best and Path(best).resolve().is_relative_to(Path(cfg.paths.output_dir).resolve()):
+        store(shipped, best)  # never another run's checkpoint (a resume can carry its best path over)
     tested = {k: v for k, v in metrics.items() if k.startswith("test/")}
     for logger in loggers:  # after fit: written now
         logger.log_metrics(tested, trainer.global_step)

@@ -36,11 +36,20 @@ data: install ## Download CIPLAB with kagglehub (needs Kaggle credentials), or p
 test: install ## Run the test suite (without the slow tests)
 	$(PY) -m pytest -m "not slow"
 
-test-slow: install ## Run only the slow tests (end-to-end runs, DDP, resume after a kill, sweeps)
+test-slow: install browser ## Run only the slow tests (end-to-end runs, DDP, resume after a kill, sweeps, browser, load)
 	$(PY) -m pytest -m slow
 
-test-all: install ## Run every test, slow ones included
+test-all: install browser ## Run every test, slow ones included
 	$(PY) -m pytest
+
+browser: ## Debian's chromium for the browser test (apt-get, as root), unless one is installed
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+serve: install ## Serve CKPT (default: the newest training run's best checkpoint) at http://127.0.0.1:8000/
+	@ckpt=$${CKPT:-$$(ls -t outputs/train/*/checkpoints/epoch*.ckpt 2>/dev/null | head -1)}; \
+	test -n "$$ckpt" || { echo "No checkpoint in outputs/train/: run make demo first, or pass CKPT=path"; exit 2; }; \
+	$(PY) -m ffd.serve ckpt_path="$$ckpt"
 
 lint: install ## ruff check + format check, mypy, the import layers (import-linter)
 	$(VENV)/bin/ruff check .
@@ -55,7 +64,7 @@ format: install ## Format and fix with ruff
 audit: install ## Leakage and shortcut audit of the demo recipe (shuffle control, metadata baseline)
 	$(PY) -m ffd.audit +experiment=demo
 
-bench: install ## Benchmark: naive vs default seed recipe, predict throughput (~17 min on 2 cores)
+bench: install ## Benchmark: naive vs default seed recipe, predict and service throughput (~18 min on 2 cores)
 	$(PY) -m ffd.bench
 
 tensorboard: install ## Serve the curves of every run in outputs/
@@ -67,4 +76,4 @@ clean: ## Remove tool caches (keeps .venv, data/ and outputs/)
 clean-cache: ## Remove cached backbone features (data/cache; rebuilt on the next run)
 	rm -rf data/cache
 
-.PHONY: help install weights demo train data test test-slow test-all lint format audit bench tensorboard clean clean-cache
+.PHONY: help install weights demo train data test test-slow test-all browser serve lint format audit bench tensorboard clean clean-cache

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import onnx
 import onnxruntime as ort
 import pytest
@@ -23,6 +24,7 @@ from ffd.inference.scorers import CheckpointScorer, load_scorer
 from ffd.models.checkpoint import load_checkpoint
 from ffd.models.inference import Probabilities
 from ffd.provenance import provenance
+from ffd.service.client import running_service
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,9 @@ for path in sys.argv[3:]:
 
 @pytest.mark.slow
 def test_every_consumer_gives_evals_p_fake(make_cfg, trained, exported, tmp_path: Path) -> None:
-    """train -> eval -> export -> the checkpoint, ONNX and TorchScript files and the reference consumer,
-    each in a fresh process, score the test split as eval did: to 1e-4, no label changed."""
+    """train -> eval -> export -> the checkpoint, ONNX and TorchScript files, the reference consumer and
+    the HTTP service, each in a fresh process, score the test split as eval did: to 1e-4, no label
+    changed."""
     ckpt, _ = trained
     out, card = exported
     evaluate(make_cfg(f"ckpt_path={ckpt}", "bootstrap=0", config="eval"))
@@ -74,6 +77,14 @@ def test_every_consumer_gives_evals_p_fake(make_cfg, trained, exported, tmp_path
     script = [sys.executable, "-c", TORCHSCRIPT, str(out), size, *paths]
     lines = subprocess.run(script, check=True, capture_output=True, text=True).stdout
     got["torchscript"] = csv_p_fake("path,p_fake\n" + lines)
+    with running_service(out, f"hydra.run.dir={tmp_path / 'serve'}", log=tmp_path / "serve.log") as url:
+        got["service on the export folder"] = {}
+        for path in paths:
+            answer = httpx.post(f"{url}/v1/predict", files={"file": (path, Path(path).read_bytes())})
+            got["service on the export folder"][path] = answer.json()["results"][0]["p_fake"]
+        assert httpx.get(f"{url}/v1/model").json()["explain"]  # heatmaps from the training checkpoint
+    service, onnx = got["service on the export folder"], got["predict onnx"]
+    assert max(abs(service[p] - onnx[p]) for p in paths) <= 1e-6  # the same runtime: the same numbers
     reference = torch.tensor([expected[p] for p in paths], dtype=torch.float64)
     assert reference.std() > 0.01  # scores that differ from image to image
     threshold = card["threshold"]

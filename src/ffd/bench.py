@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-naive", action="store_true", help="only the fast path (no speed-up figure)")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds of the fast path (same split)")
     parser.add_argument(
-        "--predict-only", type=Path, metavar="RUN_DIR", help="only predict throughput, of a run"
+        "--predict-only", type=Path, metavar="RUN_DIR", help="only inference (predict, service) of a run"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[bench] %(message)s")

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ffd.data.faces import FaceCropper
 from ffd.data.images import DecodedImages
-from ffd.data.io import ImageDecodeError, load_rgb
+from ffd.data.io import ImageDecodeError, decode_rgb, read_file
 
 
 def pixels(image: Image.Image) -> torch.Tensor:
@@ -71,14 +71,26 @@ def load_items(
         try:
             if images is not None:
                 yield Item(path, "ok", image=images.get(path))
-            elif cropper is None:
-                yield Item(path, "ok", image=pixels(load_rgb(path, size)))
-            elif (face := cropper(load_rgb(path, None))) is None:
-                yield Item(path, "no_face", "no face found (OpenCV Haar cascade)")
-            else:
-                yield Item(path, "ok", image=pixels(face), crop=face)
+                continue
+            data = read_file(path)
         except ImageDecodeError as err:
             yield Item(path, "unreadable", str(err))
+            continue
+        yield decode_item(path, data, size, cropper)
+
+
+def decode_item(
+    path: Path, data: bytes, size: int, cropper: FaceCropper | None = None, max_pixels: int | None = None
+) -> Item:
+    """The Item for one file's bytes (see ``load_items``); ``max_pixels`` refuses larger images."""
+    try:
+        if cropper is None:
+            return Item(path, "ok", image=pixels(decode_rgb(data, size, max_pixels)))
+        if (face := cropper(decode_rgb(data, None, max_pixels))) is None:
+            return Item(path, "no_face", "no face found (OpenCV Haar cascade)")
+        return Item(path, "ok", image=pixels(face), crop=face)
+    except ImageDecodeError as err:
+        return Item(path, "unreadable", str(err))
 
 
 def batches(items: Iterable[Item], batch_size: int) -> Iterator[tuple[list[Item], torch.Tensor | None]]:

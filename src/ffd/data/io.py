@@ -6,7 +6,7 @@ import glob
 import io
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ffd.errors import FfdError
 
@@ -18,32 +18,37 @@ class ImageDecodeError(ValueError):
 
 
 def read_file(path: str | Path) -> bytes:
-    """A file's bytes; missing, empty and unreadable files raise ImageDecodeError."""
+    """A file's bytes; missing and unreadable files raise ImageDecodeError."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ImageDecodeError("no such file") from None
     except OSError as err:
         raise ImageDecodeError(f"cannot read the file: {err}") from err
-    if not data:
-        raise ImageDecodeError("empty file (0 bytes)")
     return data
 
 
-def decode_rgb(data: bytes, min_size: int | None) -> Image.Image:
+def decode_rgb(data: bytes, min_size: int | None, max_pixels: int | None = None) -> Image.Image:
     """Decode an image file's bytes as upright 8-bit RGB.
 
     JPEGs are decoded in draft mode: libjpeg scales the DCT by 1/2, 1/4 or 1/8
     while decoding, as long as both sides stay >= ``min_size``. For a 600x600
     CIPLAB file resized to 224 this decodes at 300x300, about 3x faster than a
     full decode, and the later resize hides the difference. ``min_size=None``
-    decodes at full size.
+    decodes at full size. An image of more than ``max_pixels`` pixels is refused
+    before it is decoded (Pillow's own decompression-bomb guard stays in force).
 
     Raises:
         ImageDecodeError: the data is truncated, corrupt, too large or not an image.
     """
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if max_pixels and img.width * img.height > max_pixels:
+                raise ImageDecodeError(
+                    f"{img.width} x {img.height} pixels: more than the limit of {max_pixels:,} pixels"
+                )
             if img.format == "JPEG" and min_size:
                 img.draft("RGB", (min_size, min_size))
             img.load()
@@ -52,6 +57,12 @@ def decode_rgb(data: bytes, min_size: int | None) -> Image.Image:
                 # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
                 upright = upright.point(lambda v: v / 256).convert("L")
             return upright.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            "not an image: no format Pillow reads (JPEG, PNG, WebP, BMP, TIFF...)"
+        ) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageDecodeError(f"{type(err).__name__}: {err}") from err
 

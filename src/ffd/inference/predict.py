@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ffd.data.batches import batches, load_items, ok_images
+from ffd.data.batches import Item, batches, load_items, ok_images
 from ffd.data.faces import FaceCropper
 from ffd.data.facts import label_name
 from ffd.data.io import expand_input
@@ -23,6 +23,12 @@ from ffd.progress import progress
 log = logging.getLogger(__name__)
 
 FIELDS = ["path", "p_fake", "label", "status", "message"]
+
+
+def result_row(path: str, item: Item, p_fake: float | None, threshold: float) -> dict[str, Any]:
+    """The row ffd reports for an input (``FIELDS``): its score and label, or why it has none."""
+    label = label_name(p_fake, threshold) if p_fake is not None else ""
+    return {"path": path, "p_fake": p_fake, "label": label, "status": item.status, "message": item.message}
 
 
 def predict(
@@ -49,9 +55,7 @@ def predict(
             p = probs.get(id(item))
             if item.crop is not None and crops_dir is not None:
                 item.crop.save(crops_dir / f"{index:05d}_{item.path.stem}.png")
-            label = label_name(p, scorer.threshold) if p is not None else ""
-            yield {"path": str(item.path), "p_fake": p, "label": label, "status": item.status,
-                   "message": item.message}  # fmt: skip
+            yield result_row(str(item.path), item, p, scorer.threshold)
             index += 1
 
 

@@ -88,7 +88,18 @@ class OnnxScorer:
 
 
 def load_scorer(path: str | Path) -> Scorer:
-    """A scorer for an ffd checkpoint (``.ckpt``) or an exported ``.onnx`` model."""
+    """A scorer for an ffd checkpoint (``.ckpt``), an exported ``.onnx`` model or an export folder."""
+    if not str(path).strip():
+        raise FfdError(
+            "ckpt_path is empty: name a checkpoint (.ckpt), an ffd.export folder or its model.onnx."
+        )
+    if Path(path).is_dir():
+        if not (Path(path) / "model.onnx").is_file():
+            raise FfdError(
+                f"{path} is a folder without model.onnx: name a checkpoint (.ckpt), an ffd.export "
+                "folder or its model.onnx."
+            )
+        path = Path(path) / "model.onnx"
     if Path(path).suffix == ".onnx":
         if not Path(path).is_file():
             raise FfdError(f"ONNX model {path} does not exist; make one with python -m ffd.export.")

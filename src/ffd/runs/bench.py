@@ -10,7 +10,9 @@ once), in one run:
 2. predict throughput from the fast run's checkpoint and from its ONNX export
    (JPEG decode included) against the raw backbone forward pass at the
    checkpoint's precision (``--predict-only RUN_DIR`` measures only this);
-3. where the fast run's time goes: cache build vs head training.
+3. the HTTP service (``ffd.serve``) on the same checkpoint: img/s and p50/p99
+   latency with 1 and 8 concurrent clients posting one image per request;
+4. where the fast run's time goes: cache build vs head training.
 
 Writes ``bench.json`` and ``bench.md`` under ``outputs/bench/<date_time>/``.
 Absolute times vary between machines: compare the ratios.
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 from omegaconf import OmegaConf
 
@@ -43,6 +46,7 @@ from ffd.inference.scorers import CheckpointScorer, load_scorer
 from ffd.metrics.tables import markdown_table
 from ffd.models.checkpoint import load_checkpoint
 from ffd.runtime import autocast_dtype, mixed_precision
+from ffd.service.client import put_load, running_service
 
 log = logging.getLogger("ffd.bench")
 
@@ -101,6 +105,19 @@ def throughput(fn: Callable[[torch.Tensor], Any], batches: list[torch.Tensor], i
     return images / (time.perf_counter() - start)
 
 
+def best_checkpoint(run_dir: Path) -> Path:
+    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"), None)
+    if ckpt is None:
+        raise FfdError(f"{run_dir} has no checkpoints/epoch*.ckpt: pass a training run's folder.")
+    return ckpt
+
+
+def held_out(run_dir: Path) -> list[Path]:
+    return [
+        Path(r.path) for r in read_manifest(run_dir / "manifest.csv") if r.ok and r.split in ("val", "test")
+    ]
+
+
 def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, float]:
     """img/s of ``ffd.predict`` (decode included) from the checkpoint and from its ONNX export,
     against the raw backbone forward pass in fp32 (what they run) and at the training precision.
@@ -109,11 +126,8 @@ def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, flo
     core busy, and loader workers measured slower (2 cores: 243 img/s with 0
     workers, 193-202 with 1-2).
     """
-    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"), None)
-    if ckpt is None:
-        raise FfdError(f"{run_dir} has no checkpoints/epoch*.ckpt: pass a training run's folder.")
-    rows = [r for r in read_manifest(run_dir / "manifest.csv") if r.ok and r.split in ("val", "test")]
-    files = [Path(r.path) for r in rows] * repeats
+    ckpt = best_checkpoint(run_dir)
+    files = held_out(run_dir) * repeats
     export_cfg = compose_config("export", [f"ckpt_path={ckpt}", "formats=[onnx]"])
     export_cfg.paths.output_dir = str(out / "export")
     export(export_cfg)
@@ -147,6 +161,28 @@ def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, flo
     return result
 
 
+def measure_service(run_dir: Path, out: Path, seconds: float = 20) -> dict[str, Any]:
+    """``python -m ffd.serve`` on the run's checkpoint: 1 and 8 concurrent clients, each posting one
+    held-out image per request (from memory), back to back for ``seconds``."""
+    images = [(p.name, p.read_bytes()) for p in held_out(run_dir)]
+    overrides = f"hydra.run.dir={out / 'serve'}"
+    with running_service(best_checkpoint(run_dir), overrides, log=out / "serve.log") as url:
+        put_load(url, images, 2, 3)  # warm-up
+        result: dict[str, Any] = {f"clients_{n}": put_load(url, images, n, seconds) for n in (1, 8)}
+        result["healthz"] = httpx.get(f"{url}/healthz").json()
+    return result
+
+
+def service_line(s: dict[str, Any], p: dict[str, float]) -> str:
+    one, eight, batch = s["clients_1"], s["clients_8"], p["predict_checkpoint_img_per_s"]
+    return (
+        f"Service (ffd.serve, one image per request, decode included): 1 client {one['img_per_s']:.0f} "
+        f"img/s, p50 {one['p50_ms']:.0f} ms, p99 {one['p99_ms']:.0f} ms; 8 clients {eight['img_per_s']:.0f} "
+        f"img/s ({100 * eight['img_per_s'] / batch:.0f} % of predict's {batch:.0f} img/s), p50 "
+        f"{eight['p50_ms']:.0f} ms, p99 {eight['p99_ms']:.0f} ms; errors {one['errors'] + eight['errors']}."
+    )
+
+
 def predict_line(p: dict[str, float]) -> str:
     ckpt, onnx, raw = p["predict_checkpoint_img_per_s"], p["predict_onnx_img_per_s"], p["backbone_img_per_s"]
     mixed = next(k for k in p if k.startswith("backbone_") and k != "backbone_img_per_s")
@@ -173,6 +209,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Fast run: manifest + feature cache {f['setup_s']:.1f} s, head training + validation "
         f"{f['fit_s'] - f['setup_s']:.1f} s, wall {f['wall_s']:.1f} s (includes start-up and test).",
         predict_line(p),
+        service_line(report["service"], p),
     ]
     if len(runs) > 1:
         acc, auroc = (torch.tensor([r[k] for r in runs]) for k in ("test_acc", "test_auroc"))
@@ -215,6 +252,7 @@ def bench(out: Path, skip_naive: bool, seeds: int) -> dict[str, Any]:
         for seed in range(cfg.seed + 1, cfg.seed + seeds)
     ]
     report["predict"] = measure_predict(Path(report["fast"]["run_dir"]), out)
+    report["service"] = measure_service(Path(report["fast"]["run_dir"]), out)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     if "naive" in report:
         table = markdown(report)
@@ -224,10 +262,13 @@ def bench(out: Path, skip_naive: bool, seeds: int) -> dict[str, Any]:
     return report
 
 
-def bench_predict(run_dir: Path, out: Path) -> dict[str, float]:
-    """Predict throughput of a training run only (``--predict-only``); writes predict.json into ``out``."""
+def bench_predict(run_dir: Path, out: Path) -> dict[str, Any]:
+    """Inference throughput of a training run only (``--predict-only``): predict and the service;
+    writes predict.json into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    result = measure_predict(run_dir, out)
+    result: dict[str, Any] = measure_predict(run_dir, out)
+    result["service"] = measure_service(run_dir, out)
     (out / "predict.json").write_text(json.dumps(result, indent=2))
     log.info("%s", predict_line(result))
+    log.info("%s", service_line(result["service"], result))
     return result

@@ -1,0 +1,1 @@
+"""ffd's HTTP service (``python -m ffd.serve``): the shipped model behind an API and a web page."""

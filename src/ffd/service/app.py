@@ -1,0 +1,193 @@
+"""The HTTP API and the web page, on FastAPI (``fastapi-offline``: its API docs need no CDN).
+
+Routes: ``GET /`` the page, ``POST /v1/predict`` (multipart file fields; ``explain``
+and ``face_crop`` query flags), ``GET /v1/model`` (the model card), ``GET /healthz``,
+``/docs`` and ``/openapi.json``. Each image gets the row ``ffd.predict`` writes
+(path = the uploaded file's name), optionally with its face crop and Grad-CAM
+overlay as base64 PNGs. A request where no image could be scored is answered 422,
+with the rows; malformed or oversized requests 4xx with a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import io
+import json
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from anyio import to_thread
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
+from PIL import Image
+from pydantic import BaseModel
+
+from ffd import __version__
+from ffd.data.batches import Item, decode_item
+from ffd.data.faces import FaceCropper
+from ffd.inference.predict import result_row
+from ffd.service.batcher import Batcher
+from ffd.service.model import ServedModel
+from ffd.service.settings import Settings
+from ffd.service.uploads import read_uploads
+
+PREVIEW_SIDE = 256  # face crops are sent back at most this large
+
+
+class Row(BaseModel):
+    path: str
+    p_fake: float | None
+    label: str
+    status: str
+    message: str
+    face_crop_png: str | None = None
+    heatmap_png: str | None = None
+
+
+class Predictions(BaseModel):
+    threshold: float
+    results: list[Row]
+
+
+MULTIPART = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def preview(crop: Image.Image) -> Image.Image:
+    small = crop.copy()
+    small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    return small
+
+
+class RequestLog:
+    """``serve.log_dir``: each upload under its sha256 in uploads/, and its row in predictions.jsonl."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        (folder / "uploads").mkdir(parents=True, exist_ok=True)
+
+    def write(self, data: bytes, row: dict[str, Any]) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        if not (path := self.folder / "uploads" / digest).exists():
+            path.write_bytes(data)
+        entry = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "sha256": digest}
+        kept = {k: v for k, v in row.items() if not k.endswith("_png")}
+        with (self.folder / "predictions.jsonl").open("a") as fh:
+            fh.write(json.dumps({**entry, **kept}) + "\n")
+
+
+def create_app(served: ServedModel, settings: Settings) -> FastAPI:
+    scorer, threshold = served.scorer, served.scorer.threshold
+    cropper = FaceCropper(settings.face_margin)
+    crop_lock = threading.Lock()  # one OpenCV cascade, used from the decode threads
+    request_log = RequestLog(Path(settings.log_dir)) if settings.log_dir else None
+    page = files("ffd.service").joinpath("page.html").read_text()
+    state: dict[str, Batcher] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state["batcher"] = Batcher(scorer.p_fake, settings.max_batch, settings.max_wait_ms / 1000)
+        state["batcher"].start()
+        yield
+        await state["batcher"].stop()
+
+    app = FastAPIOffline(title="ffd", version=__version__, lifespan=lifespan, summary=__doc__.split("\n")[0])
+
+    def authorized(request: Request) -> None:
+        if settings.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
+            raise HTTPException(
+                401, "missing or wrong token: send the header 'Authorization: Bearer <serve.token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+
+    def decode(name: str, data: bytes, face_crop: bool) -> Item:
+        path = Path(name)  # shown back to the client only; never opened
+        if not face_crop:
+            return decode_item(path, data, served.size, None, settings.max_pixels)
+        with crop_lock:
+            return decode_item(path, data, served.size, cropper, settings.max_pixels)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Liveness, and how many images and forward passes the service has run (batching at work)."""
+        return {"status": "ok", **state["batcher"].stats}
+
+    @app.get("/v1/model", dependencies=[Depends(authorized)])
+    async def model_card() -> dict[str, Any]:
+        """The model card: input, threshold, temperature, metrics, training run; whether heatmaps work."""
+        return {**served.card, "explain_note": served.explain_note}
+
+    @app.post(
+        "/v1/predict", dependencies=[Depends(authorized)], response_model=Predictions,
+        openapi_extra=MULTIPART, responses={422: {"description": "no image could be scored (rows say why)"}},
+    )  # fmt: skip
+    async def predict(request: Request, explain: bool = False, face_crop: bool = False) -> Any:
+        """Score uploaded images: one row per file, as ``ffd.predict`` writes (path = the file's name)."""
+        if explain and served.explainer is None:
+            raise HTTPException(409, f"explain=true is not available here. {served.explain_note}")
+        uploads = await read_uploads(request, settings.max_upload_bytes, settings.max_files)
+        items = [await to_thread.run_sync(decode, name, data, face_crop) for name, data in uploads]
+        ok = [it for it in items if it.image is not None]
+        batcher = state["batcher"]
+        try:
+            async with asyncio.timeout(settings.timeout_s):
+                scores = await asyncio.gather(*(batcher.score(it.image) for it in ok))  # type: ignore[arg-type]
+                heatmaps = (
+                    await batcher.in_model_thread(served.explainer.overlays, [it.image for it in ok])  # type: ignore[union-attr]
+                    if explain else []
+                )  # fmt: skip
+        except TimeoutError:
+            raise HTTPException(
+                503, f"scoring took longer than serve.timeout_s={settings.timeout_s:g} s: the service is "
+                "busy; retry, send fewer images, or raise serve.timeout_s",
+            ) from None  # fmt: skip
+        p_fake = dict(zip(map(id, ok), scores, strict=True))
+        overlays = dict(zip(map(id, ok), heatmaps, strict=False))
+        rows = []
+        for (name, data), item in zip(uploads, items, strict=True):
+            row = result_row(name, item, p_fake.get(id(item)), threshold)
+            if face_crop:
+                row["face_crop_png"] = png(preview(item.crop)) if item.crop is not None else None
+            if explain:
+                row["heatmap_png"] = png(overlays[id(item)]) if id(item) in overlays else None
+            if request_log:
+                request_log.write(data, row)
+            rows.append(row)
+        return JSONResponse({"threshold": threshold, "results": rows}, status_code=200 if ok else 422)
+
+    return app

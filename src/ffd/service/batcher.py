@@ -1,0 +1,88 @@
+"""Dynamic batching: images from concurrent requests go through the model together.
+
+Each request hands its decoded images to ``Batcher.score`` and awaits their
+p_fake. One task gathers what has arrived, up to ``max_batch`` images, waiting
+at most ``max_wait_s`` after the first, and runs the model on them in the
+model's one thread (images of different sizes go in separate forward passes, as
+in ``ffd.predict``). The event loop never waits on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+class Batcher:
+    def __init__(self, score: Callable[[torch.Tensor], list[float]], max_batch: int, max_wait_s: float):
+        self._score, self.max_batch, self.max_wait_s = score, max_batch, max_wait_s
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ffd-model")
+        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[float]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.stats = {"images": 0, "forward_passes": 0, "largest_batch": 0}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._pool.shutdown(wait=True)
+
+    async def score(self, image: torch.Tensor) -> float:
+        """p_fake of one decoded uint8 image (H, W, 3), scored in a batch with others."""
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((image, future))
+        return await future
+
+    async def in_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run other work on the model (Grad-CAM) in its thread, between batches."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _gather(self) -> list[tuple[torch.Tensor, asyncio.Future[float]]]:
+        pending = [await self._queue.get()]
+        deadline = asyncio.get_running_loop().time() + self.max_wait_s
+        while len(pending) < self.max_batch:
+            try:
+                pending.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                pending.append(await asyncio.wait_for(self._queue.get(), left))
+            except TimeoutError:
+                break
+        return [(image, future) for image, future in pending if not future.done()]  # timed-out requests
+
+    async def _run(self) -> None:
+        while True:
+            pending = await self._gather()
+            by_shape: dict[torch.Size, list[tuple[torch.Tensor, asyncio.Future[float]]]] = {}
+            for image, future in pending:
+                by_shape.setdefault(image.shape, []).append((image, future))
+            for group in by_shape.values():
+                try:
+                    scores = await self.in_model_thread(self._score, torch.stack([im for im, _ in group]))
+                except Exception as err:  # the requests see the error; the service goes on
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(err)
+                    continue
+                self.stats["images"] += len(group)
+                self.stats["forward_passes"] += 1
+                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
+                for (_, future), p in zip(group, scores, strict=True):
+                    if not future.done():
+                        future.set_result(p)

@@ -1,0 +1,132 @@
+"""Driving a service from outside, as its users do: start ``python -m ffd.serve`` in a child process, and
+put load on it from concurrent clients (``make bench``, the tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+
+from ffd.errors import FfdError
+
+READY = re.compile(r"Serving .* at (http://\S+?)/ ")
+
+
+@contextlib.contextmanager
+def running_service(
+    ckpt_path: str | Path, *overrides: str, log: Path, env: dict[str, str] | None = None, wait_s: float = 180
+) -> Iterator[str]:
+    """``python -m ffd.serve ckpt_path=... serve.port=0 OVERRIDES`` in its own process group, its output
+    in ``log``; yields the base URL once /healthz answers. The whole group is killed on the way out."""
+    cmd = [sys.executable, "-m", "ffd.serve", f"ckpt_path={ckpt_path}", "serve.port=0", *overrides]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    try:
+        yield wait_ready(proc, log, wait_s)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_ready(proc: subprocess.Popen, log: Path, wait_s: float) -> str:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FfdError(f"ffd.serve exited with status {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if found := READY.search(log.read_text()):
+            url = found.group(1)
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    return url
+        time.sleep(0.2)
+    raise FfdError(f"ffd.serve did not answer within {wait_s:.0f} s; see {log}")
+
+
+def local_only(url: str) -> None:
+    """Refuse to put load on anything but this machine."""
+    host = urlparse(url).hostname or ""
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    if host != "localhost":
+        raise FfdError(f"{url}: load is only put on this machine's own service (127.0.0.1).")
+
+
+async def _load(
+    url: str, images: Sequence[tuple[str, bytes]], clients: int, duration_s: float, headers: dict[str, str]
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
+        stop = time.perf_counter() + duration_s
+
+        async def one_client(first: int) -> None:
+            k = first
+            while time.perf_counter() < stop:
+                name, data = images[k % len(images)]
+                k += clients
+                start = time.perf_counter()
+                try:
+                    response = await client.post("/v1/predict", files={"file": (name, data)})
+                except httpx.HTTPError as err:
+                    statuses["no answer"] += 1
+                    errors.append(f"{type(err).__name__}: {err}")
+                    continue
+                latencies.append(time.perf_counter() - start)
+                statuses[response.status_code] += 1
+                if response.status_code != 200:
+                    errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one_client(i) for i in range(clients)))
+        wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": sum(statuses.values()),
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "statuses": dict(statuses),
+        "img_per_s": round(statuses[200] / wall, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+    }
+
+
+def put_load(
+    url: str, images: Sequence[tuple[str, bytes]], clients: int, duration_s: float, token: str | None = None
+) -> dict[str, Any]:
+    """``clients`` concurrent clients, each posting one image per request, back to back, for
+    ``duration_s``: requests, errors, img/s and p50/p99 latency."""
+    local_only(url)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return asyncio.run(_load(url, images, clients, duration_s, headers))

@@ -1,0 +1,51 @@
+"""Starting the service: settings checked, model loaded, socket bound, then uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import uvicorn
+from omegaconf import DictConfig
+
+from ffd.errors import FfdError
+from ffd.service.app import create_app
+from ffd.service.model import ServedModel
+from ffd.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; port 0 takes any free one."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as err:
+        raise FfdError(
+            f"Cannot listen on {host}:{port} ({err.strerror}): choose another serve.port (0 = any free "
+            "one) or serve.host."
+        ) from None
+    return sock
+
+
+def serve(cfg: DictConfig) -> None:
+    """``python -m ffd.serve``: serve ``cfg.ckpt_path`` until interrupted."""
+    settings = Settings.from_config(cfg.serve)
+    served = ServedModel(cfg.ckpt_path, settings.cam_method)
+    app = create_app(served, settings)
+    sock = listen(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    log.info(
+        "Serving %s (threshold %.4g) at %s/ : POST /v1/predict, GET /v1/model, docs at /docs%s",
+        cfg.ckpt_path, served.scorer.threshold, url, ", bearer token required" if settings.token else "",
+    )  # fmt: skip
+    config = uvicorn.Config(
+        app, log_config=None, access_log=settings.access_log, timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
+    )  # fmt: skip
+    uvicorn.Server(config).run(sockets=[sock])

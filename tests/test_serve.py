@@ -10,6 +10,7 @@ import io
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -234,7 +235,9 @@ def test_bad_settings_are_one_line_before_the_model_loads(trained, tmp_path: Pat
 
 
 def settings(**overrides) -> Settings:
-    return Settings.from_config({**OmegaConf.to_container(compose_config("serve").serve), **overrides})
+    return Settings.from_config(
+        {**OmegaConf.to_container(compose_config("serve").serve, resolve=True), **overrides}
+    )
 
 
 def test_settings_checks() -> None:
@@ -275,7 +278,7 @@ def test_batcher_gathers_concurrent_images_and_keeps_going_after_an_error() -> N
         return x.float().mean((1, 2, 3)).tolist()
 
     async def scenario() -> tuple[list[float], str]:
-        batcher = Batcher(score, max_batch=4, max_wait_s=0.05)
+        batcher = Batcher(score, max_batch=4, max_wait_s=0.05, model_thread=ThreadPoolExecutor(1))
         batcher.start()
         images = [torch.full((8, 8, 3), v, dtype=torch.uint8) for v in range(6)]
         got = await asyncio.gather(*(batcher.score(im) for im in images))
@@ -343,3 +346,28 @@ def test_load_8_clients_30_s(trained, service) -> None:
     after = httpx.get(f"{url}/healthz").json()
     assert result["errors"] == 0 and result["statuses"] == {200: result["requests"]}, result
     assert result["requests"] >= 8 and after["images"] - before["images"] == result["requests"]
+
+
+def test_a_request_not_scored_in_time_is_a_503() -> None:
+    """A model slower than serve.timeout_s: 503 with a message, and the service keeps answering."""
+    import time
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from ffd.service.app import create_app
+
+    def slow(x: torch.Tensor) -> list[float]:
+        time.sleep(0.5)
+        return [0.5] * len(x)
+
+    scorer = SimpleNamespace(p_fake=slow, threshold=0.5, preprocess={"size": 32})
+    served = SimpleNamespace(scorer=scorer, size=32, explainer=None, explain_note="No heatmaps.", card={})
+    image = io.BytesIO()
+    Image.new("RGB", (40, 40)).save(image, "PNG")
+    app = create_app(served, settings(timeout_s=0.1), ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        answer = client.post("/v1/predict", files={"file": ("a.png", image.getvalue())})
+        assert answer.status_code == 503 and "serve.timeout_s=0.1" in answer.json()["detail"]
+        assert client.post("/v1/predict?explain=true", files={"file": ("a.png", b"x")}).status_code == 409
+        assert client.get("/healthz").status_code == 200

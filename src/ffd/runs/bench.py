@@ -162,25 +162,32 @@ def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, flo
 
 
 def measure_service(run_dir: Path, out: Path, seconds: float = 20) -> dict[str, Any]:
-    """``python -m ffd.serve`` on the run's checkpoint: 1 and 8 concurrent clients, each posting one
-    held-out image per request (from memory), back to back for ``seconds``."""
+    """``python -m ffd.serve`` on the run's checkpoint and on its ONNX export (made by
+    ``measure_predict``): 1 and 8 concurrent clients, each posting one held-out image per request
+    (from memory), back to back for ``seconds``."""
     images = [(p.name, p.read_bytes()) for p in held_out(run_dir)]
-    overrides = f"hydra.run.dir={out / 'serve'}"
-    with running_service(best_checkpoint(run_dir), overrides, log=out / "serve.log") as url:
-        put_load(url, images, 2, 3)  # warm-up
-        result: dict[str, Any] = {f"clients_{n}": put_load(url, images, n, seconds) for n in (1, 8)}
-        result["healthz"] = httpx.get(f"{url}/healthz").json()
+    result: dict[str, Any] = {}
+    for name, model in (("checkpoint", best_checkpoint(run_dir)), ("onnx", out / "export")):
+        folder = out / f"serve_{name}"
+        with running_service(model, f"hydra.run.dir={folder}", log=folder / "serve.log") as url:
+            put_load(url, images, 2, 3)  # warm-up
+            result[name] = {f"clients_{n}": put_load(url, images, n, seconds) for n in (1, 8)}
+            result[name]["healthz"] = httpx.get(f"{url}/healthz").json()
     return result
 
 
 def service_line(s: dict[str, Any], p: dict[str, float]) -> str:
-    one, eight, batch = s["clients_1"], s["clients_8"], p["predict_checkpoint_img_per_s"]
-    return (
-        f"Service (ffd.serve, one image per request, decode included): 1 client {one['img_per_s']:.0f} "
-        f"img/s, p50 {one['p50_ms']:.0f} ms, p99 {one['p99_ms']:.0f} ms; 8 clients {eight['img_per_s']:.0f} "
-        f"img/s ({100 * eight['img_per_s'] / batch:.0f} % of predict's {batch:.0f} img/s), p50 "
-        f"{eight['p50_ms']:.0f} ms, p99 {eight['p99_ms']:.0f} ms; errors {one['errors'] + eight['errors']}."
-    )
+    parts = []
+    for name, served in s.items():
+        one, eight, batch = served["clients_1"], served["clients_8"], p[f"predict_{name}_img_per_s"]
+        share = 100 * eight["img_per_s"] / batch
+        parts.append(
+            f"from the {name}: 1 client {one['img_per_s']:.0f} img/s (p50 {one['p50_ms']:.0f} ms, p99 "
+            f"{one['p99_ms']:.0f} ms), 8 clients {eight['img_per_s']:.0f} img/s ({share:.0f} % of predict's "
+            f"{batch:.0f} img/s; p50 {eight['p50_ms']:.0f} ms, p99 {eight['p99_ms']:.0f} ms), "
+            f"errors {one['errors'] + eight['errors']}"
+        )
+    return "Service (ffd.serve, one image per request, decode included): " + "; ".join(parts) + "."
 
 
 def predict_line(p: dict[str, float]) -> str:

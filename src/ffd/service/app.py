@@ -18,6 +18,7 @@ import io
 import json
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -104,7 +105,8 @@ class RequestLog:
             fh.write(json.dumps({**entry, **kept}) + "\n")
 
 
-def create_app(served: ServedModel, settings: Settings) -> FastAPI:
+def create_app(served: ServedModel, settings: Settings, model_thread: ThreadPoolExecutor) -> FastAPI:
+    """The app for a model loaded in ``model_thread`` (one worker), where all its work runs."""
     scorer, threshold = served.scorer, served.scorer.threshold
     cropper = FaceCropper(settings.face_margin)
     crop_lock = threading.Lock()  # one OpenCV cascade, used from the decode threads
@@ -114,7 +116,8 @@ def create_app(served: ServedModel, settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state["batcher"] = Batcher(scorer.p_fake, settings.max_batch, settings.max_wait_ms / 1000)
+        wait_s = settings.max_wait_ms / 1000
+        state["batcher"] = Batcher(scorer.p_fake, settings.max_batch, wait_s, model_thread)
         state["batcher"].start()
         yield
         await state["batcher"].stop()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
+import logging
 import os
 import re
 import signal
@@ -23,7 +25,15 @@ import numpy as np
 
 from ffd.errors import FfdError
 
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+
 READY = re.compile(r"Serving .* at (http://\S+?)/ ")
+
+
+def die_with_parent() -> None:
+    """In the child (Linux): SIGTERM when the process that started it dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @contextlib.contextmanager
@@ -31,7 +41,8 @@ def running_service(
     ckpt_path: str | Path, *overrides: str, log: Path, env: dict[str, str] | None = None, wait_s: float = 180
 ) -> Iterator[str]:
     """``python -m ffd.serve ckpt_path=... serve.port=0 OVERRIDES`` in its own process group, its output
-    in ``log``; yields the base URL once /healthz answers. The whole group is killed on the way out."""
+    in ``log``; yields the base URL once /healthz answers. The whole group is killed on the way out, and
+    the service ends with this process however it ends."""
     cmd = [sys.executable, "-m", "ffd.serve", f"ckpt_path={ckpt_path}", "serve.port=0", *overrides]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
@@ -41,6 +52,7 @@ def running_service(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     try:
         yield wait_ready(proc, log, wait_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import uvicorn
 from omegaconf import DictConfig
@@ -20,7 +21,7 @@ def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket; port 0 takes any free one."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio then sets TCP_NODELAY
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
@@ -35,8 +36,9 @@ def listen(host: str, port: int) -> socket.socket:
 def serve(cfg: DictConfig) -> None:
     """``python -m ffd.serve``: serve ``cfg.ckpt_path`` until interrupted."""
     settings = Settings.from_config(cfg.serve)
-    served = ServedModel(cfg.ckpt_path, settings.cam_method)
-    app = create_app(served, settings)
+    model_thread = ThreadPoolExecutor(1, thread_name_prefix="ffd-model")  # see ffd.service.batcher
+    served = model_thread.submit(ServedModel, cfg.ckpt_path, settings.cam_method).result()
+    app = create_app(served, settings, model_thread)
     sock = listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -48,4 +50,7 @@ def serve(cfg: DictConfig) -> None:
         app, log_config=None, access_log=settings.access_log, timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
     )  # fmt: skip
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        model_thread.shutdown(wait=True)

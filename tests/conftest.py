@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import zlib
@@ -68,20 +70,52 @@ def build_datamodule(root: Path, model: FakeFaceClassifier, **kwargs):
     return build(cfg.data, **settings)
 
 
-def start_train(args: list[str], cwd: Path) -> subprocess.Popen:
-    """``python -m ffd.train ARGS`` as a child process, stdout and stderr together."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "ffd.train", *args], cwd=cwd, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+_STARTED: list[subprocess.Popen] = []  # every child a test started: killed, with its group, at the end
 
 
-def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m ffd.train ARGS`` to the end (10 minutes at most), output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "ffd.train", *args], cwd=cwd, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
-        capture_output=True, text=True, timeout=600,
+def start_train(args: list[str], cwd: Path, module: str = "ffd.train") -> subprocess.Popen:
+    """``python -m ffd.train ARGS`` as a child process in its own process group, stdout and stderr
+    together. Its loader workers and other children share the group: ``kill_group`` ends them all."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=cwd, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
+    _STARTED.append(proc)
+    return proc
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal a child's whole process group (the child, its loader workers, anything they started)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    if sig == signal.SIGKILL:
+        proc.wait()
+
+
+def group_alive(proc: subprocess.Popen) -> bool:
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run_train(*args: str, cwd: Path, module: str = "ffd.train") -> subprocess.CompletedProcess:
+    """``python -m ffd.train ARGS`` to the end (10 minutes at most), stdout and stderr together."""
+    proc = start_train(list(args), cwd, module)
+    try:
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        kill_group(proc)  # what it left behind, if anything
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_outlives_the_suite():
+    """Whatever a test started (and whatever that started) ends with the suite."""
+    yield
+    for proc in _STARTED:
+        kill_group(proc)
 
 
 def write_jpegs(folder: Path, names: list[str], seed: int = 0, size: int = 48) -> list[Path]:

@@ -81,7 +81,7 @@ def test_eval_refuses_what_is_not_an_ffd_checkpoint(make_cfg, tmp_path: Path) ->
     with pytest.raises(FfdError, match="not an ffd checkpoint"):
         evaluate(make_cfg(f"ckpt_path={other}", config="eval"))
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
-    with pytest.raises(FfdError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(FfdError, match="not a PyTorch checkpoint: it is truncated or another kind of file"):
         evaluate(make_cfg(f"ckpt_path={tmp_path / 'junk.ckpt'}", config="eval"))
 
 

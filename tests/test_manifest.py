@@ -8,7 +8,7 @@ import pytest
 from conftest import split_settings, write_jpegs
 
 from ffd.data.facts import FAKE, REAL, parse_fake_name
-from ffd.data.layouts import DataLayoutError, discover
+from ffd.data.layouts import CsvError, DataLayoutError, discover
 from ffd.data.manifest import LeakageError, build_manifest, check_no_leakage
 from ffd.data.records import Record, read_manifest, write_manifest
 from ffd.errors import ConfigError
@@ -162,7 +162,7 @@ def test_other_layouts(tmp_path: Path) -> None:
     rows = discover(csv)
     assert [(Path(r.path).name, r.label) for r in rows] == [("a.jpg", 0), ("c.png", 1)]
     csv.write_text("path,label\nflat/real/a.jpg,maybe\n")
-    with pytest.raises(DataLayoutError, match="line 2"):
+    with pytest.raises(CsvError, match="line 2, column label: 'maybe'"):
         discover(csv)
 
 
@@ -179,7 +179,7 @@ def test_csv_split_column(tmp_path: Path) -> None:
     csv.write_text("path,label,split\nimg/a.jpg,real,train\nimg/b.jpg,fake,valid\n")
     assert [r.split for r in discover(csv)] == ["train", "val"]
     csv.write_text("path,label,split\nimg/a.jpg,real,training\n")
-    with pytest.raises(DataLayoutError, match="line 2: split 'training'"):
+    with pytest.raises(CsvError, match="line 2, column split: 'training'"):
         discover(csv)
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, start_train
+from conftest import TINY, group_alive, kill_group, start_train
 
 from ffd.errors import ConfigError
 from ffd.runs.resume import resolve_ckpt_path
@@ -49,9 +49,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_synthetic: Path, tm
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)  # no clean-up, no final checkpoint
-    proc.wait()
+    kill_group(proc)  # the run and its two loader workers: no clean-up, no final checkpoint
     assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while group_alive(proc) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not group_alive(proc), "a loader worker of the killed run is still alive"
     assert not (killed / "metrics.json").exists()
     done = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
     assert done < epochs - 1, "the run finished before it was killed"
@@ -74,11 +77,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_synthetic: Path, tm
     assert (killed / "csv" / "metrics.before_resume_1.csv").exists()  # the first attempt's curves stay
 
 
-def test_ckpt_path_last_needs_a_run_folder(tmp_path: Path) -> None:
+def test_ckpt_path_last_needs_a_run_folder(trained, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="hydra.run.dir=outputs/train/<run> ckpt_path=last"):
         resolve_ckpt_path("last", tmp_path)
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    shutil.copy(trained[0], tmp_path / "checkpoints" / "last.ckpt")
     assert resolve_ckpt_path("last", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
     assert resolve_ckpt_path(str(tmp_path), "/elsewhere") == str(tmp_path / "checkpoints" / "last.ckpt")
     with pytest.raises(ConfigError, match="does not exist"):

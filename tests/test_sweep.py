@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY, start_train
+from conftest import TINY, kill_group, start_train
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
@@ -29,8 +27,7 @@ def test_optuna_study_killed_and_resumed(tiny_synthetic: Path, tmp_path: Path) -
     deadline = time.monotonic() + 300
     while not list(study_dir.glob("*/1")) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.kill(first.pid, signal.SIGKILL)  # during the second trial
-    first.wait()
+    kill_group(first)  # during the second trial
     [started] = [p for p in study_dir.iterdir() if p.is_dir()]
     done_before = (started / "0" / "metrics.json").read_text()
     assert not (started / "1" / "metrics.json").exists()

@@ -62,7 +62,7 @@ def test_multirun_sweep_gives_each_run_its_folder(tiny_synthetic: Path, tmp_path
         "model.optimizer.lr=1e-3,1e-4",
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:]
     sweeps = list((tmp_path / "outputs" / "train" / "multirun").iterdir())
     assert len(sweeps) == 1
     runs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ffd.data.cache import cache_mode
-from ffd.data.cache.features import Encoder, FeatureDataset, build_feature_cache, feature_key, once_per_node
+from ffd.data.cache.features import Encoder, FeatureDataset, build_feature_cache, feature_key
 from ffd.data.cache.pixels import PixelDataset
 from ffd.data.dataset import ImageDataset
 from ffd.data.facts import SPLITS
@@ -187,12 +187,11 @@ class FaceDataModule(L.LightningDataModule):
         workers = self.num_workers if device.type == "cuda" else 0
         autocast = trainer.precision_plugin.forward_context if trainer else contextlib.nullcontext
 
-        def build() -> dict[str, Any]:  # builds the cache, or opens it when it is there
-            return build_feature_cache(
-                folder, encoder, splits, images, device, autocast, workers, self.split["seed"]
-            )
-
-        store = once_per_node(trainer, build)
+        # Builds the cache, or opens it once it is there: under DDP the first rank of each disk
+        # builds while the others wait on the cache's lock (no collective, so no timeout).
+        store = build_feature_cache(
+            folder, encoder, splits, images, device, autocast, workers, self.split["seed"]
+        )
         return {s: FeatureDataset(store[s], [r.label for r in rows[s]]) for s in SPLITS}
 
     def _loader(self, split: str) -> DataLoader:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import io
+import os
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,13 +20,18 @@ class ImageDecodeError(ValueError):
 
 
 def read_file(path: str | Path) -> bytes:
-    """A file's bytes; missing and unreadable files raise ImageDecodeError."""
+    """A file's bytes; missing and unreadable files (broken symlinks, loops) raise ImageDecodeError."""
+    path = Path(path)
     try:
-        data = Path(path).read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageDecodeError(f"broken symlink: its target {os.readlink(path)} does not exist") from None
         raise ImageDecodeError("no such file") from None
     except OSError as err:
-        raise ImageDecodeError(f"cannot read the file: {err}") from err
+        if err.errno == errno.ELOOP:
+            raise ImageDecodeError("symlink loop: the link leads back to itself") from None
+        raise ImageDecodeError(f"cannot read the file: {err.strerror or err}") from err
     return data
 
 
@@ -72,17 +79,27 @@ def load_rgb(path: str | Path, min_size: int | None) -> Image.Image:
     return decode_rgb(read_file(path), min_size)
 
 
+def is_file_entry(path: Path) -> bool:
+    """A file, or a symlink that is not a folder's (broken ones and loops too: they get a row)."""
+    return path.is_file() or (path.is_symlink() and not path.is_dir())
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under a folder, recursively, by name (symlinked files included)."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and is_file_entry(p))
+
+
 def expand_input(spec: str) -> list[Path]:
     """The files an ``input`` names: a file, a folder (recursive), a glob, or a .txt list of paths."""
     path = Path(spec).expanduser()
     if any(c in spec for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        files = sorted(p for p in map(Path, glob.glob(spec, recursive=True)) if is_file_entry(p))
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(path)
     elif path.suffix.lower() == ".txt" and path.is_file():
         lines = [line.strip() for line in path.read_text().splitlines()]
         files = [Path(line) if Path(line).is_absolute() else path.parent / line for line in lines if line]
-    elif path.is_file():
+    elif is_file_entry(path):
         files = [path]
     else:
         raise FfdError(f"input={spec} is not an image, a folder, a glob or a .txt list of paths.")

@@ -13,7 +13,7 @@ class Record:
     """One row of the manifest.
 
     Attributes:
-        path: Absolute path of the image file.
+        path: Absolute path of the image file, as found (symlinks not followed).
         label: REAL (0) or FAKE (1).
         source: Layout the file came from (ciplab, folders, presplit, csv).
         difficulty: CIPLAB fake difficulty (easy/mid/hard); empty otherwise.
@@ -21,7 +21,9 @@ class Record:
         sha256: Hash of the file's bytes.
         split: train, val or test; empty for rows not used.
         status: ok, duplicate or unreadable.
-        reason: Why a row is not ok.
+        reason: Why a row is not ok (or, on an ok row, a note such as a fake name outside
+            CIPLAB's scheme).
+        target: Where ``path`` leads when a symlink is on the way (resolved); empty otherwise.
     """
 
     path: str
@@ -33,6 +35,7 @@ class Record:
     split: str = ""
     status: str = "ok"
     reason: str = ""
+    target: str = ""
 
     @property
     def ok(self) -> bool:
@@ -52,6 +55,7 @@ def write_manifest(records: Iterable[Record], path: str | Path) -> None:
 
 
 def read_manifest(path: str | Path) -> list[Record]:
+    """A manifest's rows (one written before a column existed gets its default)."""
     with Path(path).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     return [Record(**{k: int(v) if k == "label" else v for k, v in row.items()}) for row in rows]  # type: ignore[arg-type]

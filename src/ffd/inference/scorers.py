@@ -100,9 +100,11 @@ def load_scorer(path: str | Path) -> Scorer:
         )
     if Path(path).is_dir():
         if not (Path(path) / "model.onnx").is_file():
+            found = sorted(p.name for p in Path(path).glob("checkpoints/*.ckpt"))
+            run = f" It is a training run folder with checkpoints/{{{','.join(found)}}}." if found else ""
             raise FfdError(
                 f"{path} is a folder without model.onnx: name a checkpoint (.ckpt), an ffd.export "
-                "folder or its model.onnx."
+                f"folder or its model.onnx.{run}"
             )
         path = Path(path) / "model.onnx"
     if Path(path).suffix == ".onnx":

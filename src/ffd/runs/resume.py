@@ -9,6 +9,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger
 
 from ffd.errors import ConfigError
+from ffd.models.checkpoint import read_checkpoint
 from ffd.runtime import is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,19 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     - ``last``: this run folder's ``checkpoints/last.ckpt``. To continue a killed run in
       its own folder, run again with ``hydra.run.dir=<that folder> ckpt_path=last``.
 
+    The checkpoint is read and checked here, before anything in the run folder is touched.
+
     Raises:
         ConfigError: When there is nothing to resume from, with the command that would work.
+        FfdError: The checkpoint is truncated, unsafe or not ffd's (``read_checkpoint``).
     """
+    resolved = _resolve(ckpt_path, output_dir)
+    if resolved:
+        read_checkpoint(resolved)
+    return resolved
+
+
+def _resolve(ckpt_path: str | None, output_dir: str | Path) -> str | None:
     if ckpt_path in (None, ""):
         return None
     if ckpt_path == "last":

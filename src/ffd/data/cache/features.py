@@ -8,33 +8,45 @@ for val/test. Training then draws one view per image per epoch and trains
 the head alone, so augmentation stays real and epochs cost almost nothing.
 The cache sits in memory-mapped ``.npy`` files (fp16) under a key made of
 everything that changes the features; any change gives a new key, so a stale
-cache is never read.
+cache is never read. A file lock per key lets one process build while others
+that need the same cache wait and reuse it; a build becomes visible only when
+complete (atomic rename).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ffd.data.images import DecodedImages
 from ffd.data.records import Record
+from ffd.errors import FfdError
 from ffd.progress import progress
 
 log = logging.getLogger(__name__)
+
+META = "meta.json"  # the build's last file
+SPACE_HELP = (
+    "Free space there, point paths.cache_dir at a disk with room (paths.cache_dir=/big/disk/cache), "
+    "cache fewer views (data.views=2) or train without the cache (data.cache=none)."
+)
 
 
 @dataclass
@@ -114,7 +126,14 @@ def build_feature_cache(
     num_workers: int,
     seed: int,
 ) -> dict[str, np.ndarray]:
-    """Compute and store the features of every (image, view), or reuse a complete cache in ``folder``.
+    """Compute and store the features of every (image, view), or reuse the complete cache in ``folder``.
+
+    One process builds a key's cache while every other one that wants it (a second run,
+    the other DDP ranks of a node) waits on its lock file and then reuses it. The build
+    goes into a temporary folder that is renamed to ``folder`` only when complete, so a
+    killed or failed build leaves nothing a later run trusts; the files' space is
+    reserved before the first feature is written, so a full disk is a message, never a
+    crash while writing.
 
     Args:
         splits: ``split -> (records, view transform, views)``.
@@ -126,13 +145,80 @@ def build_feature_cache(
 
     Returns:
         ``split -> read-only memmap of shape (n, views, C, h, w)``.
+
+    Raises:
+        FfdError: the cache folder is not writable, or its disk has too little free space.
     """
-    meta = folder / "meta.json"
-    if meta.exists():  # written last: its presence means the cache is complete
-        log.info("Reusing feature cache %s", folder)
-        return {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in splits}
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    cache_dir = folder.parent
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(folder.with_name(folder.name + ".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("Another process is building the feature cache %s: waiting for it", folder)
+            lock.acquire()
+    except OSError as err:
+        raise FfdError(
+            f"Can't write the feature cache in {cache_dir} ({err.strerror or err}): set paths.cache_dir "
+            "to a writable folder, or data.cache=none to train without it."
+        ) from err
+    try:
+        if (folder / META).exists():  # written last, inside the temporary folder
+            log.info("Reusing feature cache %s", folder)
+        else:
+            compute = partial(
+                _compute,
+                encoder=encoder,
+                splits=splits,
+                images=images,
+                device=device,
+                autocast=autocast,
+                num_workers=num_workers,
+                seed=seed,
+            )
+            _build_atomically(folder, compute)
+    finally:
+        lock.release()
+    return {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in splits}
+
+
+def _build_atomically(folder: Path, compute: Callable[[Path], None]) -> None:
+    """Run ``compute`` into ``<folder>.partial-<pid>``, then rename that to ``folder`` (under the lock)."""
+    # Under the lock no one else builds this key: what is there is a killed build's.
+    for stale in [folder, *folder.parent.glob(folder.name + ".partial-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    try:
+        tmp.mkdir()
+        compute(tmp)
+        tmp.rename(folder)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise FfdError(
+                f"The disk of {folder.parent} filled up while building the feature cache. {SPACE_HELP}"
+            ) from err
+        raise
+
+
+def _reserve(path: Path, needed: int) -> None:
+    """Allocate a file's blocks now: writing a memory map onto a full disk would kill the process
+    (SIGBUS) instead of raising."""
+    with path.open("r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, needed)
+
+
+def _compute(
+    out: Path,
+    encoder: Encoder,
+    splits: Mapping[str, tuple[Sequence[Record], Callable, int]],
+    images: DecodedImages,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    num_workers: int,
+    seed: int,
+) -> None:
     start = time.perf_counter()
     module = encoder.module.to(device).eval()
     n_views = 0
@@ -156,8 +242,13 @@ def build_feature_cache(
                 with torch.no_grad(), autocast():
                     f = module(x.contiguous(memory_format=encoder.memory_format)).float()
                 if store is None:
-                    shape = (len(records), views, *f.shape[1:])
-                    store = np.lib.format.open_memmap(folder / f"{split}.npy", "w+", np.float16, shape)
+                    if n_views == 0:  # the first batch tells the feature size: is there room for all?
+                        _check_space(out, total * f[0].numel() * 2)
+                    path = out / f"{split}.npy"
+                    store = np.lib.format.open_memmap(
+                        path, "w+", np.float16, (len(records), views, *f.shape[1:])
+                    )
+                    _reserve(path, path.stat().st_size)
                 store[row : row + b] = f.view(b, views, *f.shape[1:]).cpu().numpy().astype(np.float16)
                 row += b
                 n_views += b * views
@@ -165,26 +256,14 @@ def build_feature_cache(
             if store is not None:
                 store.flush()
     seconds = time.perf_counter() - start
-    meta.write_text(json.dumps({"views": n_views, "seconds": round(seconds, 2)}))
-    log.info(
-        "Feature cache: %d views in %.1f s (%.0f views/s) -> %s", n_views, seconds, n_views / seconds, folder
-    )
-    return {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in splits}
+    (out / META).write_text(json.dumps({"views": n_views, "seconds": round(seconds, 2)}))
+    log.info("Feature cache: %d views in %.1f s (%.0f views/s)", n_views, seconds, n_views / seconds)
 
 
-def once_per_node(
-    trainer: L.Trainer | None, build: Callable[[], dict[str, np.ndarray]]
-) -> dict[str, np.ndarray]:
-    """Run ``build`` in one process while the others wait, then in the others (which find it built).
-
-    Global rank 0 first; then each node's local rank 0, which builds its own copy when
-    nodes share no disk and finds rank 0's when they do; then the rest open it.
-    """
-    if trainer is None or trainer.world_size == 1:
-        return build()
-    store = build() if trainer.is_global_zero else None
-    trainer.strategy.barrier("ffd_feature_cache")
-    if store is None and trainer.local_rank == 0:
-        store = build()
-    trainer.strategy.barrier("ffd_feature_cache_node")
-    return store or build()
+def _check_space(out: Path, needed: int) -> None:
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise FfdError(
+            f"The feature cache needs {needed / 2**20:,.0f} MiB and {out.parent} has "
+            f"{free / 2**20:,.0f} MiB free. {SPACE_HELP}"
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,6 +117,13 @@ def nothing_outlives_the_suite():
     yield
     for proc in _STARTED:
         kill_group(proc)
+
+
+def chromium() -> str:
+    """Debian's chromium, for the browser tests (Playwright drives it through executable_path)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "The browser tests need Debian's chromium: make browser (apt-get install chromium)."
+    return found
 
 
 def write_jpegs(folder: Path, names: list[str], seed: int = 0, size: int = 48) -> list[Path]:

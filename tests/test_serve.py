@@ -7,7 +7,6 @@ import asyncio
 import base64
 import csv
 import io
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import write_jpegs
+from conftest import chromium, write_jpegs
 from fastapi import HTTPException
 from hypothesis import given
 from hypothesis import strategies as st
@@ -292,12 +291,6 @@ def test_batcher_gathers_concurrent_images_and_keeps_going_after_an_error() -> N
     assert scores == [0, 1, 2, 3, 4, 5, 7]
     assert calls == [(4, 8, 8, 3), (2, 8, 8, 3), (1, 13, 13, 3), (1, 9, 8, 3)]
     assert "'largest_batch': 4" in stats
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert found, "The browser test needs Debian's chromium: make browser (apt-get install chromium)."
-    return found
 
 
 @pytest.mark.slow

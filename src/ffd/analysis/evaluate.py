@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from ffd.analysis.gradcam import check_method, grad_cam
+from ffd.analysis.html_report import confident_errors, write_html_report
 from ffd.analysis.localization import localization_report
+from ffd.analysis.robustness import robustness_markdown, sweep, write_robustness
 from ffd.data.batches import batches, load_items, ok_images, pixels
 from ffd.data.facts import CLASS_NAMES, FAKE, label_name
 from ffd.data.images import DecodedImages
@@ -107,7 +109,8 @@ def write_outputs(
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """``python -m ffd.eval``: score the records, write metrics.json, summary.md, predictions.csv, figures."""
+    """``python -m ffd.eval``: score the records, write metrics.json, summary.md, predictions.csv, figures,
+    report.html, and with ``robustness=...`` the perturbation sweep (robustness.json, robustness.md)."""
     if cfg.localization is not None:
         check_method(cfg.localization, "localization")
     scorer = load_scorer(cfg.ckpt_path)
@@ -126,5 +129,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     write_outputs(out, records, probs, labels, report)
     log.info("\n%s", summary_markdown(report))
+    robustness = None
+    if cfg.get("robustness"):
+        settings = OmegaConf.to_container(cfg.robustness, resolve=True)
+        robustness = sweep(scorer, records, probs, settings, cfg.batch_size)  # type: ignore[arg-type]
+        write_robustness(out, robustness)
+        log.info("\n%s", robustness_markdown(robustness))
+        log.info("Robustness: %d images scored in %.1f s", robustness["images_scored"], robustness["seconds"])
+    errors = confident_errors(scorer, records, probs, scorer.threshold, cfg.localization or "gradcam")
+    log.info("Report: %s", write_html_report(out, report, robustness, errors))
     log.info("Eval folder: %s", out.resolve())
     return report

@@ -106,7 +106,7 @@ class FaceDataModule(L.LightningDataModule):
         cache_dir: str,
         decode_draft: bool,
         manifest_path: str | None,
-        synthetic: Mapping[str, int] | None,
+        synthetic: Mapping[str, Any] | None,
         shuffle_labels: bool,
         seed: int,
         preprocess: Mapping[str, Any],

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -57,6 +58,17 @@ _PARTIAL = ".ffd-synthetic-incomplete"
 # Feather radius (px) and share of the skin-tone difference removed, per difficulty.
 _BLEND = {"easy": (0.0, 0.0), "mid": (4.0, 0.5), "hard": (10.0, 1.0)}
 _DIFFICULTY_SHARE = {"easy": 0.25, "mid": 0.5, "hard": 0.25}  # CIPLAB's rough proportions
+# Manipulation methods: ``mixed`` is CIPLAB-like (the method follows the difficulty); the others make
+# every fake one way (cross-method protocols: train on one, test on the others), named by a difficulty.
+METHODS = {
+    "mixed": "",
+    "box": "easy",
+    "feathered": "mid",
+    "ellipse": "hard",
+    "poisson": "hard",
+    "face": "hard",
+}
+_FACE_OVAL = (165, 190, 435, 475)  # the whole-face replacement's ellipse, inside the drawn head
 
 _SKIN_LIGHT, _SKIN_DARK = np.array([236, 200, 172]), np.array([92, 58, 38])
 _HAIR = [(20, 16, 14), (58, 38, 24), (110, 74, 42), (196, 160, 100), (150, 60, 30), (150, 150, 150)]
@@ -177,6 +189,44 @@ def swap_parts(target: Image.Image, donor: Image.Image, bits: str, difficulty: s
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
 
 
+def poisson_parts(target: Image.Image, donor: Image.Image, bits: str) -> Image.Image:
+    """Replace the parts by the donor's with Poisson blending (OpenCV's seamlessClone): the pasted
+    gradients are kept, the colours follow the target's at the seam."""
+    import cv2
+
+    out = np.asarray(target).copy()
+    src = np.ascontiguousarray(np.asarray(donor))
+    for part in replaced_parts(bits):
+        x0, y0, x1, y1 = PART_BOXES[part]
+        mask = np.zeros(out.shape[:2], np.uint8)
+        mask[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2] = 255
+        out = cv2.seamlessClone(src, out, mask, ((x0 + x1) // 2, (y0 + y1) // 2), cv2.NORMAL_CLONE)
+    return Image.fromarray(out)
+
+
+def replace_face(target: Image.Image, donor: Image.Image) -> Image.Image:
+    """Whole-face replacement: the donor's inner face in a feathered oval, colour-matched to the target."""
+    out, src = np.asarray(target, dtype=np.float32), np.asarray(donor, dtype=np.float32)
+    x0, y0, x1, y1 = _FACE_OVAL
+    t, s = out[y0:y1, x0:x1].reshape(-1, 3), src[y0:y1, x0:x1].reshape(-1, 3)
+    patch = (src - s.mean(0)) * (t.std(0) / (s.std(0) + 1e-3)) + t.mean(0)
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).ellipse(_FACE_OVAL, fill=255)
+    m = np.asarray(mask.filter(ImageFilter.GaussianBlur(12)), dtype=np.float32)[..., None] / 255
+    return Image.fromarray(np.clip(out * (1 - m) + patch * m, 0, 255).astype(np.uint8))
+
+
+def manipulate(
+    target: Image.Image, donor: Image.Image, bits: str, difficulty: str, method: str
+) -> Image.Image:
+    """A fake made by ``method`` (see METHODS); ``mixed`` blends by difficulty."""
+    if method == "poisson":
+        return poisson_parts(target, donor, bits)
+    if method == "face":
+        return replace_face(target, donor)
+    return swap_parts(target, donor, bits, METHODS[method] or difficulty)
+
+
 def photograph(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Apply what a camera and a pipeline would: lighting, pose, softness, sensor noise."""
     u = rng.uniform
@@ -197,47 +247,61 @@ def photograph(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
 
 
-def _render(task: tuple[str, int, str, str, int]) -> None:
+Task = tuple[str, int, str, str, int, str]  # path, seed, real|fake, difficulty_bits, index, method
+
+
+def _render(task: Task) -> None:
     """Render and save one file; each file has its own seed, so workers need no coordination."""
-    path, seed, kind, difficulty_bits, index = task
+    path, seed, kind, difficulty_bits, index, method = task
     rng = np.random.default_rng([seed, 0 if kind == "real" else 1, index])
     face = draw_face(rng)
     if kind == "fake":
         difficulty, bits = difficulty_bits.split("_")
-        face = swap_parts(face, draw_face(rng), bits, difficulty)
+        face = manipulate(face, draw_face(rng), bits, difficulty, method)
     photograph(face, rng).save(path, "JPEG", quality=int(rng.integers(85, 96)))
 
 
-def _plan(out: Path, num_real: int, num_fake: int, seed: int) -> list[tuple[str, int, str, str, int]]:
+def _plan(out: Path, num_real: int, num_fake: int, seed: int, method: str = "mixed") -> list[Task]:
     real_dir, fake_dir = (out / TREE / folder for folder in CIPLAB_FOLDERS)
-    tasks = [(str(real_dir / real_name(i)), seed, "real", "", i) for i in range(1, num_real + 1)]
+    tasks = [(str(real_dir / real_name(i)), seed, "real", "", i, method) for i in range(1, num_real + 1)]
     rng = np.random.default_rng([seed, 2])
     counts = {d: round(num_fake * _DIFFICULTY_SHARE[d]) for d in DIFFICULTIES[:-1]}
     counts["hard"] = num_fake - sum(counts.values())
     difficulties = rng.permutation([d for d in DIFFICULTIES for _ in range(counts[d])])
     ids = dict.fromkeys(DIFFICULTIES, 0)
-    for j, difficulty in enumerate(difficulties, start=1):
+    for j, drawn in enumerate(difficulties, start=1):
+        difficulty = METHODS[method] or drawn
         ids[difficulty] += 1
-        bits = format(int(rng.integers(1, 16)), "04b")
+        bits = "1111" if method == "face" else format(int(rng.integers(1, 16)), "04b")
         name = fake_name(difficulty, ids[difficulty], bits)
-        tasks.append((str(fake_dir / name), seed, "fake", f"{difficulty}_{bits}", j))
+        tasks.append((str(fake_dir / name), seed, "fake", f"{difficulty}_{bits}", j, method))
     return tasks
 
 
-def generate(out: str | Path, num_real: int, num_fake: int, seed: int, workers: int | None = None) -> Path:
+def generate(
+    out: str | Path,
+    num_real: int,
+    num_fake: int,
+    seed: int,
+    workers: int | None = None,
+    method: str = "mixed",
+) -> Path:
     """Write a synthetic CIPLAB-like set under ``out`` and return the CIPLAB tree's path.
 
-    Deterministic: the same arguments give byte-identical files.
+    Deterministic: the same arguments give byte-identical files. Real images depend on
+    the seed only, so sets that differ in ``method`` share their reals.
     """
     out = Path(out)
     if num_real < 1 or num_fake < 1:
         raise ConfigError(
             f"Need at least one real and one fake image (got {num_real} real, {num_fake} fake)."
         )
+    if method not in METHODS:
+        raise ConfigError(f"data.synthetic.method={method!r}: choose one of {', '.join(METHODS)}.")
     for d in CIPLAB_FOLDERS:
         shutil.rmtree(out / TREE / d, ignore_errors=True)
         (out / TREE / d).mkdir(parents=True)
-    tasks = _plan(out, num_real, num_fake, seed)
+    tasks = _plan(out, num_real, num_fake, seed, method)
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     bar = progress(None, "Generating synthetic faces", total=len(tasks), unit="img")
     with bar:
@@ -252,14 +316,21 @@ def generate(out: str | Path, num_real: int, num_fake: int, seed: int, workers: 
     return out / TREE
 
 
-def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int) -> Path:
+def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int, method: str = "mixed") -> Path:
     """Generate the set under ``out`` unless an identical complete one is there already.
 
     Refuses to write into a non-empty folder that ffd did not generate, so a
     user's own data is never overwritten.
     """
     out = Path(out)
-    spec = {"num_real": num_real, "num_fake": num_fake, "seed": seed, "version": GENERATOR_VERSION}
+    spec: dict[str, Any] = {
+        "num_real": num_real,
+        "num_fake": num_fake,
+        "seed": seed,
+        "version": GENERATOR_VERSION,
+    }
+    if method != "mixed":  # a mixed set's marker stays as before
+        spec["method"] = method
     marker = out / MARKER
     if out.exists() and not out.is_dir():
         raise FfdError(f"{out} is a file; synthetic data needs a folder. For your own data use data=ciplab.")
@@ -277,7 +348,7 @@ def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int) -
     marker.unlink(missing_ok=True)
     (out / _PARTIAL).touch()
     log.info("Generating %d real + %d fake synthetic images in %s ...", num_real, num_fake, out)
-    tree = generate(out, num_real, num_fake, seed)
+    tree = generate(out, num_real, num_fake, seed, method=method)
     marker.write_text(json.dumps(spec))
     (out / _PARTIAL).unlink()
     return tree
@@ -292,9 +363,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-real", type=int, default=spec.num_real, help="real images (CIPLAB: 1081)")
     parser.add_argument("--num-fake", type=int, default=spec.num_fake, help="fake images (CIPLAB: 960)")
     parser.add_argument("--seed", type=int, default=spec.seed)
+    parser.add_argument("--method", default=spec.method, choices=list(METHODS), help="how fakes are made")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    tree = ensure_synthetic(args.out, args.num_real, args.num_fake, args.seed)
+    tree = ensure_synthetic(args.out, args.num_real, args.num_fake, args.seed, args.method)
     log.info("Synthetic CIPLAB-like set ready: %s", tree)
 
 

@@ -15,6 +15,9 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+FORENSIC_JPEG_QUALITY = (30, 95)
+FORENSIC_BLUR_SIGMA = (0.1, 3.0)
+
 
 def resize_transform(preprocess: Mapping[str, Any]) -> T.Compose:
     """Image -> uint8 tensor of the model's input size."""
@@ -29,11 +32,18 @@ def view_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] |
     Args:
         preprocess: The model's preprocessing: ``mean`` and ``std``.
         augment: ``hflip`` and ``vflip`` probabilities and ``rotation`` in degrees (+/-);
-            None for evaluation (deterministic).
+            the forensic hardening's ``jpeg`` and ``blur`` probabilities (a JPEG re-save at
+            a random quality in FORENSIC_JPEG_QUALITY, a Gaussian blur of a random sigma in
+            FORENSIC_BLUR_SIGMA, as CNNDetection trains); None for evaluation (deterministic).
     """
     augment = augment or {}
     steps: list[Any] = []
     # Zero-strength steps are left out: they would still draw random numbers.
+    if augment.get("jpeg"):
+        steps.append(T.RandomApply([T.JPEG(FORENSIC_JPEG_QUALITY)], p=augment["jpeg"]))
+    if augment.get("blur"):
+        blur = T.GaussianBlur(2 * int(3 * FORENSIC_BLUR_SIGMA[1]) + 1, FORENSIC_BLUR_SIGMA)
+        steps.append(T.RandomApply([blur], p=augment["blur"]))
     if augment.get("hflip"):
         steps.append(T.RandomHorizontalFlip(augment["hflip"]))
     if augment.get("vflip"):

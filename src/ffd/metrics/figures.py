@@ -101,6 +101,39 @@ def reliability_figure(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10
     return fig
 
 
+def robustness_figure(family: str, rows: Sequence[Mapping[str, Any]], clean: Mapping[str, Any]) -> Figure:
+    """AUROC and accuracy against severity for one perturbation family, 95 % CI bands, clean as lines."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    x = list(range(len(rows)))
+    for key, colour in (("auroc", "C0"), ("acc", "C1")):
+        ax.plot(
+            x, [r[key] for r in rows], marker="o", c=colour, label=f"{key.upper() if key == 'auroc' else key}"
+        )
+        if all(f"{key}_ci95" in r for r in rows):
+            ax.fill_between(x, [r[f"{key}_ci95"][0] for r in rows], [r[f"{key}_ci95"][1] for r in rows],
+                            color=colour, alpha=0.2, lw=0)  # fmt: skip
+        ax.axhline(clean[key], c=colour, ls="--", lw=0.8)
+    ax.plot(x, [r["flip_rate"] for r in rows], marker="x", c="C3", label="flipped labels")
+    ax.set_xticks(x, [str(r["severity"]) for r in rows], rotation=20 if len(rows) > 4 else 0)
+    ax.set(title=f"{family} (dashed: clean)", xlabel="severity", ylim=(-0.02, 1.02))
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def matrix_figure(values: Sequence[Sequence[float]], rows: Sequence[str], columns: Sequence[str]) -> Figure:
+    """A train x test heatmap of AUROC, each cell labelled."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 2.5, 0.7 * len(rows) + 1.8))
+    image = ax.imshow(values, vmin=0.5, vmax=1.0, cmap="viridis")
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", c="white" if v < 0.8 else "black")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set(xlabel="tested on", ylabel="trained on", title="Test AUROC")
+    fig.colorbar(image, ax=ax)
+    return fig
+
+
 def all_figures(probs: torch.Tensor, labels: torch.Tensor, report: dict[str, Any]) -> dict[str, Figure]:
     """Every figure, by file stem (curves only when both classes are present)."""
     chosen = report["at_chosen_threshold"]

@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics.functional.classification import binary_auroc
 
 from ffd.metrics.calibration import brier, ece
-from ffd.metrics.scores import at_threshold, bootstrap_ci, ranking
+from ffd.metrics.scores import (
+    OPERATING_FPRS,
+    RANKING_SCORES,
+    at_threshold,
+    bootstrap_ci,
+    bootstrap_cis,
+    ranking,
+)
 from ffd.metrics.tables import markdown_table
 
 
@@ -39,9 +45,8 @@ def build_report(
         **ranking(probs, labels),
     }
     if report["n_real"] and report["n_fake"] and n_bootstrap:
-        report["auroc_ci95"] = bootstrap_ci(
-            probs, labels, lambda p, y: float(binary_auroc(p, y)), n_bootstrap, seed
-        )
+        cis = bootstrap_cis(probs, labels, RANKING_SCORES, n_bootstrap, seed)
+        report |= {f"{k}_ci95": v for k, v in cis.items()}
     for key, t in (("at_0.5", 0.5), ("at_chosen_threshold", threshold)):
         scores: dict[str, Any] = dict(at_threshold(probs, labels, t))
         if n_bootstrap:
@@ -71,7 +76,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
         "",
         f"- AUROC {report['auroc']:.3f}"
         + (f"{_ci(report['auroc_ci95'])} (95 % bootstrap CI)" if report.get("auroc_ci95") else ""),
-        f"- Average precision {report['ap']:.3f}, EER {report['eer']:.3f}",
+        f"- Average precision {report['ap']:.3f}{_ci(report.get('ap_ci95'))}, "
+        f"EER {report['eer']:.3f}{_ci(report.get('eer_ci95'))}",
+        "- Fakes caught (TPR) at a false-positive rate of "
+        + ", ".join(
+            f"{f:.0%}: {report[k]:.3f}{_ci(report.get(f'{k}_ci95'))}" for k, f in OPERATING_FPRS.items()
+        ),
         f"- Calibration: ECE {cal['ece']:.3f}{_ci(cal.get('ece_ci95'))} after temperature scaling "
         f"(T = {cal['temperature']:.3g}; {cal['ece_uncalibrated']:.3f} before), Brier {cal['brier']:.3f}",
         "",

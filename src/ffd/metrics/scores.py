@@ -7,6 +7,7 @@ the positive class) and returns plain Python numbers, ready for JSON.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torchmetrics.functional.classification import (
@@ -16,6 +17,8 @@ from torchmetrics.functional.classification import (
 )
 
 THRESHOLD_METHODS = ("eer", "youden")
+# Operating points reported beside AUROC: TPR (fakes caught) at these false-positive rates.
+OPERATING_FPRS = {"tpr_at_fpr_1": 0.01, "tpr_at_fpr_5": 0.05, "tpr_at_fpr_10": 0.10}
 
 
 def _both_classes(labels: torch.Tensor) -> bool:
@@ -77,16 +80,34 @@ def at_threshold(probs: torch.Tensor, labels: torch.Tensor, threshold: float) ->
     }
 
 
+def tpr_at_fpr(probs: torch.Tensor, labels: torch.Tensor, fpr: float) -> float:
+    """The share of fakes caught at the lowest threshold whose false-positive rate is <= ``fpr``.
+
+    No interpolation: a threshold reaches only ROC points, so this is what a deployment at
+    that threshold gets on this data (a conservative figure on small sets).
+    """
+    roc_fpr, roc_tpr, _ = binary_roc(probs, labels.long())
+    return float(roc_tpr[roc_fpr <= fpr + 1e-12].max())
+
+
+def _tpr(probs: torch.Tensor, labels: torch.Tensor, fpr: float) -> float:
+    return tpr_at_fpr(probs, labels, fpr)
+
+
 def ranking(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Threshold-free scores: AUROC, average precision, EER (NaN when a class is missing)."""
+    """Threshold-free scores: AUROC, average precision, EER and TPR at 1/5/10 % FPR (NaN when a
+    class is missing)."""
     if not _both_classes(labels):
-        return {"auroc": float("nan"), "ap": float("nan"), "eer": float("nan")}
-    labels = labels.long()
-    return {
-        "auroc": float(binary_auroc(probs, labels)),
-        "ap": float(binary_average_precision(probs, labels)),
-        "eer": eer(probs, labels)[0],
-    }
+        return dict.fromkeys(RANKING_SCORES, float("nan"))
+    return {name: score(probs, labels) for name, score in RANKING_SCORES.items()}
+
+
+RANKING_SCORES: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
+    "auroc": lambda p, y: float(binary_auroc(p, y.long())),
+    "ap": lambda p, y: float(binary_average_precision(p, y.long())),
+    "eer": lambda p, y: eer(p, y)[0],
+    **{name: partial(_tpr, fpr=f) for name, f in OPERATING_FPRS.items()},
+}
 
 
 def bootstrap_ci(
@@ -102,14 +123,29 @@ def bootstrap_ci(
     Resamples that miss a class are redrawn, so AUROC is always defined; with a
     single class in the data there is nothing to resample and the interval is NaN.
     """
+    return bootstrap_cis(probs, labels, {"score": score}, n, seed, level)["score"]
+
+
+def bootstrap_cis(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    scores: dict[str, Callable[[torch.Tensor, torch.Tensor], float]],
+    n: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """``bootstrap_ci`` of several scores, computed on the same resamples."""
     if not _both_classes(labels):
-        return float("nan"), float("nan")
+        return dict.fromkeys(scores, (float("nan"), float("nan")))
     g = torch.Generator().manual_seed(seed)
-    values: list[float] = []
-    while len(values) < n:
+    values: dict[str, list[float]] = {k: [] for k in scores}
+    drawn = 0
+    while drawn < n:
         idx = torch.randint(len(labels), (len(labels),), generator=g)
         if _both_classes(labels[idx]):
-            values.append(score(probs[idx], labels[idx]))
-    v = torch.tensor(values)
-    lo, hi = torch.quantile(v, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=v.dtype))
-    return float(lo), float(hi)
+            for k, score in scores.items():
+                values[k].append(score(probs[idx], labels[idx]))
+            drawn += 1
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    cis = {k: torch.quantile(torch.tensor(v, dtype=torch.float64), q).tolist() for k, v in values.items()}
+    return {k: (lo, hi) for k, (lo, hi) in cis.items()}

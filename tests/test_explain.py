@@ -17,6 +17,8 @@ from ffd.data.facts import PART_BOXES, part_boxes
 from ffd.data.io import load_rgb
 from ffd.data.records import read_manifest
 from ffd.data.transforms import build_transform
+from ffd.errors import ConfigError
+from ffd.models.inference import inference_settings
 from ffd.models.module import FakeFaceClassifier
 from ffd.runs.training import train
 
@@ -99,6 +101,34 @@ def test_explain_writes_overlays_and_scores(make_cfg, trained, tmp_path: Path) -
     assert len(scored) == len(fakes)
     # The tiny model may see no evidence for "fake" in some images: their score is NaN (empty map).
     assert all(0 <= float(t["mass_inside"]) <= 1 or t["mass_inside"] == "nan" for t in scored)
+
+
+def test_explain_runs_where_and_at_the_precision_the_model_records() -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    # An fp32 model stays fp32 on a GPU (no fp16 because CUDA is there); the GPU when there is one.
+    assert inference_settings("32-true", "auto", cuda_available=True) == (cuda, None)
+    assert inference_settings("32-true", "auto", cuda_available=False) == (cpu, None)
+    assert inference_settings("32-true", "cpu", cuda_available=True) == (cpu, None)
+    assert inference_settings("16-mixed", "auto", cuda_available=True) == (cuda, torch.float16)
+    assert inference_settings("bf16-mixed", "cuda", cuda_available=True) == (cuda, torch.bfloat16)
+    with pytest.raises(ConfigError, match="device=cuda"):
+        inference_settings("32-true", "cuda", cuda_available=False)
+    with pytest.raises(ConfigError, match="device=gpu"):
+        inference_settings("32-true", "gpu", cuda_available=True)
+
+
+def test_checkpoints_record_their_inference_precision(trained) -> None:
+    ckpt, _ = trained
+    for path in (ckpt, ckpt.parent / "last.ckpt"):  # the best one (calibrated), and any other
+        assert torch.load(path, map_location="cpu", weights_only=True)["ffd"]["precision"] == "32-true"
+    model = FakeFaceClassifier.load_from_checkpoint(
+        ckpt, map_location="cpu", weights_only=True, pretrained=False
+    )
+    assert model.inference_precision == "32-true"
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    raw["ffd"]["precision"] = "bf16-mixed"  # what a checkpoint records is what the model scores at
+    model.on_load_checkpoint(raw)
+    assert model.inference_precision == "bf16-mixed"
 
 
 def test_eval_reports_localization(make_cfg, trained) -> None:

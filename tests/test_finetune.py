@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from conftest import TINY, build_model, tiny_model
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
 from ffd.models.finetune import GradualUnfreeze, backbone_blocks, unfreeze_stages
@@ -67,6 +69,24 @@ def test_gradual_unfreezes_top_down_on_schedule() -> None:
     # Frozen blocks keep their BatchNorm statistics (eval mode); unfrozen ones train them.
     assert snap.bn_training[0][-1] is False and snap.bn_training[1][-1] is True
     assert snap.bn_training[1][0] is False and snap.bn_training[2][0] is True
+
+
+def test_ddp_wraps_a_trainable_backbone_that_gradual_then_freezes() -> None:
+    """DDP registers only parameters that need a gradient when it wraps the model (after setup):
+    the backbone must need one then, or its gradients are never averaged once it unfreezes
+    (tests/test_distributed.py runs it on two processes)."""
+    model = tiny_model(input_size=32, freeze="gradual")
+    (schedule,) = model.configure_callbacks()
+    strategy = DDPStrategy()  # not started: only the keyword arguments it passes DDP are read
+    schedule.setup(SimpleNamespace(strategy=strategy), model, "fit")
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    assert strategy._ddp_kwargs["find_unused_parameters"]  # the frozen backbone gets no gradients
+    schedule.on_fit_start(SimpleNamespace(optimizers=[]), model)  # after the wrap
+    assert not any(p.requires_grad for p in model.backbone.parameters()) and model.frozen
+    # One process: frozen at setup, as before.
+    model = tiny_model(input_size=32, freeze="gradual")
+    schedule.setup(SimpleNamespace(strategy=None), model, "fit")
+    assert not any(p.requires_grad for p in model.backbone.parameters())
 
 
 def test_last_stage_frees_parameters_outside_blocks() -> None:

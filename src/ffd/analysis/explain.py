@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from ffd.analysis.gradcam import check_method, explain_files, overlay
@@ -15,6 +16,7 @@ from ffd.data.facts import label_name, parse_fake_name, part_boxes, replaced_par
 from ffd.data.io import expand_input
 from ffd.errors import FfdError
 from ffd.models.checkpoint import load_checkpoint
+from ffd.models.inference import inference_settings
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +25,17 @@ def explain(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """``python -m ffd.explain``: overlays, explain.csv and localization.json for ``cfg.input``."""
     check_method(cfg.method, "method")
     model = load_checkpoint(cfg.ckpt_path)
+    device, dtype = inference_settings(model.inference_precision, cfg.device, torch.cuda.is_available())
+    if device.type == "cuda" and dtype is None:  # fp32 means fp32: no TF32 matmuls, as the scorers
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    model.to(device)
+    log.info("Explaining on %s at %s precision", device, model.inference_precision)
     files = expand_input(str(cfg.input))
     out = Path(cfg.paths.output_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     parts, cams = [], []
-    with (out / "explain.csv").open("w", newline="") as fh:
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    with (out / "explain.csv").open("w", newline="") as fh, autocast:
         writer = csv.writer(fh)
         writer.writerow(["path", "p_fake", "label", "parts", "mass_inside", "area_share", "overlay"])
         for i, (path, img, cam, p) in enumerate(explain_files(model, files, cfg.method, cfg.batch_size)):

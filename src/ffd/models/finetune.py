@@ -11,6 +11,12 @@ Every backbone parameter is in the optimizer from the start, in its own group at
 skips it until it is unfrozen, and the learning-rate scheduler covers every group.
 (``BaseFinetuning.unfreeze_and_add_param_group`` adds groups later, which a
 scheduler built at the start would not see.)
+
+Under DDP the backbone is registered with DDP from the start: DDP averages the
+gradients only of the parameters that need one when it wraps the model, so a
+backbone frozen at that moment would later train on each rank's own gradients
+(Lightning issue #20340). ``GradualUnfreeze`` lets DDP wrap a trainable backbone,
+freezes it right after, and tells DDP to expect parameters without gradients.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
 from ffd.errors import ConfigError
@@ -74,6 +81,23 @@ class GradualUnfreeze(BaseFinetuning):
                 f"model.unfreeze_epochs must be a non-empty increasing list of epochs >= 0, got {epochs}."
             )
         self.unfreeze_epochs = epochs
+        self._freeze_when_wrapped = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # freezes the backbone
+        if stage == "fit" and isinstance(trainer.strategy, DDPStrategy):
+            # DDP wraps the model after this hook and registers only parameters that need a gradient:
+            # wrap it trainable, freeze it on fit start. While frozen, it gets no gradients: DDP must
+            # look for unused parameters (Lightning passes these keyword arguments to DDP).
+            pl_module.backbone.requires_grad_(True)
+            trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
+            self._freeze_when_wrapped = True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._freeze_when_wrapped:
+            self.freeze_before_training(pl_module)
+            self._freeze_when_wrapped = False
+        super().on_fit_start(trainer, pl_module)
 
     def freeze_before_training(self, pl_module: Any) -> None:
         self.freeze(pl_module.backbone, train_bn=False)

@@ -16,9 +16,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ffd.models.module import FakeFaceClassifier
+from ffd.errors import ConfigError, FfdError
+from ffd.models.module import INFERENCE_PRECISION, FakeFaceClassifier
+from ffd.runtime import autocast_dtype
 
-INFERENCE_PRECISION = "32-true"  # fp32: the precision every consumer and export scores in (README, Speed)
+__all__ = ["INFERENCE_PRECISION", "DEVICES", "Preprocess", "Probabilities", "inference_settings"]
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+
+
+def inference_settings(
+    precision: str, device: str, cuda_available: bool
+) -> tuple[torch.device, torch.dtype | None]:
+    """Where a model runs and its autocast dtype (None: none, full fp32).
+
+    The dtype is the model's own recorded inference precision (``checkpoint["ffd"]["precision"]``,
+    the model card's ``precision``) on every device: a GPU runs an fp32 model in fp32, not in
+    fp16 because CUDA is there, so it gives the probabilities the checkpoint was calibrated and
+    evaluated with.
+
+    Args:
+        precision: The model's inference precision (``32-true``, ``16-mixed``, ``bf16-mixed``).
+        device: ``auto`` (CUDA when there is a GPU, else the CPU), ``cpu`` or ``cuda``.
+        cuda_available: ``torch.cuda.is_available()``.
+    """
+    if device not in DEVICES:
+        raise ConfigError(f"device={device}: choose one of {DEVICES}.")
+    if device == "cuda" and not cuda_available:
+        raise ConfigError("device=cuda, but torch sees no CUDA GPU here: use device=auto or device=cpu.")
+    if precision not in PRECISIONS:
+        raise FfdError(f"The model records inference precision {precision!r}; ffd knows {PRECISIONS}.")
+    on_gpu = device == "cuda" or (device == "auto" and cuda_available)
+    return torch.device("cuda" if on_gpu else "cpu"), autocast_dtype(precision)
 
 
 class Preprocess(nn.Module):

@@ -24,6 +24,8 @@ from ffd.models.heads import build_head
 log = logging.getLogger(__name__)
 
 FREEZE_MODES = ("frozen", "full", "gradual")
+# fp32: the precision every consumer and export scores in (README, Speed), recorded with the model.
+INFERENCE_PRECISION = "32-true"
 # (images, labels), or {"features", "label"} from the feature cache.
 Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]
 
@@ -130,6 +132,7 @@ class FakeFaceClassifier(L.LightningModule):
         # val, and the val (and test) metrics of the model as it ships.
         self.temperature = 1.0
         self.final_metrics: dict[str, float] = {}
+        self.inference_precision = INFERENCE_PRECISION
         self._val_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def train(self, mode: bool = True) -> FakeFaceClassifier:
@@ -245,6 +248,7 @@ class FakeFaceClassifier(L.LightningModule):
             "threshold": self.threshold,
             "temperature": self.temperature,
             "metrics": self.final_metrics,
+            "precision": self.inference_precision,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -252,4 +256,5 @@ class FakeFaceClassifier(L.LightningModule):
         self.threshold = saved.get("threshold", 0.5)
         self.temperature = saved.get("temperature", 1.0)
         self.final_metrics = saved.get("metrics", {})
+        self.inference_precision = saved.get("precision", INFERENCE_PRECISION)
         self.preprocess = saved.get("preprocess", self.preprocess)  # as trained, whatever the code now says

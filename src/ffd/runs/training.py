@@ -16,8 +16,9 @@ from ffd.data.splits import Fold
 from ffd.models.checkpoint import load_checkpoint
 from ffd.runs.calibration import calibrate, store
 from ffd.runs.cv import cross_validate
-from ffd.runs.distributed import check_ddp_launch
-from ffd.runs.resume import keep_csv_history, resolve_ckpt_path
+from ffd.runs.distributed import SharedRunFolder, check_ddp_launch
+from ffd.runs.resume import LAST, keep_csv_history, resolve_ckpt_path
+from ffd.runs.slurm import finished_metrics, start_attempt
 from ffd.runtime import silence_known_noise
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,18 @@ def train(cfg: DictConfig, fold: Fold | None = None) -> dict[str, float]:
         fold: ``(k, i)``: train on cross-validation fold i of k (see ``ffd.runs.cv``).
     """
     silence_known_noise()
+    earlier = start_attempt(cfg.paths.output_dir)  # a SLURM job requeued after a preemption or timeout
+    if earlier == "finished":
+        return finished_metrics(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
+    if earlier == "unfinished":
+        log.info("This job was requeued (preempted or out of time): it continues its run from %s.", LAST)
+    ckpt_path = resolve_ckpt_path("last" if earlier else cfg.ckpt_path, cfg.paths.output_dir)
     model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, preprocess=model.preprocess, encoder=model.encoder(), fold=fold)
     # ~callbacks / ~logger (or logger=null) on the command line: none
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks.append(SharedRunFolder(cfg.paths.output_dir))  # several nodes: checked before fit reads a file
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

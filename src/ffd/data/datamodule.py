@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ffd.data.cache import cache_mode
-from ffd.data.cache.features import Encoder, FeatureDataset, build_feature_cache, feature_key
+from ffd.data.cache.features import (
+    Encoder,
+    FeatureDataset,
+    build_feature_cache,
+    compute_features,
+    feature_key,
+)
 from ffd.data.cache.pixels import PixelDataset
 from ffd.data.dataset import ImageDataset
 from ffd.data.facts import SPLITS
@@ -189,9 +196,9 @@ class FaceDataModule(L.LightningDataModule):
 
         # Builds the cache, or opens it once it is there: under DDP the first rank of each disk
         # builds while the others wait on the cache's lock (no collective, so no timeout).
-        store = build_feature_cache(
-            folder, encoder, splits, images, device, autocast, workers, self.split["seed"]
-        )
+        compute = partial(compute_features, encoder=encoder, splits=splits, images=images, device=device,
+                          autocast=autocast, num_workers=workers, seed=self.split["seed"])  # fmt: skip
+        store = build_feature_cache(folder, compute, list(splits))
         return {s: FeatureDataset(store[s], [r.label for r in rows[s]]) for s in SPLITS}
 
     def _loader(self, split: str) -> DataLoader:

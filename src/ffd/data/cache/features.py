@@ -25,7 +25,6 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,31 +116,15 @@ def feature_key(
 
 
 def build_feature_cache(
-    folder: Path,
-    encoder: Encoder,
-    splits: Mapping[str, tuple[Sequence[Record], Callable, int]],
-    images: DecodedImages,
-    device: torch.device,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-    num_workers: int,
-    seed: int,
+    folder: Path, compute: Callable[[Path], None], splits: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """Compute and store the features of every (image, view), or reuse the complete cache in ``folder``.
+    """The complete cache in ``folder``: reused when there, else written by ``compute(out_folder)``
+    (``partial(compute_features, ...)``).
 
     One process builds a key's cache while every other one that wants it (a second run,
     the other DDP ranks of a node) waits on its lock file and then reuses it. The build
     goes into a temporary folder that is renamed to ``folder`` only when complete, so a
-    killed or failed build leaves nothing a later run trusts; the files' space is
-    reserved before the first feature is written, so a full disk is a message, never a
-    crash while writing.
-
-    Args:
-        splits: ``split -> (records, view transform, views)``.
-        images: The resized images (decoded by the manifest scan where it kept them).
-        autocast: The training precision's forward context, so cached features equal
-            the ones the uncached path would compute.
-        seed: Seeds the views' augmentation: a data setting (the split's seed), so runs
-            with other training seeds share the cache.
+    killed or failed build leaves nothing a later run trusts.
 
     Returns:
         ``split -> read-only memmap of shape (n, views, C, h, w)``.
@@ -167,16 +150,6 @@ def build_feature_cache(
         if (folder / META).exists():  # written last, inside the temporary folder
             log.info("Reusing feature cache %s", folder)
         else:
-            compute = partial(
-                _compute,
-                encoder=encoder,
-                splits=splits,
-                images=images,
-                device=device,
-                autocast=autocast,
-                num_workers=num_workers,
-                seed=seed,
-            )
             _build_atomically(folder, compute)
     finally:
         lock.release()
@@ -209,7 +182,7 @@ def _reserve(path: Path, needed: int) -> None:
         os.posix_fallocate(fh.fileno(), 0, needed)
 
 
-def _compute(
+def compute_features(
     out: Path,
     encoder: Encoder,
     splits: Mapping[str, tuple[Sequence[Record], Callable, int]],
@@ -219,6 +192,19 @@ def _compute(
     num_workers: int,
     seed: int,
 ) -> None:
+    """Compute the features of every (image, view) into ``out``, ``meta.json`` last.
+
+    The files' space is reserved before the first feature is written, so a full disk is
+    a message, never a crash while writing.
+
+    Args:
+        splits: ``split -> (records, view transform, views)``.
+        images: The resized images (decoded by the manifest scan where it kept them).
+        autocast: The training precision's forward context, so cached features equal
+            the ones the uncached path would compute.
+        seed: Seeds the views' augmentation: a data setting (the split's seed), so runs
+            with other training seeds share the cache.
+    """
     start = time.perf_counter()
     module = encoder.module.to(device).eval()
     n_views = 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from ffd.data.facts import CIPLAB_FOLDERS, CLASS_NAMES, FAKE, REAL, SPLITS, parse_fake_name
 from ffd.data.io import image_files
 from ffd.data.records import Record
+from ffd.data.video.layouts import discover_videos
 from ffd.errors import FfdError
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ ffd looks for one of these layouts under the data folder:
   two class folders:        <root>/real/*  and  <root>/fake/*
   pre-split class folders:  <root>/{train,valid|val,test}/{real,fake}/*
   a CSV file with columns:  path,label   (label: real/fake or 0/1)
+  videos (data=video): FaceForensics++ (original_sequences/, manipulated_sequences/),
+      Celeb-DF v2 (Celeb-real/, Celeb-synthesis/, YouTube-real/), DFDC (*/metadata.json),
+      or <root>/real/*.mp4 and <root>/fake/*.mp4
 Get CIPLAB with `make data` (Kaggle credentials needed), or download
 https://www.kaggle.com/datasets/ciplab/real-and-fake-face-detection by hand and
 unzip it into the data folder (default data/ciplab, or set FFD_DATA_DIR)."""
@@ -115,6 +119,9 @@ def _csv_rows(path: Path, reader: csv.DictReader) -> list[Record]:
 def discover(root: str | Path) -> list[Record]:
     """Find every image under root in one of the supported layouts (see LAYOUT_HELP).
 
+    A video data set gives one row per video (``video`` set, ``frame`` None): ``ffd.data.manifest``
+    turns each into its face-crop rows.
+
     Raises:
         DataLayoutError: root is missing, in no known layout, or a class folder is empty.
     """
@@ -125,6 +132,10 @@ def discover(root: str | Path) -> list[Record]:
         if root.suffix.lower() != ".csv":
             raise DataLayoutError(f"{root} is a file but not a CSV.")
         return _read_csv(root)
+    if (videos := discover_videos(root)) is not None:
+        if not videos:
+            raise DataLayoutError(f"{root} is laid out as a video data set but holds no videos.")
+        return videos
     if ciplab := _ciplab_roots(root):
         if len(ciplab) > 1:
             log.info("Found %d CIPLAB trees under %s: %s", len(ciplab), root, [str(c) for c in ciplab])

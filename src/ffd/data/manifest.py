@@ -1,6 +1,7 @@
 """The data manifest: every image a run saw, its label, metadata, content hash and split.
 
-Building it finds the images in any supported layout (``ffd.data.layouts``), reads each
+Building it finds the images in any supported layout (``ffd.data.layouts``; a video data
+set's videos become face-crop images first, ``ffd.data.video``), reads each
 file once to hash it and check that it decodes, drops exact duplicates, records
 unreadable files with the reason, and assigns a stratified, seeded split
 (``ffd.data.splits``). It is written into every run folder, so eval, predict and the
@@ -23,6 +24,8 @@ from ffd.data.io import ImageDecodeError, decode_rgb, read_file
 from ffd.data.layouts import DataLayoutError, discover
 from ffd.data.records import Record
 from ffd.data.splits import Fold, assign_splits
+from ffd.data.video.crops import CropSettings
+from ffd.data.video.frames import expand_videos
 from ffd.errors import FfdError
 from ffd.progress import progress
 
@@ -53,6 +56,7 @@ def check_files(records: Sequence[Record], images: DecodedImages | None) -> None
     an epoch later. With ``images`` the decoded images are kept for the next step.
     """
     workers = min(8, len(os.sched_getaffinity(0)))  # PIL and hashlib release the GIL
+    records = [r for r in records if r.ok]  # a video without a face has its status already
     with ThreadPoolExecutor(workers) as pool:
         jobs = pool.map(lambda r: _check(r, images), records)
         for _ in progress(jobs, "Hashing and checking files", total=len(records), unit="file"):
@@ -81,18 +85,43 @@ def drop_duplicates(records: Sequence[Record]) -> int:
 
 
 def check_no_leakage(records: Iterable[Record]) -> None:
-    """Raise if one content hash sits in two splits."""
+    """Raise if one content hash, or the frames of one video, sit in two splits."""
     seen: dict[str, str] = {}
+    videos: dict[str, str] = {}
     for r in records:
         if r.ok and r.split:
             other = seen.setdefault(r.sha256, r.split)
             if other != r.split:
                 raise LeakageError(f"{r.path} (sha256 {r.sha256[:12]}) is in both {other} and {r.split}.")
+            other = videos.setdefault(r.video, r.split) if r.video else r.split
+            if other != r.split:
+                raise LeakageError(f"Frames of the video {r.video} are in both {other} and {r.split}.")
 
 
-def scan(root: str | Path, images: DecodedImages | None = None) -> list[Record]:
-    """Discover the images under root, hash and check each, and mark exact duplicates."""
+def scan(
+    root: str | Path,
+    images: DecodedImages | None = None,
+    video: CropSettings | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[Record]:
+    """Discover the images under root, hash and check each, and mark exact duplicates.
+
+    Args:
+        root: The data folder (or CSV).
+        images: Keep the decoded images there (for a cache's build).
+        video: How a video data set's videos become face crops; needed when root holds videos.
+        cache_dir: Where the face crops are cached (``<cache_dir>/video-crops/``).
+
+    Raises:
+        DataLayoutError: root holds videos and ``video`` or ``cache_dir`` is not given.
+    """
     records = discover(root)
+    if any(r.video for r in records):
+        if video is None or cache_dir is None:
+            raise DataLayoutError(
+                f"{root} holds videos: train with data=video (or pass the video settings and a cache folder)."
+            )
+        records = expand_videos(records, video, cache_dir)
     check_files(records, images)
     if dropped := drop_duplicates(records):
         log.warning(
@@ -108,9 +137,12 @@ def build_manifest(
     seed: int,
     fold: Fold | None = None,
     images: DecodedImages | None = None,
+    video: CropSettings | None = None,
+    cache_dir: str | Path | None = None,
 ) -> list[Record]:
-    """Scan and split the images under root (``fold``: see ``ffd.data.splits.assign_splits``)."""
-    records = scan(root, images)
+    """Scan and split the images under root (``fold``: see ``ffd.data.splits.assign_splits``; ``video``,
+    ``cache_dir``: see ``scan``). The crops of a video, and rows sharing a person, share a split."""
+    records = scan(root, images, video, cache_dir)
     for label, name in enumerate(CLASS_NAMES):
         if not any(r.ok and r.label == label for r in records):
             raise DataLayoutError(f"No readable {name} image under {root}.")

@@ -24,6 +24,11 @@ class Record:
         reason: Why a row is not ok (or, on an ok row, a note such as a fake name outside
             CIPLAB's scheme).
         target: Where ``path`` leads when a symlink is on the way (resolved); empty otherwise.
+        video: The video a face crop came from (its path); empty for images.
+        frame: The crop's frame index in that video; None for images (and a video's own row).
+        method: The manipulation method of a video data set (``original`` for reals); empty otherwise.
+        identity: The people in the video, ``+``-joined (FF++: target+source); the split keeps
+            every row sharing a person together. Empty when unknown.
     """
 
     path: str
@@ -36,6 +41,10 @@ class Record:
     status: str = "ok"
     reason: str = ""
     target: str = ""
+    video: str = ""
+    frame: int | None = None
+    method: str = ""
+    identity: str = ""
 
     @property
     def ok(self) -> bool:
@@ -58,4 +67,12 @@ def read_manifest(path: str | Path) -> list[Record]:
     """A manifest's rows (one written before a column existed gets its default)."""
     with Path(path).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return [Record(**{k: int(v) if k == "label" else v for k, v in row.items()}) for row in rows]  # type: ignore[arg-type]
+    return [Record(**{k: _value(k, v) for k, v in row.items()}) for row in rows]  # type: ignore[arg-type]
+
+
+def _value(column: str, text: str) -> int | str | None:
+    if column == "label":
+        return int(text)
+    if column == "frame":
+        return int(text) if text else None
+    return text

@@ -24,6 +24,10 @@ def assign_splits(
     proportion. Rows are ordered by content hash before shuffling: the split
     depends on the data and the seed only, not on file names or disk order.
 
+    Rows of videos are split by group instead, never by frame: every crop of a video and
+    every video sharing a person (``identity``) lands in one split (``video_groups``); the
+    fractions count crops. Rows that came with a split (official lists) keep it.
+
     With ``fold=(k, i)`` the test rows are the same as without it, and the rest is
     dealt into k stratified folds: fold i is val, the others train (``val_fraction``
     is unused).
@@ -48,8 +52,9 @@ def assign_splits(
         )
     strata: dict[tuple[int, str], list[Record]] = defaultdict(list)
     for r in records:
-        if r.ok and not r.split:
+        if r.ok and not r.split and not r.video:
             strata[(r.label, r.difficulty)].append(r)
+    _split_groups([r for r in records if r.ok and not r.split and r.video], val, test_fraction, seed, fold)
     rng = np.random.default_rng(seed)
     for key in sorted(strata):
         rows = sorted(strata[key], key=lambda r: r.sha256)
@@ -62,6 +67,59 @@ def assign_splits(
                 rows[j].split = "val" if (rank - n_test) % fold[0] == fold[1] else "train"
             else:
                 rows[j].split = "val" if rank < n_test + n_val else "train"
+
+
+def video_groups(records: Sequence[Record]) -> list[list[Record]]:
+    """Rows that must share a split: the crops of one video, and all videos with a person in common.
+
+    A union-find over videos and people: FF++'s fake ``000_003`` joins 000's and 003's
+    originals and the fake ``003_000``, so both people of a pair end up together.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for r in records:
+        for person in filter(None, r.identity.split("+")):
+            parent[find("person:" + person)] = find("video:" + r.video)
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[find("video:" + r.video)].append(r)
+    return list(groups.values())
+
+
+def _split_groups(
+    records: Sequence[Record], val: float, test_fraction: float, seed: int, fold: Fold | None
+) -> None:
+    """``assign_splits`` for video rows: whole groups, stratified by the labels a group holds (FF++'s
+    pairs hold both; a real/ + fake/ folder's videos one), each split about its share of crops."""
+    strata: dict[tuple[int, ...], list[list[Record]]] = defaultdict(list)
+    for group in video_groups(records):
+        strata[tuple(sorted({r.label for r in group}))].append(group)
+    rng = np.random.default_rng([seed, 1])  # its own stream: image rows split as before
+    for key in sorted(strata):
+        groups = sorted(strata[key], key=lambda g: min(r.sha256 for r in g))
+        total = sum(map(len, groups))
+        done = {"test": 0, "val": 0, "train": 0}
+        dealt = 0  # groups dealt into cross-validation folds
+        for j in rng.permutation(len(groups)):
+            group = groups[j]
+            # A group goes in while its middle stays below the split's share: the nearest count.
+            if done["test"] + len(group) / 2 < test_fraction * total:
+                split = "test"
+            elif fold is not None:
+                split, dealt = ("val" if dealt % fold[0] == fold[1] else "train"), dealt + 1
+            elif done["val"] + len(group) / 2 < val * total:
+                split = "val"
+            else:
+                split = "train"
+            done[split] += len(group)
+            for r in group:
+                r.split = split
 
 
 def shuffled_labels(records: Sequence[Record], seed: int, stream: int) -> list[Record]:

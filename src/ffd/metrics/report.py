@@ -11,11 +11,11 @@ from ffd.metrics.scores import (
     OPERATING_FPRS,
     RANKING_SCORES,
     at_threshold,
-    bootstrap_ci,
     bootstrap_cis,
     ranking,
 )
 from ffd.metrics.tables import markdown_table
+from ffd.metrics.video import grouped_bootstrap_cis
 
 
 def _acc(threshold: float):
@@ -35,9 +35,19 @@ def build_report(
     n_bootstrap: int,
     seed: int,
     temperature: float,
+    groups: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Scores at the default 0.5 and at the checkpoint's validation-chosen threshold, and calibration
-    (ECE before and after the model's temperature scaling, Brier score), with 95 % CIs."""
+    (ECE before and after the model's temperature scaling, Brier score), with 95 % CIs.
+
+    ``groups`` (an index per image: its video) makes every interval resample whole groups:
+    the frames of a video are not independent samples."""
+
+    def cis(scores: dict[str, Any]) -> dict[str, tuple[float, float]]:
+        if groups is not None:
+            return grouped_bootstrap_cis(probs, labels, groups, scores, n_bootstrap, seed)
+        return bootstrap_cis(probs, labels, scores, n_bootstrap, seed)
+
     report: dict[str, Any] = {
         "n": len(labels),
         "n_real": int((labels == 0).sum()),
@@ -45,12 +55,11 @@ def build_report(
         **ranking(probs, labels),
     }
     if report["n_real"] and report["n_fake"] and n_bootstrap:
-        cis = bootstrap_cis(probs, labels, RANKING_SCORES, n_bootstrap, seed)
-        report |= {f"{k}_ci95": v for k, v in cis.items()}
+        report |= {f"{k}_ci95": v for k, v in cis(RANKING_SCORES).items()}
     for key, t in (("at_0.5", 0.5), ("at_chosen_threshold", threshold)):
         scores: dict[str, Any] = dict(at_threshold(probs, labels, t))
         if n_bootstrap:
-            scores["acc_ci95"] = bootstrap_ci(probs, labels, _acc(t), n_bootstrap, seed)
+            scores["acc_ci95"] = cis({"acc": _acc(t)})["acc"]
         report[key] = scores
     calibration: dict[str, Any] = {
         "temperature": temperature,
@@ -59,7 +68,7 @@ def build_report(
         "brier": brier(probs, labels),
     }
     if n_bootstrap:
-        calibration["ece_ci95"] = bootstrap_ci(probs, labels, ece, n_bootstrap, seed)
+        calibration["ece_ci95"] = cis({"ece": ece})["ece"]
     report["calibration"] = calibration
     return report
 
@@ -109,6 +118,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
                     header, ([g, v["n_fake"], v["auroc"], v["recall"]] for g, v in groups.items())
                 ),
             ]
+    if video := report.get("video"):
+        lines += ["", *video_markdown(video)]
     if loc := report.get("localization"):
         lines += [
             "",
@@ -119,3 +130,30 @@ def summary_markdown(report: dict[str, Any]) -> str:
         parts = [[g, v["n"], v["mass_inside"], v["area_share"]] for g, v in loc["parts"].items()]
         lines += markdown_table(["parts", "fakes", "heatmap mass inside", "area share"], parts)
     return "\n".join(lines) + "\n"
+
+
+def video_markdown(video: dict[str, Any]) -> list[str]:
+    """The video section of the summary: frame- and video-level scores, and the breakdown by method."""
+    f = video["frames_per_video"]
+    lines = [
+        f"## Videos: {video['n_videos']} ({f['min']}-{f['max']} face crops each); video score = "
+        f"{video['aggregate']} of its frames' p_fake; 95 % CIs resample videos",
+        "",
+    ]
+    names = ["auroc", "ap", "eer", "tpr_at_fpr_1", "acc"]
+    rows = [
+        [
+            level,
+            video[level]["n"],
+            *(f"{video[level][k]:.3f}{_ci(video[level].get(f'{k}_ci95'))}" for k in names),
+        ]
+        for level in ("frame", "video")
+    ]
+    lines += markdown_table(["level", "n", "AUROC", "AP", "EER", "TPR at 1 % FPR", "acc"], rows)
+    if video["by_method"]:
+        header = ["method", "fake videos", "frame AUROC vs all reals", "video AUROC", "video recall"]
+        lines += ["", *markdown_table(header, (
+            [m, v["n_fake_videos"], v["frame_auroc"], v["video_auroc"], v["video_recall"]]
+            for m, v in video["by_method"].items()
+        ))]  # fmt: skip
+    return lines

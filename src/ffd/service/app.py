@@ -1,7 +1,8 @@
 """The HTTP API and the web page, on FastAPI (``fastapi-offline``: its API docs need no CDN).
 
 Routes: ``GET /`` the page, ``POST /v1/predict`` (multipart file fields; ``explain``
-and ``face_crop`` query flags), ``GET /v1/model`` (the model card), ``GET /healthz``,
+and ``face_crop`` query flags), ``POST /v1/predict_video`` (one video file: its score and
+per-frame scores), ``GET /v1/model`` (the model card), ``GET /healthz``,
 ``/docs`` and ``/openapi.json``. Each image gets the row ``ffd.predict`` writes
 (path = the uploaded file's name), optionally with its face crop and Grad-CAM
 overlay as base64 PNGs. A request where no image could be scored is answered 422,
@@ -35,11 +36,14 @@ from pydantic import BaseModel
 from ffd import __version__
 from ffd.data.batches import Item, decode_item
 from ffd.data.faces import FaceCropper
+from ffd.data.video.settings import crop_settings
 from ffd.inference.predict import result_row
+from ffd.metrics.video import AGGREGATES
 from ffd.service.batcher import Batcher
 from ffd.service.model import ServedModel
 from ffd.service.settings import Settings
 from ffd.service.uploads import read_uploads
+from ffd.service.videos import VideoScorer
 
 PREVIEW_SIDE = 256  # face crops are sent back at most this large
 
@@ -108,8 +112,8 @@ class RequestLog:
 def create_app(served: ServedModel, settings: Settings, model_thread: ThreadPoolExecutor) -> FastAPI:
     """The app for a model loaded in ``model_thread`` (one worker), where all its work runs."""
     scorer, threshold = served.scorer, served.scorer.threshold
-    cropper = FaceCropper(settings.face_margin)
-    crop_lock = threading.Lock()  # one OpenCV cascade, used from the decode threads
+    cropper = FaceCropper(settings.face_margin, settings.face_detector)
+    crop_lock = threading.Lock()  # one face detector, used from the decode threads
     request_log = RequestLog(Path(settings.log_dir)) if settings.log_dir else None
     page = files("ffd.service").joinpath("page.html").read_text()
     state: dict[str, Batcher] = {}
@@ -192,5 +196,28 @@ def create_app(served: ServedModel, settings: Settings, model_thread: ThreadPool
                 request_log.write(data, row)
             rows.append(row)
         return JSONResponse({"threshold": threshold, "results": rows}, status_code=200 if ok else 422)
+
+    videos: dict[str, VideoScorer] = {}  # built on the first video: its face detector loads then
+
+    @app.post("/v1/predict_video", dependencies=[Depends(authorized)], openapi_extra=MULTIPART)
+    async def predict_video(request: Request, aggregate: str = "mean") -> Any:
+        """Score one uploaded video: its row (p_fake, label, frames used, frames without a face) and
+        ``frame_results`` (each sampled frame's p_fake), as ``ffd.predict`` scores a video."""
+        if aggregate not in AGGREGATES:
+            raise HTTPException(400, f"aggregate={aggregate!r}: use one of {', '.join(AGGREGATES)}")
+        uploads = await read_uploads(request, settings.max_upload_bytes, 1)
+        if "scorer" not in videos:
+            crops = crop_settings(None, scorer.training_run)
+            videos["scorer"] = VideoScorer(crops, state["batcher"].score, threshold)
+        try:
+            async with asyncio.timeout(settings.timeout_s):
+                row = await videos["scorer"](*uploads[0], aggregate)
+        except TimeoutError:
+            raise HTTPException(
+                503, f"the video took longer than serve.timeout_s={settings.timeout_s:g} s to score: send "
+                "a shorter one, or raise serve.timeout_s",
+            ) from None  # fmt: skip
+        status = 200 if row["p_fake"] is not None else 422  # 422: nothing could be scored (the row says why)
+        return JSONResponse({"threshold": threshold, "result": row}, status_code=status)
 
     return app

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ffd.analysis.gradcam import check_method
+from ffd.data.faces import DETECTORS
 from ffd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class Settings:
     max_pixels: int
     timeout_s: float
     face_margin: float
+    face_detector: str
     cam_method: str
     token: str | None
     log_dir: str | None
@@ -51,6 +53,9 @@ class Settings:
             if values[key] == 0:
                 raise ConfigError(f"serve.{key}=0: use a number > 0.")
         check_method(values["cam_method"], "serve.cam_method")
+        if values["face_detector"] not in DETECTORS:
+            choices = ", ".join(DETECTORS)
+            raise ConfigError(f"serve.face_detector={values['face_detector']!r}: use one of {choices}.")
         if values["token"] is not None:
             values["token"] = str(values["token"])
             if not values["token"].strip():

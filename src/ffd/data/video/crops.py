@@ -1,0 +1,177 @@
+"""Face crops of a video's sampled frames, cached on disk.
+
+A video's crops live in ``<cache_dir>/video-crops/<video sha256>-<settings key>/``: one
+PNG per frame with a face (``NNNNN.png``, the frame index) and ``index.json`` (what was
+sampled, which frames had no face, the boxes). The key covers everything that shapes
+the crops (frames, stride, scale, size, detector), so changing one never reads a stale
+crop, and the same video under another name is extracted once. One process extracts a
+key while others wait on its lock file; the crops are written into a temporary folder
+renamed into place when complete, so a killed extraction leaves nothing a later run
+trusts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from PIL import Image
+
+from ffd.data.faces import FaceDetector, crop_box, make_detector
+from ffd.data.video.decode import Source, VideoDecodeError, count_frames, read_frames, sample_indices
+from ffd.data.video.track import track
+from ffd.errors import FfdError
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.json"  # the extraction's last file
+FOLDER = "video-crops"
+
+
+@dataclasses.dataclass(frozen=True)
+class CropSettings:
+    """How a video becomes face crops (``data.video`` in conf/data/video.yaml).
+
+    Attributes:
+        frames: Frames sampled per video (evenly over it; DeepfakeBench: 32); None = all.
+        stride: Keep every stride-th frame instead (the first ``frames`` of them); None = even.
+        scale: Crop side over the detected face's side (FF++: 1.3).
+        size: Crops are saved as size x size PNGs.
+        detector: Face detector name (``ffd.data.faces.DETECTORS``).
+    """
+
+    frames: int | None
+    stride: int | None
+    scale: float
+    size: int
+    detector: str
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> CropSettings:
+        return cls(**{f.name: node[f.name] for f in dataclasses.fields(cls)})
+
+    def key(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclasses.dataclass
+class VideoCrops:
+    """One video's extraction.
+
+    Attributes:
+        sha256: The video file's hash.
+        sampled: The sampled frame indices.
+        crops: Frame index -> crop file, for the frames with a face.
+        no_face: Sampled frames in which the tracked face was not found.
+        seconds: How long the extraction took (0 when it came from the cache).
+    """
+
+    sha256: str
+    sampled: list[int]
+    crops: dict[int, Path]
+    no_face: list[int]
+    seconds: float = 0.0
+
+
+def resolve_detector(settings: CropSettings) -> tuple[CropSettings, FaceDetector]:
+    """The detector the settings name, and the settings naming the one built: the crops are keyed by
+    the detector that ran (``auto`` may build another one on another machine)."""
+    detector = make_detector(settings.detector)
+    return dataclasses.replace(settings, detector=detector.name), detector
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def face_crops(
+    path: Source, settings: CropSettings, detector: FaceDetector
+) -> tuple[list[int], dict[int, Image.Image], dict[int, list[float]]]:
+    """Sampled indices, the tracked face's crop of each frame that has one, and its detected box."""
+    sampled = sample_indices(count_frames(path), settings.frames, settings.stride)
+    frames = dict(read_frames(path, sampled))
+    tracked = track([detector.detect(frames[i]) for i in sorted(frames)])
+    margin = (settings.scale - 1) / 2  # crop_box widens each side by margin x the face's side
+    crops, boxes = {}, {}
+    for i, face in zip(sorted(frames), tracked, strict=True):
+        if face is not None:
+            img = frames[i]
+            box = crop_box(face, margin, img.size)
+            crops[i] = img.crop(box).resize((settings.size, settings.size), Image.Resampling.BICUBIC)
+            boxes[i] = [round(v, 2) for v in face.box]
+    return sampled, crops, boxes
+
+
+def extract(
+    path: str | Path, settings: CropSettings, cache_dir: str | Path, detector: FaceDetector | None = None
+) -> VideoCrops:
+    """A video's face crops: from the cache, or extracted into it.
+
+    Raises:
+        VideoDecodeError: the file can't be read or decoded as a video.
+        FfdError: the cache folder can't be written.
+    """
+    try:
+        sha = file_sha256(path)
+    except FileNotFoundError:
+        raise VideoDecodeError("no such file") from None
+    except OSError as err:
+        raise VideoDecodeError(f"cannot read the file: {err.strerror or err}") from err
+    folder = Path(cache_dir) / FOLDER / f"{sha[:24]}-{settings.key()}"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(folder.with_name(folder.name + ".lock"))
+        lock.acquire()
+    except OSError as err:
+        raise FfdError(
+            f"Can't write video crops into {folder.parent} ({err.strerror or err}): set paths.cache_dir "
+            "to a writable folder."
+        ) from err
+    try:
+        seconds = 0.0
+        if not (folder / INDEX).exists():
+            start = time.perf_counter()
+            _extract_atomically(path, settings, detector or make_detector(settings.detector), folder, sha)
+            seconds = time.perf_counter() - start
+    finally:
+        lock.release()
+    index = json.loads((folder / INDEX).read_text())
+    crops = {int(i): folder / name for i, name in index["crops"].items()}
+    return VideoCrops(sha, index["sampled"], crops, index["no_face"], seconds)
+
+
+def _extract_atomically(path: str | Path, settings: CropSettings, detector: FaceDetector, folder: Path,
+                        sha: str) -> None:  # fmt: skip
+    """Write the crops into ``<folder>.partial-<pid>``, then rename it to ``folder`` (under the lock)."""
+    for stale in [folder, *folder.parent.glob(folder.name + ".partial-*")]:  # a killed extraction's
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    try:
+        tmp.mkdir()
+        sampled, crops, boxes = face_crops(path, settings, detector)
+        for i, crop in crops.items():
+            crop.save(tmp / f"{i:05d}.png")
+        index = {
+            "video": str(path), "sha256": sha, "settings": dataclasses.asdict(settings), "sampled": sampled,
+            "crops": {str(i): f"{i:05d}.png" for i in crops}, "boxes": {str(i): b for i, b in boxes.items()},
+            "no_face": [i for i in sampled if i not in crops],
+        }  # fmt: skip
+        (tmp / INDEX).write_text(json.dumps(index))
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

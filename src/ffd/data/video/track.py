@@ -1,0 +1,55 @@
+"""Keeping the same face across a video's frames.
+
+The track starts at the largest face of the first frame with one; in each later frame it
+takes the detection that overlaps the last tracked box most (by IoU), or failing that the
+one whose centre is nearest, within one face side. A frame without such a face has none:
+the crop would be someone else's, or the background.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ffd.data.faces import Face
+
+Box = tuple[float, float, float, float]
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _centre_gap(a: Box, b: Box) -> float:
+    """Distance between the boxes' centres, in sides of box a."""
+    side = max(a[2] - a[0], a[3] - a[1], 1e-6)
+    dx, dy = (b[0] + b[2] - a[0] - a[2]) / 2, (b[1] + b[3] - a[1] - a[3]) / 2
+    return float((dx * dx + dy * dy) ** 0.5 / side)
+
+
+def next_face(last: Face | None, faces: Sequence[Face]) -> Face | None:
+    """The detection that continues the track (``faces`` largest first, as detectors give them)."""
+    if not faces:
+        return None
+    if last is None:
+        return faces[0]
+    best = max(faces, key=lambda f: iou(last.box, f.box))
+    if iou(last.box, best.box) > 0:
+        return best
+    nearest = min(faces, key=lambda f: _centre_gap(last.box, f.box))
+    return nearest if _centre_gap(last.box, nearest.box) <= 1.0 else None
+
+
+def track(detections: Sequence[Sequence[Face]]) -> list[Face | None]:
+    """The tracked face of every frame (None where the frame has none), from each frame's detections."""
+    tracked: list[Face | None] = []
+    last: Face | None = None
+    for faces in detections:
+        face = next_face(last, faces)
+        tracked.append(face)
+        last = face or last
+    return tracked

@@ -1,0 +1,176 @@
+"""Scores of video data sets: frame level and video level, with intervals resampled over videos.
+
+The frames of one video are not independent samples: they share a face, a background
+and a manipulation. A bootstrap that resamples frames treats 32 near-copies as 32
+samples and gives intervals far too narrow, so every interval here resamples whole
+videos (with all their frames). A video's score aggregates its frames' p_fake: the mean
+by default (DeepfakeBench's video-level AUC), or the median or the max.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ffd.data.facts import FAKE, REAL
+from ffd.data.records import Record
+from ffd.metrics.figures import Figure, plt
+from ffd.metrics.scores import RANKING_SCORES, at_threshold, ranking
+
+AGGREGATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "mean": lambda p: p.mean(),
+    "median": lambda p: p.median(),  # the lower middle value for an even count
+    "max": lambda p: p.max(),
+}
+Score = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+def check_aggregate(name: str) -> None:
+    if name not in AGGREGATES:
+        from ffd.errors import ConfigError
+
+        raise ConfigError(f"video_aggregate={name!r}: use one of {', '.join(AGGREGATES)}.")
+
+
+def video_index(records: Sequence[Record]) -> tuple[list[str], torch.Tensor]:
+    """The videos in first-seen order and, per record, the index of its video."""
+    order: dict[str, int] = {}
+    index = [order.setdefault(r.video, len(order)) for r in records]
+    return list(order), torch.tensor(index)
+
+
+def aggregate(probs: torch.Tensor, index: torch.Tensor, n_videos: int, how: str) -> torch.Tensor:
+    """Each video's score: ``how`` (a key of AGGREGATES) over its frames' p_fake."""
+    check_aggregate(how)
+    return torch.stack([AGGREGATES[how](probs[index == v]) for v in range(n_videos)])
+
+
+def grouped_bootstrap_cis(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    groups: torch.Tensor,
+    scores: dict[str, Score],
+    n: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of ``scores``, resampling groups (videos) with all their rows.
+
+    Resamples that miss a class are redrawn; with one class in the data the intervals are NaN.
+    """
+    nan = (float("nan"), float("nan"))
+    if labels.min() == labels.max() or not n:
+        return dict.fromkeys(scores, nan)
+    members = [torch.nonzero(groups == g).flatten() for g in torch.unique(groups)]
+    g = torch.Generator().manual_seed(seed)
+    values: dict[str, list[float]] = {k: [] for k in scores}
+    while len(next(iter(values.values()))) < n:
+        pick = torch.randint(len(members), (len(members),), generator=g)
+        idx = torch.cat([members[int(i)] for i in pick])
+        y = labels[idx]
+        if y.min() == y.max():
+            continue
+        for k, score in scores.items():
+            values[k].append(score(probs[idx], y))
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    out = {k: torch.quantile(torch.tensor(v, dtype=torch.float64), q).tolist() for k, v in values.items()}
+    return {k: (lo, hi) for k, (lo, hi) in out.items()}
+
+
+def _acc(threshold: float) -> Score:
+    return lambda p, y: float(((p >= threshold).long() == y).float().mean())
+
+
+def _level(probs: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, threshold: float, n_boot: int,
+           seed: int) -> dict[str, Any]:  # fmt: skip
+    """Ranking scores and accuracy at the threshold, each with its video-resampled interval."""
+    scores: dict[str, Score] = {**RANKING_SCORES, "acc": _acc(threshold)}
+    out: dict[str, Any] = {
+        "n": len(labels), "n_real": int((labels == REAL).sum()), "n_fake": int((labels == FAKE).sum()),
+        **ranking(probs, labels), "acc": at_threshold(probs, labels, threshold)["acc"],
+        "balanced_acc": at_threshold(probs, labels, threshold)["balanced_acc"],
+    }  # fmt: skip
+    if n_boot and out["n_real"] and out["n_fake"]:
+        cis = grouped_bootstrap_cis(probs, labels, groups, scores, n_boot, seed)
+        out |= {f"{k}_ci95": v for k, v in cis.items()}
+    return out
+
+
+def video_report(
+    records: Sequence[Record], probs: torch.Tensor, threshold: float, how: str, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """Frame- and video-level scores of the records that came from videos, and a breakdown by method.
+
+    Args:
+        records: The scored rows (those with ``video`` set count).
+        probs: Their p_fake, in the same order.
+        threshold: The model's decision threshold (a video is called fake when its score reaches it).
+        how: How a video's frames are aggregated (mean, median or max).
+        n_boot: Bootstrap resamples (of videos) for the 95 % intervals; 0 = none.
+        seed: Their seed.
+
+    Returns:
+        ``{"aggregate", "n_videos", "frames_per_video", "frame": {...}, "video": {...}, "by_method": {...}}``;
+        each level holds AUROC, AP, EER, TPR at 1/5/10 % FPR and accuracy, with ``*_ci95``.
+    """
+    keep = [i for i, r in enumerate(records) if r.video]
+    rows = [records[i] for i in keep]
+    p, y = probs[keep], torch.tensor([r.label for r in rows])
+    videos, index = video_index(rows)
+    video_p = aggregate(p, index, len(videos), how)
+    first = {v: r for r, v in zip(rows, index.tolist(), strict=True)}
+    video_y = torch.tensor([first[v].label for v in range(len(videos))])
+    counts = torch.bincount(index, minlength=len(videos))
+    report: dict[str, Any] = {
+        "aggregate": how,
+        "n_videos": len(videos),
+        "frames_per_video": {
+            "min": int(counts.min()),
+            "mean": float(counts.float().mean()),
+            "max": int(counts.max()),
+        },
+        "frame": _level(p, y, index, threshold, n_boot, seed),
+        "video": _level(video_p, video_y, torch.arange(len(videos)), threshold, n_boot, seed),
+    }
+    methods = sorted({first[v].method for v in range(len(videos)) if first[v].label == FAKE})
+    report["by_method"] = {}
+    for method in methods:
+        frames = torch.tensor([r.label == REAL or r.method == method for r in rows])
+        vids = torch.tensor([first[v].label == REAL or first[v].method == method for v in range(len(videos))])
+        report["by_method"][method or "(none)"] = {
+            "n_fake_videos": int((vids & (video_y == FAKE)).sum()),
+            "frame_auroc": ranking(p[frames], y[frames])["auroc"],
+            "video_auroc": ranking(video_p[vids], video_y[vids])["auroc"],
+            "video_recall": float((video_p[vids & (video_y == FAKE)] >= threshold).float().mean()),
+        }
+    report["videos"] = [
+        {"video": name, "label": first[v].label, "method": first[v].method, "frames": int(counts[v]),
+         "p_fake": float(video_p[v])}
+        for v, name in enumerate(videos)
+    ]  # fmt: skip
+    return report
+
+
+def timeline_figure(
+    scored: Sequence[tuple[int, float]],
+    missing: Sequence[int],
+    threshold: float,
+    score: float | None,
+    title: str,
+) -> Figure:
+    """p_fake per frame of one video, the decision threshold, the video's score, and the frames without
+    a face (grey ticks)."""
+    fig, ax = plt.subplots(figsize=(8, 3))
+    if scored:
+        frames, probs = zip(*scored, strict=True)
+        ax.plot(frames, probs, marker="o", markersize=3, label="p_fake per frame")
+    ax.axhline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.3g}")
+    if score is not None:
+        ax.axhline(score, color="tab:green", linestyle=":", label=f"video score {score:.3g}")
+    for i, frame in enumerate(missing):
+        ax.axvline(frame, color="0.8", linewidth=1, label="no face" if i == 0 else None)
+    ax.set(title=title, xlabel="frame", ylabel="p_fake", ylim=(-0.02, 1.02))
+    ax.legend(loc="upper right", fontsize="small")
+    return fig

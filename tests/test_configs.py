@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from ffd.config import CONF_DIR
 from ffd.data.datamodule import FaceDataModule
+from ffd.runtime import fast_cpu_bf16, mixed_precision
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 GROUPS = {
@@ -33,7 +34,7 @@ def check(cfg) -> None:
 
 def test_groups_were_found() -> None:
     assert {"seed", "demo"} <= set(EXPERIMENTS) and {"fdr", "overfit"} <= set(DEBUG)
-    assert GROUPS["data"] == ["ciplab", "synthetic"] and "mobilenet_v2" in GROUPS["model"]
+    assert GROUPS["data"] == ["ciplab", "synthetic", "video"] and "mobilenet_v2" in GROUPS["model"]
     assert {"default", "cpu", "gpu", "ddp"} <= set(GROUPS["trainer"])
     assert {"mobilenet_v2", "timm"} <= set(GROUPS["model"])
     assert {"finetune_mobilenet_v2", "effnet_b0"} <= set(EXPERIMENTS)
@@ -88,7 +89,10 @@ def test_seed_recipe_values(make_cfg) -> None:
     assert cfg.trainer.max_epochs == 20 and cfg.model.freeze == "frozen" and cfg.model.head == "flatten"
     assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-3
     assert cfg.data.root == cfg.paths.data_dir and cfg.data._target_.endswith("FaceDataModule")
-    assert cfg.trainer.precision in ("16-mixed", "bf16-mixed")
+    # Mixed precision where it is fast: fp16 on CUDA, bf16 on a CPU with AVX-512/AMX, else fp32.
+    assert mixed_precision("gpu") == "16-mixed"
+    assert mixed_precision("cpu") == ("bf16-mixed" if fast_cpu_bf16() else "32-true")
+    assert cfg.trainer.precision == mixed_precision(cfg.trainer.accelerator)
 
 
 def test_data_dir_from_environment(make_cfg, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -97,7 +101,10 @@ def test_data_dir_from_environment(make_cfg, monkeypatch: pytest.MonkeyPatch, tm
 
 
 # Settings the code passes when it builds the object, never set in YAML.
-PASSED_BY_CODE = {"ffd.data.datamodule.FaceDataModule": {"preprocess", "encoder", "fold"}}
+PASSED_BY_CODE = {
+    f"ffd.data.{m}": {"preprocess", "encoder", "fold"}
+    for m in ("datamodule.FaceDataModule", "video.datamodule.VideoDataModule")
+}
 OVERRIDES = [
     *(f"+experiment={e}" for e in EXPERIMENTS), *(f"+debug={d}" for d in DEBUG),
     *(f"{g}={o}" for g, opts in GROUPS.items() for o in opts), "hparams_search=optuna", "callbacks=gradcam",

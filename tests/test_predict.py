@@ -170,3 +170,28 @@ def test_crops_never_replace_earlier_files(make_cfg, trained, tmp_path: Path) ->
     with pytest.raises(FfdError, match="is not empty"):
         predict_files(cfg)
     assert earlier.read_bytes() == b"made by an earlier run"
+
+
+def test_every_backbone_runtime_gives_the_same_p_fake(trained, tmp_path: Path) -> None:
+    """The predict CLI with the backbone in each runtime: the same p_fake (to export parity) and labels."""
+    from ffd.backends import available
+
+    ckpt, _ = trained
+    files = sorted(str(p) for p in (ckpt.parents[2] / "data").rglob("*.jpg"))[:24]
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(files))
+    scores = {}
+    for runtime in [r for r in ("torch", "onnxruntime", "openvino", "auto") if r == "auto" or available(r)]:
+        out = tmp_path / f"{runtime}.jsonl"
+        cmd = [sys.executable, "-m", "ffd.predict", f"ckpt_path={ckpt}", f"input={listing}", f"output={out}",
+               f"runtime={runtime}"]  # fmt: skip
+        result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        scores[runtime] = rows
+    reference = torch.tensor([r["p_fake"] for r in scores["torch"]])
+    assert reference.std() > 0.01
+    for runtime, rows in scores.items():
+        torch.testing.assert_close(torch.tensor([r["p_fake"] for r in rows]), reference, atol=1e-4, rtol=0)
+        assert [r["label"] for r in rows] == [r["label"] for r in scores["torch"]], runtime
+    assert "Backbone runtime:" in result.stdout + result.stderr  # auto says what it chose

@@ -17,6 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ffd.backends import RUNTIMES
 from ffd.errors import ConfigError, exit_on_user_error
 
 
@@ -52,6 +53,10 @@ RULES: dict[str, Rule] = {
 }
 
 
+# Settings with a fixed set of values.
+CHOICES: dict[str, tuple[str, ...]] = {"runtime": RUNTIMES, "data.feature_dtype": ("float16", "uint8")}
+
+
 def _problem(key: str, value: Any, rule: Rule) -> str | None:
     if value is None:
         return None if rule.none_ok else f"{key} is null: it must be {rule.must}, e.g. {key}={rule.example}."
@@ -68,6 +73,9 @@ def check_settings(cfg: DictConfig) -> None:
     for key, rule in RULES.items():
         if (value := OmegaConf.select(cfg, key, default=_ABSENT)) is not _ABSENT:
             problems.append(_problem(key, value, rule))
+    for key, values in CHOICES.items():
+        if (value := OmegaConf.select(cfg, key, default=_ABSENT)) is not _ABSENT and value not in values:
+            problems.append(f"{key}={value!r} is not valid: choose one of {', '.join(values)}.")
     split = OmegaConf.select(cfg, "data.split")
     if split is not None and not any(problems):
         total = split.val_fraction + split.test_fraction

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
+import platform
 import re
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -47,14 +50,38 @@ def tune_malloc() -> bool:
     return ok
 
 
-def mixed_precision(accelerator: str) -> str:
-    """The training precision for an accelerator: fp16 mixed on CUDA, bf16 mixed on CPU.
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo), or what platform knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
-    bf16 autocast with channels-last runs MobileNetV2 2.2x faster than fp32 on a
-    2-core x86-64 CPU and keeps the seed recipe's accuracy (see README, Speed).
+
+def fast_cpu_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions fast: natively (AVX-512 BF16, AMX) or on AVX-512.
+
+    On an AVX2-only CPU oneDNN emulates bf16: MobileNetV2's trunk ran at 1.4 img/s in bf16
+    autocast against 19 img/s in fp32 on a 2-core AMD EPYC (Zen 3).
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # the check is private API: fall back to the ISA torch uses
+        return torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
+
+
+def mixed_precision(accelerator: str) -> str:
+    """The training precision for an accelerator: fp16 mixed on CUDA; on a CPU bf16 mixed where it is
+    fast (``fast_cpu_bf16``), else fp32.
+
+    bf16 autocast with channels-last ran MobileNetV2 2.2x faster than fp32 on a 2-core
+    AVX-512 CPU and keeps the seed recipe's accuracy (see README, Speed).
     """
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "16-mixed" if on_gpu else "bf16-mixed"
+    if on_gpu:
+        return "16-mixed"
+    return "bf16-mixed" if fast_cpu_bf16() else "32-true"
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

@@ -25,11 +25,14 @@ from ffd.data.facts import CLASS_NAMES, FAKE, label_name
 from ffd.data.images import DecodedImages
 from ffd.data.manifest import scan
 from ffd.data.records import Record, read_manifest
+from ffd.data.video.layouts import discover_videos
+from ffd.data.video.settings import crop_settings
 from ffd.errors import ConfigError, FfdError
 from ffd.inference.scorers import CheckpointScorer, Scorer, load_scorer
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
 from ffd.metrics.report import build_report, summary_markdown
+from ffd.metrics.video import check_aggregate, video_index, video_report
 from ffd.progress import progress
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,9 @@ def select_records(cfg: DictConfig, scorer: Scorer, images: DecodedImages) -> li
                 "With dataset=PATH, eval scores every image of that data set (split=all); "
                 "to score a split of the training run, leave dataset unset."
             )
-        records, split = scan(cfg.dataset, images), "all"  # decoded once: scoring takes the images
+        # A video data set's crops as the model's training run made them (or as cfg.video says).
+        video = crop_settings(cfg.video, scorer.training_run) if discover_videos(Path(cfg.dataset)) else None
+        records, split = scan(cfg.dataset, images, video, cfg.paths.cache_dir), "all"  # decoded once
     rows = [r for r in records if r.ok and (split == "all" or r.split == split)]
     if not rows:
         raise FfdError(f"No usable images in split {split!r} (choose split=train|val|test|all).")
@@ -92,6 +97,10 @@ def write_outputs(
     out: Path, records: list[Record], probs: torch.Tensor, labels: torch.Tensor, report: dict[str, Any]
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if videos := report.get("video", {}).pop("videos", None):
+        write_video_predictions(
+            out / "video_predictions.csv", videos, report["at_chosen_threshold"]["threshold"]
+        )
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     (out / "summary.md").write_text(summary_markdown(report))
     threshold = report["at_chosen_threshold"]["threshold"]
@@ -108,12 +117,23 @@ def write_outputs(
     tensorboard.close()
 
 
+def write_video_predictions(path: Path, videos: list[dict[str, Any]], threshold: float) -> None:
+    """One row per video: its label, method, face crops scored, aggregated p_fake and the call."""
+    with path.open("w", newline="") as fh:
+        rows = csv.writer(fh)
+        rows.writerow(["video", "label", "method", "frames", "p_fake", "predicted"])
+        for v in videos:
+            rows.writerow([v["video"], CLASS_NAMES[v["label"]], v["method"], v["frames"], repr(v["p_fake"]),
+                           label_name(v["p_fake"], threshold)])  # fmt: skip
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """``python -m ffd.eval``: score the records, write metrics.json, summary.md, predictions.csv, figures,
     report.html, and with ``robustness=...`` the perturbation sweep (robustness.json, robustness.md)."""
     if cfg.localization is not None:
         check_method(cfg.localization, "localization")
-    scorer = load_scorer(cfg.ckpt_path)
+    check_aggregate(cfg.video_aggregate)
+    scorer = load_scorer(cfg.ckpt_path, cfg.runtime, Path(cfg.paths.cache_dir) / "runtimes")
     size = int(scorer.preprocess["size"])
     images = DecodedImages(pixels, size)
     records = select_records(cfg, scorer, images)
@@ -121,7 +141,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         log.info("No localization for an ONNX model (Grad-CAM needs the checkpoint's gradients).")
     probs, cams = score(scorer, records, cfg.batch_size, images, cfg.localization)
     labels = torch.tensor([r.label for r in records])
-    report = build_report(probs, labels, scorer.threshold, cfg.bootstrap, cfg.seed, scorer.temperature)
+    # Video rows: every interval resamples videos (frames of one video are not independent samples).
+    groups = video_index(records)[1] if any(r.video for r in records) else None
+    report = build_report(
+        probs, labels, scorer.threshold, cfg.bootstrap, cfg.seed, scorer.temperature, groups
+    )
+    if groups is not None:
+        report["video"] = video_report(
+            records, probs, scorer.threshold, cfg.video_aggregate, cfg.bootstrap, cfg.seed
+        )
     report["checkpoint"] = str(Path(cfg.ckpt_path).resolve())
     report["breakdowns"] = breakdowns(records, probs, scorer.threshold)
     if cams:

@@ -10,9 +10,10 @@ ones that decoded. Resizing and normalization belong to the model
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +22,20 @@ from PIL import Image
 from ffd.data.faces import FaceCropper
 from ffd.data.images import DecodedImages
 from ffd.data.io import ImageDecodeError, decode_rgb, read_file
+
+T = TypeVar("T")
+
+
+def prefetched(items: Iterable[T]) -> Iterator[T]:
+    """The items of an iterable, the next one made in a second thread while the caller works on
+    this one: decoding (PIL and libjpeg release the GIL) overlaps the model's forward pass."""
+    source = iter(items)
+    done = object()
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(next, source, done)
+        while (item := pending.result()) is not done:
+            pending = pool.submit(next, source, done)
+            yield item  # type: ignore[misc]
 
 
 def pixels(image: Image.Image) -> torch.Tensor:
@@ -87,7 +102,7 @@ def decode_item(
         if cropper is None:
             return Item(path, "ok", image=pixels(decode_rgb(data, size, max_pixels)))
         if (face := cropper(decode_rgb(data, None, max_pixels))) is None:
-            return Item(path, "no_face", "no face found (OpenCV Haar cascade)")
+            return Item(path, "no_face", f"no face found ({cropper.detector.name} face detector)")
         return Item(path, "ok", image=pixels(face), crop=face)
     except ImageDecodeError as err:
         return Item(path, "unreadable", str(err))

@@ -8,7 +8,6 @@ caches (``ffd.data.cache``). Every setting comes from ``conf/data/``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -20,12 +19,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ffd.backends import choose_runtime
 from ffd.data.cache import cache_mode
 from ffd.data.cache.features import (
     Encoder,
     FeatureDataset,
     build_feature_cache,
     compute_features,
+    feature_bound,
     feature_key,
 )
 from ffd.data.cache.pixels import PixelDataset
@@ -38,6 +39,7 @@ from ffd.data.records import Record, write_manifest
 from ffd.data.splits import Fold, split_rows
 from ffd.data.synthetic import ensure_synthetic
 from ffd.data.transforms import build_transform, resize_transform, view_transform
+from ffd.data.video.crops import CropSettings
 from ffd.errors import ConfigError
 from ffd.seeds import ORDER, WORKERS, epoch_seed
 
@@ -92,12 +94,19 @@ class FaceDataModule(L.LightningDataModule):
         shuffle_labels: Permute the train and val labels (test keeps the true ones):
             a control experiment whose test score must be at chance.
         seed: The run's training seed: of that permutation and of the training order.
+        runtime: Where the feature cache runs the frozen backbone: ``auto`` (the fastest by
+            measurement, ``ffd.backends``), ``torch``, ``onnxruntime`` or ``openvino``.
+        feature_dtype: How cached features are stored: ``float16``, or ``uint8`` (bounded
+            features quantized, half the disk).
         preprocess: The model's preprocessing (size, mean, std, interpolation); the
             model owns it so that checkpoints carry it.
         encoder: The model's frozen backbone (``FakeFaceClassifier.encoder()``), or None
             if it trains; the feature cache runs it.
         fold: ``(k, i)``: cross-validation fold i of k is the validation split
             (``ffd.runs.cv``); None for the plain split.
+        video: How a video data set's videos become face crops (``frames``, ``stride``, ``scale``,
+            ``size``, ``detector``: ``ffd.data.video.crops.CropSettings``, cached in ``cache_dir``);
+            None for image data.
     """
 
     def __init__(
@@ -116,6 +125,9 @@ class FaceDataModule(L.LightningDataModule):
         synthetic: Mapping[str, Any] | None,
         shuffle_labels: bool,
         seed: int,
+        runtime: str,
+        feature_dtype: str,
+        video: Mapping[str, Any] | None,
         preprocess: Mapping[str, Any],
         encoder: Encoder | None = None,
         fold: Fold | None = None,
@@ -143,6 +155,10 @@ class FaceDataModule(L.LightningDataModule):
         ] = {}  # each split's usable rows, as trained on (labels shuffled or not)
         self.datasets: dict[str, Dataset] = {}
         self.setup_seconds = 0.0
+        self.runtime, self.feature_dtype = runtime, feature_dtype
+        self.video = dict(video) if video else None
+        self.runtime_report: dict[str, Any] | None = None  # the feature cache's runtime choice
+        self.cache_meta: dict[str, Any] | None = None  # the feature cache's build (meta.json)
 
     def prepare_data(self) -> None:
         if self.synthetic:
@@ -157,8 +173,9 @@ class FaceDataModule(L.LightningDataModule):
         images = DecodedImages(resize_transform(self.preprocess), self.decode_size)
         s = self.split
         self.records = build_manifest(
-            self.root, s["val_fraction"], s["test_fraction"], s["seed"], self.fold, images if keep else None
-        )
+            self.root, s["val_fraction"], s["test_fraction"], s["seed"], self.fold, images if keep else None,
+            CropSettings.from_config(self.video) if self.video else None, self.cache_dir,
+        )  # fmt: skip
         if self.manifest_path and (self.trainer is None or self.trainer.is_global_zero):  # one writes it
             write_manifest(self.records, self.manifest_path)
             log.info("Manifest written to %s", self.manifest_path)
@@ -182,24 +199,37 @@ class FaceDataModule(L.LightningDataModule):
         # Without augmentation all views would be the same image: keep one.
         views = {s: self.views if any((augment[s] or {}).values()) else 1 for s in SPLITS}
         precision = str(trainer.precision) if trainer else "32-true"
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        module = encoder.module.to(device).eval()
+        choice = choose_runtime(self.runtime, module, encoder.fingerprint, encoder.memory_format, precision,
+                                self._probe(rows, images, device), self.cache_dir / "runtimes")  # fmt: skip
+        self.runtime_report = choice.report
         settings = {
             "preprocess": self.preprocess, "augment": self.augment, "views": views, "precision": precision,
-            "decode_size": self.decode_size, "seed": self.split["seed"],
+            "decode_size": self.decode_size, "seed": self.split["seed"], "runtime": choice.runner.label,
+            "dtype": self.feature_dtype,
         }  # fmt: skip
         folder = self.cache_dir / f"features-{feature_key(encoder, settings, rows)}"
-        splits = {s: (rows[s], view_transform(self.preprocess, augment[s]), views[s]) for s in SPLITS}
-        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        splits = {s: (rows[s], augment[s], views[s]) for s in SPLITS}
         # On CPU, loader workers would fight the backbone's threads for the same cores
         # (measured: 62 s with 2 workers vs 55 s without for 12k views on 2 cores).
         workers = self.num_workers if device.type == "cuda" else 0
-        autocast = trainer.precision_plugin.forward_context if trainer else contextlib.nullcontext
-
         # Builds the cache, or opens it once it is there: under DDP the first rank of each disk
         # builds while the others wait on the cache's lock (no collective, so no timeout).
-        compute = partial(compute_features, encoder=encoder, splits=splits, images=images, device=device,
-                          autocast=autocast, num_workers=workers, seed=self.split["seed"])  # fmt: skip
-        store = build_feature_cache(folder, compute, list(splits))
-        return {s: FeatureDataset(store[s], [r.label for r in rows[s]]) for s in SPLITS}
+        compute = partial(compute_features, runner=choice.runner, splits=splits, images=images,
+                          preprocess=self.preprocess, device=device, num_workers=workers,
+                          seed=self.split["seed"], dtype=self.feature_dtype,
+                          bound=feature_bound(module))  # fmt: skip
+        store, meta = build_feature_cache(folder, compute, list(splits))
+        self.cache_meta = {**meta, "folder": str(folder)}
+        return {s: FeatureDataset(store[s], [r.label for r in rows[s]], meta.get("scale")) for s in SPLITS}
+
+    def _probe(
+        self, rows: dict[str, list[Record]], images: DecodedImages, device: torch.device
+    ) -> torch.Tensor:
+        """Up to 16 plain training views: what the backbone runtimes are measured and compared on."""
+        probe = [images.get(r.path) for r in (rows["train"] or rows["val"] or rows["test"])[:16]]
+        return view_transform(self.preprocess)(torch.stack(probe)).to(device)
 
     def _loader(self, split: str) -> DataLoader:
         # Cached features are slices of a memory map: worker processes would only add copies.

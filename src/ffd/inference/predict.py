@@ -7,17 +7,19 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from ffd.data.batches import Item, batches, load_items, ok_images
+from ffd.data.batches import Item, batches, load_items, ok_images, prefetched
 from ffd.data.faces import FaceCropper
 from ffd.data.facts import label_name
-from ffd.data.io import expand_input
+from ffd.data.video.decode import is_video
 from ffd.errors import ConfigError, FfdError
 from ffd.inference.scorers import Scorer, load_scorer
+from ffd.inference.video import expand_media, predict_media
 from ffd.progress import progress
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def predict(
     """
     items = load_items(files, scorer.preprocess, cropper)
     index = 0
-    for group, x in batches(items, batch_size):
+    for group, x in prefetched(batches(items, batch_size)):  # the next batch decodes meanwhile
         probs = dict(zip(map(id, ok_images(group)), scorer.p_fake(x) if x is not None else [], strict=True))
         for item in group:
             p = probs.get(id(item))
@@ -80,14 +82,17 @@ def predict_files(cfg: DictConfig) -> Counter:
     Raises:
         FfdError: nothing could be scored (the rows are written all the same).
     """
-    scorer = load_scorer(cfg.ckpt_path)
-    files = expand_input(str(cfg.input))
-    cropper = FaceCropper(cfg.face_margin) if cfg.face_crop else None
+    scorer = load_scorer(cfg.ckpt_path, cfg.runtime, Path(cfg.paths.cache_dir) / "runtimes")
+    files = expand_media(str(cfg.input))  # images and videos
+    cropper = FaceCropper(cfg.face_margin, cfg.face_detector) if cfg.face_crop else None
     output = Path(cfg.output)
     if output.suffix not in (".csv", ".jsonl"):
         raise ConfigError(f"output={output} must end in .csv or .jsonl.")
     crops_dir = _crops_dir(cfg.crops_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
+    if any(map(is_video, files)):  # per-frame rows, a video row and a timeline each (ffd.inference.video)
+        images = partial(predict, scorer, batch_size=cfg.batch_size, cropper=cropper, crops_dir=crops_dir)
+        return predict_media(cfg, scorer, files, images)
     counts: Counter = Counter()
     with output.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS) if output.suffix == ".csv" else None

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ffd.backends import Runner, candidates, choose_runtime
 from ffd.data.facts import FAKE
 from ffd.errors import FfdError
 
@@ -33,9 +34,18 @@ class Scorer(Protocol):
 
 
 class CheckpointScorer:
-    """An ffd checkpoint's model as it ships (``Probabilities``, fp32), on CUDA when there is one."""
+    """An ffd checkpoint's model as it ships (``Probabilities``, fp32), on CUDA when there is one.
 
-    def __init__(self, model: Any) -> None:
+    Args:
+        model: The checkpoint's ``FakeFaceClassifier``.
+        runtime: Where the backbone runs (``ffd.backends``): ``torch`` (the graph as is), or
+            ``auto``/``onnxruntime``/``openvino``: the trunk in the fastest runtime that matches
+            fp32 (measured on the first batch, the choice kept in ``runtime_dir``); preprocessing
+            and head stay in torch.
+        runtime_dir: Where the measured choice and the exported trunk are kept (None: nowhere).
+    """
+
+    def __init__(self, model: Any, runtime: str = "torch", runtime_dir: Path | None = None) -> None:
         from ffd.models.inference import Probabilities  # imports Lightning: only for checkpoints
 
         self.model = model
@@ -49,10 +59,32 @@ class CheckpointScorer:
             model.temperature,
         )
         self.training_run: Path | None = None
+        self.runtime, self.runtime_dir = runtime, runtime_dir
+        self.precision = str(model.inference_precision)  # what the model was calibrated in (fp32)
+        candidates(runtime, self.precision, self.device.type == "cpu")  # a bad setting fails now
+        self.runner: Runner | None = None  # chosen on the first batch
+        self.runtime_report: dict[str, Any] | None = None
 
     def p_fake(self, images: torch.Tensor) -> list[float]:
         with torch.no_grad():
-            return self.net(images.to(self.device, non_blocking=True))[:, FAKE].cpu().tolist()
+            images = images.to(self.device, non_blocking=True)
+            if self.runtime == "torch":
+                return self.net(images)[:, FAKE].cpu().tolist()
+            x = self.net.preprocess(images)
+            if self.runner is None:
+                self.runner = self._choose(x)
+            logits = self.net.head(self.runner(x).to(self.device))
+            return (logits / self.net.temperature).softmax(-1)[:, FAKE].cpu().tolist()
+
+    def _choose(self, probe: torch.Tensor) -> Runner:
+        from ffd.data.cache.features import state_fingerprint
+
+        backbone = self.net.backbone
+        fingerprint = f"{type(backbone).__name__}:{state_fingerprint(backbone)}"
+        choice = choose_runtime(self.runtime, backbone, fingerprint, torch.contiguous_format,
+                                self.precision, probe, self.runtime_dir)  # fmt: skip
+        self.runtime_report = choice.report
+        return choice.runner
 
 
 class OnnxScorer:
@@ -92,8 +124,12 @@ class OnnxScorer:
         return self.probs(images)[:, FAKE].tolist()
 
 
-def load_scorer(path: str | Path) -> Scorer:
-    """A scorer for an ffd checkpoint (``.ckpt``), an exported ``.onnx`` model or an export folder."""
+def load_scorer(path: str | Path, runtime: str = "torch", runtime_dir: Path | None = None) -> Scorer:
+    """A scorer for an ffd checkpoint (``.ckpt``), an exported ``.onnx`` model or an export folder.
+
+    ``runtime`` and ``runtime_dir`` choose where a checkpoint's backbone runs (``CheckpointScorer``);
+    an ONNX model runs in onnxruntime whatever they say.
+    """
     if not str(path).strip():
         raise FfdError(
             "ckpt_path is empty: name a checkpoint (.ckpt), an ffd.export folder or its model.onnx."
@@ -113,6 +149,6 @@ def load_scorer(path: str | Path) -> Scorer:
         return OnnxScorer(path)
     from ffd.models.checkpoint import load_checkpoint, run_folder  # imports Lightning: only when needed
 
-    scorer = CheckpointScorer(load_checkpoint(path))
+    scorer = CheckpointScorer(load_checkpoint(path), runtime, runtime_dir)
     scorer.training_run = run_folder(path)
     return scorer

@@ -20,7 +20,6 @@ Absolute times vary between machines: compare the ratios.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -45,7 +44,7 @@ from ffd.inference.predict import predict
 from ffd.inference.scorers import CheckpointScorer, load_scorer
 from ffd.metrics.tables import markdown_table
 from ffd.models.checkpoint import load_checkpoint
-from ffd.runtime import autocast_dtype, mixed_precision
+from ffd.runtime import autocast_dtype, cpu_name, mixed_precision
 from ffd.service.client import put_load, running_service
 
 log = logging.getLogger("ffd.bench")
@@ -61,6 +60,8 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
         {"FFD_TUNE_MALLOC": "0"},
     ),
     "fast": ([], {}),
+    # The same with features quantized to uint8 (half the cache): what it costs in accuracy.
+    "fast_uint8": (["data.feature_dtype=uint8"], {}),
 }
 
 
@@ -83,6 +84,7 @@ def run_training(
         raise SystemExit(f"bench: the {name} run failed; see {out / f'{name}.log'}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     timings = json.loads((run_dir / "timings.json").read_text())
+    run_info = json.loads((run_dir / "run_info.json").read_text())
     n_train = sum(r.ok and r.split == "train" for r in read_manifest(run_dir / "manifest.csv"))
     epochs = OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_epochs
     return {
@@ -93,8 +95,17 @@ def run_training(
         "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
         "test_acc": round(metrics["test/acc"], 4),
         "test_auroc": round(metrics["test/auroc"], 4),
+        "feature_cache": timings.get("feature_cache"),
+        "cache_mib": round(disk_bytes(Path(timings["feature_cache"]["folder"])) / 2**20, 1)
+        if timings.get("feature_cache")
+        else None,
+        "runtime": run_info.get("backbone_runtime"),
         "run_dir": str(run_dir),
     }
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def throughput(fn: Callable[[torch.Tensor], Any], batches: list[torch.Tensor], images: int) -> float:
@@ -118,28 +129,26 @@ def held_out(run_dir: Path) -> list[Path]:
     ]
 
 
-def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, float]:
-    """img/s of ``ffd.predict`` (decode included) from the checkpoint and from its ONNX export,
-    against the raw backbone forward pass in fp32 (what they run) and at the training precision.
-
-    Predict decodes in the main process: on a CPU the backbone already keeps every
-    core busy, and loader workers measured slower (2 cores: 243 img/s with 0
-    workers, 193-202 with 1-2).
+def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, Any]:
+    """img/s of ``ffd.predict`` (decode included) from the checkpoint (``runtime=auto``, as predict
+    runs) and from its ONNX export, against the backbone alone in the runtime predict chose, in
+    torch fp32 and at the training precision (batch of predict's size, no decoding).
     """
     ckpt = best_checkpoint(run_dir)
     files = held_out(run_dir) * repeats
     export_cfg = compose_config("export", [f"ckpt_path={ckpt}", "formats=[onnx]"])
     export_cfg.paths.output_dir = str(out / "export")
     export(export_cfg)
-    checkpoint = CheckpointScorer(load_checkpoint(ckpt))
+    checkpoint = CheckpointScorer(load_checkpoint(ckpt), "auto", out / "cache" / "runtimes")
     scorers = {"checkpoint": checkpoint, "onnx": load_scorer(out / "export" / "model.onnx")}
     batch = compose_config("predict").batch_size  # ffd.predict's
-    result = {}
+    result: dict[str, Any] = {}
     for name, scorer in scorers.items():
-        sum(1 for _ in predict(scorer, files[: 2 * batch], batch))  # warm-up: allocator, kernels
+        sum(1 for _ in predict(scorer, files[: 2 * batch], batch))  # warm-up: allocator, kernels, runtime
         start = time.perf_counter()
         scored = sum(row["status"] == "ok" for row in predict(scorer, files, batch))
         result[f"predict_{name}_img_per_s"] = round(scored / (time.perf_counter() - start), 1)
+    result["runtime"] = checkpoint.runtime_report
 
     net, device = checkpoint.net, checkpoint.device
     cuda = device.type == "cuda"
@@ -152,12 +161,16 @@ def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, flo
         if cuda:
             torch.cuda.synchronize()
 
-    # fp32, as predict and every export score; and the training precision, for comparison.
+    n = batch * len(batches)
+    assert checkpoint.runner is not None  # chosen during the warm-up
+    result["backbone_chosen_img_per_s"] = round(throughput(checkpoint.runner, batches, n), 1)
+    # torch fp32, and torch at the training precision, for comparison.
     with torch.no_grad():
-        result["backbone_img_per_s"] = round(throughput(forward, batches, batch * len(batches)), 1)
+        result["backbone_img_per_s"] = round(throughput(forward, batches, n), 1)
     mixed = mixed_precision(x.device.type)
-    with torch.no_grad(), torch.autocast(x.device.type, autocast_dtype(mixed)):
-        result[f"backbone_{mixed}_img_per_s"] = round(throughput(forward, batches, batch * len(batches)), 1)
+    if dtype := autocast_dtype(mixed):  # where training runs in mixed precision
+        with torch.no_grad(), torch.autocast(x.device.type, dtype):
+            result[f"backbone_{mixed}_img_per_s"] = round(throughput(forward, batches, n), 1)
     return result
 
 
@@ -190,24 +203,70 @@ def service_line(s: dict[str, Any], p: dict[str, float]) -> str:
     return "Service (ffd.serve, one image per request, decode included): " + "; ".join(parts) + "."
 
 
-def predict_line(p: dict[str, float]) -> str:
-    ckpt, onnx, raw = p["predict_checkpoint_img_per_s"], p["predict_onnx_img_per_s"], p["backbone_img_per_s"]
-    mixed = next(k for k in p if k.startswith("backbone_") and k != "backbone_img_per_s")
+def predict_line(p: dict[str, Any]) -> str:
+    ckpt, onnx, chosen = (
+        p["predict_checkpoint_img_per_s"],
+        p["predict_onnx_img_per_s"],
+        p["backbone_chosen_img_per_s"],
+    )
+    mixed = [
+        f", torch {k.removeprefix('backbone_').removesuffix('_img_per_s')} {v:.0f} img/s"
+        for k, v in p.items()
+        if k.startswith("backbone_") and k.endswith("-mixed_img_per_s")
+    ]
     return (
-        f"Predict (fp32), decode included: {ckpt:.0f} img/s from the checkpoint ({100 * ckpt / raw:.0f} % of "
-        f"the raw fp32 backbone forward, {raw:.0f} img/s; {p[mixed]:.0f} img/s at "
-        f"{mixed.removeprefix('backbone_').removesuffix('_img_per_s')}); {onnx:.0f} img/s from the ONNX "
-        "export (onnxruntime)."
+        f"Predict (fp32), decode included: {ckpt:.0f} img/s from the checkpoint, {100 * ckpt / chosen:.0f} % "
+        f"of the backbone alone in the runtime it chose ({runtime_line(p['runtime'])}: {chosen:.0f} img/s; "
+        f"torch fp32 {p['backbone_img_per_s']:.0f} img/s{''.join(mixed)}); "
+        f"{onnx:.0f} img/s from the ONNX export (onnxruntime)."
+    )
+
+
+def runtime_line(report: dict[str, Any] | None) -> str:
+    """``onnxruntime 32-true`` (of torch bf16-mixed 310, onnxruntime 32-true 250 img/s): the choice."""
+    if not report:
+        return "torch (not measured)"
+    rates = ", ".join(
+        f"{k} {v['img_per_s']:.0f}{'' if v['parity'] else ' (fails parity)'}"
+        for k, v in report["measured"].items()
+    )
+    return f"{report['chosen']} (measured: {rates} img/s)"
+
+
+def cache_line(run: dict[str, Any]) -> str:
+    c = run["feature_cache"]
+    share = 100 * c["views_per_s"] / c["backbone_views_per_s"]
+    return (
+        f"Feature cache build: {c['views']:,} views in {c['seconds']:.1f} s, {c['views_per_s']:.0f} views/s "
+        f"= {share:.0f} % of the backbone's own rate in the same build ({c['backbone_views_per_s']:.0f} "
+        f"views/s; runtime {runtime_line(run['runtime'])})."
     )
 
 
 def markdown(report: dict[str, Any]) -> str:
     n, f, p, runs = report["naive"], report["fast"], report["predict"], report["fast_seeds"]
-    header = ["seed recipe, 20 epochs", "wall", "train img/s", "peak RSS", "test acc", "test AUROC"]
+    header = [
+        "seed recipe, 20 epochs",
+        "wall",
+        "speed-up",
+        "train img/s",
+        "peak RSS",
+        "test acc",
+        "test AUROC",
+    ]
+    naive = (
+        f"naive ({n['measured_epochs']} epochs measured, time extrapolated)"
+        if "measured_epochs" in n
+        else "naive"
+    )
+    named = [(naive, n), ("ffd default", f), ("ffd default, uint8 features", report["fast_uint8"])]
+    if "keras" in report:
+        named.append(("Keras/TensorFlow (bench/keras_peer.py)", report["keras"]))
     rows = [
-        [name, f"{r['wall_s']:.0f} s", f"{r['train_img_per_s']:.0f}", f"{r['peak_rss_gib']:.2f} GiB",
-         r["test_acc"], r["test_auroc"]]
-        for name, r in (("naive", n), ("ffd default", f))
+        [name, f"{r['wall_s']:.0f} s", f"{n['wall_s'] / r['wall_s']:.1f}x",
+         f"{r['train_img_per_s']:.0f}" if "train_img_per_s" in r else "", f"{r['peak_rss_gib']:.2f} GiB",
+         r["test_acc"], r.get("test_auroc", "")]
+        for name, r in named
     ]  # fmt: skip
     lines = [f"Machine: {report['machine']}", "", *markdown_table(header, rows)]
     lines += [
@@ -215,6 +274,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Speed-up (wall): **{n['wall_s'] / f['wall_s']:.1f}x**; fit only: {n['fit_s'] / f['fit_s']:.1f}x.",
         f"Fast run: manifest + feature cache {f['setup_s']:.1f} s, head training + validation "
         f"{f['fit_s'] - f['setup_s']:.1f} s, wall {f['wall_s']:.1f} s (includes start-up and test).",
+        cache_line(f),
+        f"uint8 features: cache {report['fast_uint8']['cache_mib']:.0f} MiB on disk vs "
+        f"{f['cache_mib']:.0f} MiB in float16.",
         predict_line(p),
         service_line(report["service"], p),
     ]
@@ -228,17 +290,46 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo), or what platform knows."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+def keras_peer(venv: Path, out: Path, manifest: Path) -> dict[str, Any]:
+    """``bench/keras_peer.py`` in another virtualenv (with TensorFlow): the same recipe, images and split."""
+    script = Path(__file__).resolve().parents[3] / "bench" / "keras_peer.py"
+    python = venv / "bin" / "python"
+    if not python.is_file() or not script.is_file():
+        raise FfdError(f"--peer-keras needs {python} (a virtualenv with tensorflow) and {script}.")
+    result = out / "keras.json"
+    cmd = [str(python), str(script), "--manifest", str(manifest), "--out", str(result)]
+    log.info("keras: %s", " ".join(cmd))
+    start = time.perf_counter()
+    with open(out / "keras.log", "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench: the Keras run failed; see {out / 'keras.log'}")
+    return {
+        **json.loads(result.read_text()),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+    }
 
 
-def bench(out: Path, skip_naive: bool, seeds: int) -> dict[str, Any]:
-    """Every measurement above; writes bench.json and bench.md into ``out``."""
+def extrapolate(run: dict[str, Any], epochs: int, of: int) -> dict[str, Any]:
+    """A run of ``epochs`` epochs as one of ``of``: every epoch of the naive path costs the same (it
+    decodes and runs the backbone on every image every epoch), so its wall time grows by the
+    measured time per epoch. Its accuracy stays the measured one (of ``epochs`` epochs)."""
+    per_epoch = (run["fit_s"] - run["setup_s"]) / epochs
+    return {**run, "measured_epochs": epochs, "measured_wall_s": run["wall_s"],
+            "wall_s": round(run["wall_s"] + per_epoch * (of - epochs), 1),
+            "fit_s": round(run["fit_s"] + per_epoch * (of - epochs), 1)}  # fmt: skip
+
+
+def bench(
+    out: Path, skip_naive: bool, seeds: int, peer_keras: Path | None = None, naive_epochs: int | None = None
+) -> dict[str, Any]:
+    """Every measurement above; writes bench.json and bench.md into ``out``.
+
+    ``naive_epochs``: train the naive path for that many epochs only and extrapolate its time to
+    the recipe's (``extrapolate``): the naive run is most of the bench's time.
+    """
     out.mkdir(parents=True, exist_ok=True)
     cfg = compose_config("train")
     data = Path(cfg.data.root)  # the synthetic CIPLAB-sized set of data=synthetic
@@ -251,13 +342,19 @@ def bench(out: Path, skip_naive: bool, seeds: int) -> dict[str, Any]:
     for name, (overrides, env) in VARIANTS.items():
         if name == "naive" and skip_naive:
             continue
-        report[name] = run_training(name, out, data, overrides, env)
+        if name == "naive" and naive_epochs:
+            run = run_training(name, out, data, [*overrides, f"trainer.max_epochs={naive_epochs}"], env)
+            report[name] = extrapolate(run, naive_epochs, cfg.trainer.max_epochs)
+        else:
+            report[name] = run_training(name, out, data, overrides, env)
         log.info("%s: %s", name, report[name])
     # The seed recipe's test accuracy swings with the training seed (the split has its own): show how much.
     report["fast_seeds"] = [report["fast"]] + [
         run_training(f"fast_seed{seed}", out, data, [f"seed={seed}"], {})
         for seed in range(cfg.seed + 1, cfg.seed + seeds)
     ]
+    if peer_keras:
+        report["keras"] = keras_peer(peer_keras, out, Path(report["fast"]["run_dir"]) / "manifest.csv")
     report["predict"] = measure_predict(Path(report["fast"]["run_dir"]), out)
     report["service"] = measure_service(Path(report["fast"]["run_dir"]), out)
     (out / "bench.json").write_text(json.dumps(report, indent=2))

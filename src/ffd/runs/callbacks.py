@@ -123,8 +123,8 @@ class RunInfo(L.Callback):
 
     It holds ffd's version and git commit, Python and package versions, the sha256 of
     the run's ``manifest.csv`` (which files, labels and splits it trained on), the
-    seed, the world size and the command line. Hydra writes the composed config
-    next to it (``.hydra/config.yaml``).
+    seed, the world size, the feature cache's backbone runtime and the command
+    line. Hydra writes the composed config next to it (``.hydra/config.yaml``).
 
     Args:
         path: The JSON file to write.
@@ -148,6 +148,8 @@ class RunInfo(L.Callback):
             "seed": self.seed,
             "deterministic": torch.are_deterministic_algorithms_enabled(),
             "world_size": trainer.world_size,
+            # the feature cache's backbone runtime: chosen how, and the rates measured
+            "backbone_runtime": getattr(getattr(trainer, "datamodule", None), "runtime_report", None),
             "command": [Path(sys.executable).name, *sys.argv],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

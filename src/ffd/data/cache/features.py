@@ -6,16 +6,17 @@ per image and *view*: K augmented views per training image (the
 same flip/rotate distribution as the uncached path) and the one plain view
 for val/test. Training then draws one view per image per epoch and trains
 the head alone, so augmentation stays real and epochs cost almost nothing.
-The cache sits in memory-mapped ``.npy`` files (fp16) under a key made of
-everything that changes the features; any change gives a new key, so a stale
-cache is never read. A file lock per key lets one process build while others
-that need the same cache wait and reuse it; a build becomes visible only when
-complete (atomic rename).
+The views are made as batched tensor ops while the backbone runs on the
+previous batch, in whichever runtime ``ffd.backends`` chose for it. The cache
+sits in memory-mapped ``.npy`` files (fp16, or uint8 for bounded features)
+under a key made of everything that changes the features (the runtime
+included); any change gives a new key, so a stale cache is never read. A file
+lock per key lets one process build while others that need the same cache wait
+and reuse it; a build becomes visible only when complete (atomic rename).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -23,7 +24,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,11 @@ from filelock import FileLock, Timeout
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ffd.data.batches import prefetched
 from ffd.data.images import DecodedImages
 from ffd.data.records import Record
-from ffd.errors import FfdError
+from ffd.data.transforms import batch_views, batched, view_transform
+from ffd.errors import ConfigError, FfdError
 from ffd.progress import progress
 
 log = logging.getLogger(__name__)
@@ -67,8 +70,15 @@ def state_fingerprint(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def feature_bound(module: nn.Module) -> float | None:
+    """The largest value a trunk can output if it ends in ReLU6 (6.0, as MobileNetV2's), else None."""
+    last = [m for m in module.modules() if not list(m.children())]
+    return 6.0 if last and isinstance(last[-1], nn.ReLU6) else None
+
+
 class _Views(Dataset):
-    """Each item: ``views`` augmented copies of one resized image, stacked."""
+    """Each item: ``views`` copies of one resized image through a per-view transform, stacked
+    (the forensic JPEG/blur augmentation, which has no batched form)."""
 
     def __init__(self, records: Sequence[Record], images: DecodedImages, view: Callable, views: int) -> None:
         self.records, self.images, self.view, self.views = records, images, view, views
@@ -87,8 +97,8 @@ class FeatureDataset(Dataset):
     The dict marks the batch as features, so the model runs its head only.
     """
 
-    def __init__(self, features: np.ndarray, labels: Sequence[int]) -> None:
-        self.features, self.labels = features, list(labels)
+    def __init__(self, features: np.ndarray, labels: Sequence[int], scale: float | None = None) -> None:
+        self.features, self.labels, self.scale = features, list(labels), scale
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -98,7 +108,8 @@ class FeatureDataset(Dataset):
         v = (
             int(torch.randint(views, ())) if views > 1 else 0
         )  # seeded per epoch (ffd.runs.callbacks.EpochSeed)
-        return {"features": torch.from_numpy(self.features[i, v].astype(np.float32)), "label": self.labels[i]}
+        f = torch.from_numpy(self.features[i, v].astype(np.float32))
+        return {"features": f * self.scale if self.scale else f, "label": self.labels[i]}
 
 
 def feature_key(
@@ -117,7 +128,7 @@ def feature_key(
 
 def build_feature_cache(
     folder: Path, compute: Callable[[Path], None], splits: Sequence[str]
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The complete cache in ``folder``: reused when there, else written by ``compute(out_folder)``
     (``partial(compute_features, ...)``).
 
@@ -127,7 +138,8 @@ def build_feature_cache(
     killed or failed build leaves nothing a later run trusts.
 
     Returns:
-        ``split -> read-only memmap of shape (n, views, C, h, w)``.
+        ``split -> read-only memmap of shape (n, views, C, h, w)``, and the build's ``meta.json``
+        (its ``scale`` dequantizes uint8 features) with ``reused``: whether it was there already.
 
     Raises:
         FfdError: the cache folder is not writable, or its disk has too little free space.
@@ -147,13 +159,15 @@ def build_feature_cache(
             "to a writable folder, or data.cache=none to train without it."
         ) from err
     try:
-        if (folder / META).exists():  # written last, inside the temporary folder
+        reused = (folder / META).exists()  # written last, inside the temporary folder
+        if reused:
             log.info("Reusing feature cache %s", folder)
         else:
             _build_atomically(folder, compute)
     finally:
         lock.release()
-    return {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in splits}
+    meta = {**json.loads((folder / META).read_text()), "reused": reused}
+    return {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in splits}, meta
 
 
 def _build_atomically(folder: Path, compute: Callable[[Path], None]) -> None:
@@ -184,66 +198,126 @@ def _reserve(path: Path, needed: int) -> None:
 
 def compute_features(
     out: Path,
-    encoder: Encoder,
-    splits: Mapping[str, tuple[Sequence[Record], Callable, int]],
+    runner: Callable[[torch.Tensor], torch.Tensor],
+    splits: Mapping[str, tuple[Sequence[Record], Mapping[str, float] | None, int]],
     images: DecodedImages,
+    preprocess: Mapping[str, Any],
     device: torch.device,
-    autocast: Callable[[], contextlib.AbstractContextManager],
     num_workers: int,
     seed: int,
+    dtype: str = "float16",
+    bound: float | None = None,
 ) -> None:
     """Compute the features of every (image, view) into ``out``, ``meta.json`` last.
 
-    The files' space is reserved before the first feature is written, so a full disk is
-    a message, never a crash while writing.
+    The views of the next batch are made (in a second thread) while the backbone runs
+    on this one, as one batched flip/rotate on the stacked images (``batch_views``), so
+    neither decoding nor augmentation holds the backbone back. The files' space is
+    reserved before the first feature is written, so a full disk is a message, never a
+    crash while writing.
 
     Args:
-        splits: ``split -> (records, view transform, views)``.
+        runner: The trunk in the runtime and precision chosen (``ffd.backends.choose_runtime``):
+            normalized views -> features.
+        splits: ``split -> (records, augmentation or None, views)``.
         images: The resized images (decoded by the manifest scan where it kept them).
-        autocast: The training precision's forward context, so cached features equal
-            the ones the uncached path would compute.
+        preprocess: The model's preprocessing (mean, std).
+        device: Where the views are made (the backbone's device).
+        num_workers: Loader workers for the per-view path (forensic JPEG/blur augmentation).
         seed: Seeds the views' augmentation: a data setting (the split's seed), so runs
             with other training seeds share the cache.
+        dtype: ``float16``, or ``uint8``: features of a trunk bounded to [0, ``bound``] (one
+            that ends in ReLU6) quantized in steps of bound/255, half the size.
     """
     start = time.perf_counter()
-    module = encoder.module.to(device).eval()
-    n_views = 0
+    n_views, forward_s = 0, 0.0
     total = sum(len(records) * views for records, _, views in splits.values())
+    scale = _scale(dtype, bound)
     bar = progress(None, "Building the feature cache", total=total, unit="view")
     # A private RNG: building the cache must not change the training run's random stream.
     with bar, torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)  # CPU only: fork_rng restores only that
-        for split, (records, view, views) in splits.items():
-            loader = DataLoader(
-                _Views(records, images, view, views),
-                batch_size=max(1, 64 // views),
-                num_workers=num_workers,
-                generator=torch.Generator().manual_seed(seed),
+        generator = torch.Generator().manual_seed(seed)
+        for split, (records, augment, views) in splits.items():
+            chunks = _view_batches(
+                records, images, views, preprocess, augment, generator, device, num_workers
             )
             store: np.memmap | None = None
             row = 0
-            for batch in loader:
-                b = batch.shape[0]
-                x = batch.flatten(0, 1).to(device, non_blocking=True)
-                with torch.no_grad(), autocast():
-                    f = module(x.contiguous(memory_format=encoder.memory_format)).float()
+            for x in prefetched(chunks):
+                b = x.shape[0] // views
+                tic = time.perf_counter()
+                f = runner(x)
+                forward_s += time.perf_counter() - tic
                 if store is None:
                     if n_views == 0:  # the first batch tells the feature size: is there room for all?
-                        _check_space(out, total * f[0].numel() * 2)
+                        needed = total * f[0].numel() * np.dtype(dtype).itemsize
+                        log.info("Feature cache: %d views x %d %s values = %.2f GiB", total, f[0].numel(),
+                                 dtype, needed / 2**30)  # fmt: skip
+                        _check_space(out, needed)
                     path = out / f"{split}.npy"
-                    store = np.lib.format.open_memmap(
-                        path, "w+", np.float16, (len(records), views, *f.shape[1:])
-                    )
+                    store = np.lib.format.open_memmap(path, "w+", dtype, (len(records), views, *f.shape[1:]))
                     _reserve(path, path.stat().st_size)
-                store[row : row + b] = f.view(b, views, *f.shape[1:]).cpu().numpy().astype(np.float16)
+                f = f.view(b, views, *f.shape[1:]).cpu()
+                store[row : row + b] = _encode(f, scale)
                 row += b
                 n_views += b * views
                 bar.update(b * views)
             if store is not None:
                 store.flush()
     seconds = time.perf_counter() - start
-    (out / META).write_text(json.dumps({"views": n_views, "seconds": round(seconds, 2)}))
-    log.info("Feature cache: %d views in %.1f s (%.0f views/s)", n_views, seconds, n_views / seconds)
+    meta = {
+        "views": n_views, "seconds": round(seconds, 2), "views_per_s": round(n_views / seconds, 1),
+        "backbone_views_per_s": round(n_views / forward_s, 1) if forward_s else None,
+        "dtype": dtype, "scale": scale,
+    }  # fmt: skip
+    (out / META).write_text(json.dumps(meta))
+    log.info(
+        "Feature cache: %d views in %.1f s (%.0f views/s, %.0f %% of the backbone's own %.0f views/s)",
+        n_views, seconds, n_views / seconds, 100 * forward_s / seconds, meta["backbone_views_per_s"] or 0,
+    )  # fmt: skip
+
+
+def _scale(dtype: str, bound: float | None) -> float | None:
+    if dtype == "float16":
+        return None
+    if dtype != "uint8":
+        raise ConfigError(f"data.feature_dtype={dtype}: choose float16 or uint8.")
+    if bound is None:
+        raise ConfigError(
+            "data.feature_dtype=uint8 needs a backbone whose features are bounded (one that ends in "
+            "ReLU6, as MobileNetV2): this one's are not. Use data.feature_dtype=float16."
+        )
+    return bound / 255
+
+
+def _encode(f: torch.Tensor, scale: float | None) -> np.ndarray:
+    if scale is None:
+        return f.numpy().astype(np.float16)
+    return (f / scale).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def _view_batches(
+    records: Sequence[Record],
+    images: DecodedImages,
+    views: int,
+    preprocess: Mapping[str, Any],
+    augment: Mapping[str, float] | None,
+    generator: torch.Generator,
+    device: torch.device,
+    num_workers: int,
+) -> Iterator[torch.Tensor]:
+    """Batches of normalized views (images * views, 3, H, W), image by image, ~64 views each."""
+    per_batch = max(1, 64 // views)
+    if batched(augment):
+        for i in range(0, len(records), per_batch):
+            stacked = torch.stack([images.get(r.path) for r in records[i : i + per_batch]])
+            yield batch_views(stacked.to(device, non_blocking=True), views, preprocess, augment, generator)
+        return
+    dataset = _Views(records, images, view_transform(preprocess, augment), views)
+    loader = DataLoader(dataset, per_batch, num_workers=num_workers, generator=generator)
+    for batch in loader:
+        yield batch.flatten(0, 1).to(device, non_blocking=True)
 
 
 def _check_space(out: Path, needed: int) -> None:

@@ -1,0 +1,314 @@
+"""Where a frozen backbone runs: torch, onnxruntime or OpenVINO, chosen by measurement.
+
+The frozen trunk is nearly all of the compute of frozen-backbone work (the feature
+cache build, eval, predict, the robustness sweep), and which runtime runs it fastest
+depends on the CPU: on a 2-core Intel Xeon with AMX onnxruntime's fp32 ran
+MobileNetV2's trunk 1.5x faster than torch's bf16 autocast, on a 2-core AMD EPYC torch's
+bf16 was the fastest. ``runtime=auto`` therefore measures every runtime installed on a
+few batches, once per machine, model and precision (the result is kept in the cache
+folder, like cuDNN's benchmark mode), and takes the fastest whose features pass the
+parity check for the precision asked for:
+
+- an fp32 request (``32-true``: the precision every shipped model scores in) takes a
+  runtime whose features agree with torch's fp32 to ``FP32_RTOL``;
+- a mixed-precision request (the feature cache of a ``bf16-mixed`` run) also takes
+  one that is no farther from fp32 than torch's own autocast at that precision.
+
+OpenVINO is optional (``pip install openvino``); on CUDA the trunk always runs in torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from torch import nn
+
+from ffd.errors import ConfigError, FfdError
+from ffd.runtime import autocast_dtype, cpu_name
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+FP32_RTOL = 1e-4  # max |feature difference| / max |feature|: what fp32 runtimes differ by (~1e-6 measured)
+MIXED_SLACK = 1.5  # a mixed-precision runtime may be this much farther from fp32 than torch's own
+PROBE_BATCHES = 3  # timed batches per candidate (after one warm-up batch)
+PROBE_SECONDS = 1.0
+
+
+@dataclass
+class Runner:
+    """A trunk in one runtime and precision: normalized images (N, 3, H, W) -> fp32 features."""
+
+    name: str
+    precision: str
+    run: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.precision}"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.run(x)
+
+
+def torch_runner(module: nn.Module, precision: str, memory_format: torch.memory_format) -> Runner:
+    device = next(module.parameters()).device
+    dtype = autocast_dtype(precision)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None):
+            return module(x).float()
+
+    return Runner("torch", precision, run)
+
+
+def export_trunk(module: nn.Module, size: int, path: Path) -> Path:
+    """The trunk as an fp32 ONNX file with a dynamic batch (written once, atomically, under a lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_suffix(".lock")):
+        if path.is_file():
+            return path
+        tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+        trunk = copy.deepcopy(module).float().cpu().eval()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporter's deprecation chatter
+                torch.onnx.export(
+                    trunk, (torch.zeros(1, 3, size, size),), str(tmp), input_names=["x"], output_names=["f"],
+                    dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17, dynamo=False,
+                )  # fmt: skip
+            tmp.rename(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def onnxruntime_runner(onnx_file: Path) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    # Idle threads sleep instead of spinning: the thread that decodes or makes the next batch's
+    # views needs a core between forward passes (as in ffd.inference.scorers.OnnxScorer).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        (f,) = session.run(None, {"x": x.float().contiguous().cpu().numpy()})
+        return torch.from_numpy(f)
+
+    return Runner("onnxruntime", "32-true", run)
+
+
+def openvino_runner(onnx_file: Path, precision: str) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    hint = "bf16" if precision == "bf16-mixed" else "f32"
+    compiled = core.compile_model(
+        core.read_model(str(onnx_file)), "CPU",
+        {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads()},
+    )  # fmt: skip
+    request = compiled.create_infer_request()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        request.infer({0: x.float().contiguous().cpu().numpy()})
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    return Runner("openvino", precision, run)
+
+
+def available(name: str) -> bool:
+    return name == "torch" or importlib.util.find_spec(PACKAGES[name]) is not None
+
+
+def _openvino_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def candidates(requested: str, precision: str, on_cpu: bool) -> list[tuple[str, str]]:
+    """(runtime, precision) pairs worth measuring for a request."""
+    if requested not in RUNTIMES:
+        raise ConfigError(f"runtime={requested}: choose one of {', '.join(RUNTIMES)}.")
+    if requested != "auto" and not available(requested):
+        raise ConfigError(
+            f"runtime={requested}, but {PACKAGES[requested]} is not installed: "
+            f"pip install {PACKAGES[requested]}, or use runtime=auto."
+        )
+    if not on_cpu:
+        if requested not in ("auto", "torch"):
+            raise ConfigError(f"runtime={requested} runs on the CPU only; on CUDA use runtime=auto or torch.")
+        return [("torch", precision)]
+    pairs = [("torch", precision), ("onnxruntime", "32-true"), ("openvino", "32-true")]
+    if precision == "bf16-mixed" and available("openvino") and _openvino_bf16():
+        pairs.append(("openvino", "bf16-mixed"))
+    return [(n, p) for n, p in pairs if (requested in ("auto", n)) and available(n)]
+
+
+def relative_error(f: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((f.float() - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
+
+
+def rate(runner: Runner, x: torch.Tensor) -> float:
+    """Images/s of a runner on batch x: one warm-up batch, then up to PROBE_BATCHES timed ones (fewer
+    once PROBE_SECONDS have passed: a slow candidate needs no precise figure to lose)."""
+    runner(x)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
+    start, done = time.perf_counter(), 0
+    while done < PROBE_BATCHES and (done == 0 or time.perf_counter() - start < PROBE_SECONDS):
+        runner(x)
+        sync()
+        done += 1
+    return done * x.shape[0] / (time.perf_counter() - start)
+
+
+@dataclass
+class Choice:
+    """The runner chosen, and the measurements behind the choice (recorded in run_info.json)."""
+
+    runner: Runner
+    report: dict[str, Any]
+
+
+def choose_runtime(
+    requested: str,
+    module: nn.Module,
+    fingerprint: str,
+    memory_format: torch.memory_format,
+    precision: str,
+    probe: torch.Tensor,
+    folder: Path | None,
+) -> Choice:
+    """The trunk runner for a request (``auto``: the fastest that passes parity; see the module doc).
+
+    Args:
+        requested: ``auto``, ``torch``, ``onnxruntime`` or ``openvino``.
+        module: The frozen trunk, on its device, in eval mode.
+        fingerprint: What identifies the trunk's weights (``Encoder.fingerprint``).
+        precision: The precision asked for (``32-true``, ``bf16-mixed``, ``16-mixed``).
+        probe: A batch of normalized images (N, 3, H, W) to measure and check parity on.
+        folder: Where the exported trunk and the measurements are kept (None: nowhere, every
+            process measures afresh).
+    """
+    on_cpu = next(module.parameters()).device.type == "cpu"
+    pairs = candidates(requested, precision, on_cpu)
+    key = _choice_key(fingerprint, precision, pairs, probe.shape)
+    size = probe.shape[-1]
+    trunk_name = f"trunk-{hashlib.sha256(f'{fingerprint}:{size}'.encode()).hexdigest()[:16]}.onnx"
+    onnx_file = (folder or Path(tempfile.mkdtemp(prefix="ffd-trunk-"))) / trunk_name
+
+    def build(name: str, p: str) -> Runner:
+        if name == "torch":
+            return torch_runner(module, p, memory_format)
+        onnx = export_trunk(module, size, onnx_file)
+        return onnxruntime_runner(onnx) if name == "onnxruntime" else openvino_runner(onnx, p)
+
+    if folder is None:
+        report, runner = _measure(requested, pairs, build, module, memory_format, precision, probe)
+        return Choice(runner, {**report, "measured_now": True})
+    recorded = folder / f"runtime-{key}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    # One process measures; every other one that asks meanwhile (DDP ranks) waits and takes its
+    # choice, so all of them compute the same features.
+    with FileLock(recorded.with_suffix(".lock")):
+        if recorded.is_file():
+            report = json.loads(recorded.read_text())
+            log.info(
+                "Backbone runtime: %s (measured earlier on this machine: %s)", report["chosen"], recorded
+            )
+            name, p = report["chosen"].split()
+            return Choice(build(name, p), {**report, "measured_now": False})
+        report, runner = _measure(requested, pairs, build, module, memory_format, precision, probe)
+        if report["left_out"]:  # a choice among fewer than all: the next run measures again
+            return Choice(runner, {**report, "measured_now": True})
+        tmp = recorded.with_name(f"{recorded.name}.partial-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(report, indent=2))
+            tmp.rename(recorded)
+        except OSError as err:  # not kept: the next run measures again
+            tmp.unlink(missing_ok=True)
+            log.warning("Can't keep the backbone runtime choice in %s (%s)", recorded, err)
+    return Choice(runner, {**report, "measured_now": True})
+
+
+def _measure(
+    requested: str,
+    pairs: list[tuple[str, str]],
+    build: Callable[[str, str], Runner],
+    module: nn.Module,
+    memory_format: torch.memory_format,
+    precision: str,
+    probe: torch.Tensor,
+) -> tuple[dict[str, Any], Runner]:
+    """Parity and images/s of each candidate on the probe; the report and the fastest that passes."""
+    reference = torch_runner(module, "32-true", memory_format)(probe).cpu()
+    tolerance = FP32_RTOL
+    if precision != "32-true":
+        torch_mixed = torch_runner(module, precision, memory_format)(probe).cpu()
+        tolerance = max(FP32_RTOL, MIXED_SLACK * relative_error(torch_mixed, reference))
+    measured: dict[str, dict[str, float | bool]] = {}
+    runners: dict[str, Runner] = {}
+    left_out: list[str] = []
+    for name, p in pairs:
+        try:
+            runner = build(name, p)
+        except OSError as err:  # the exported trunk can't be written (a full or read-only disk)
+            if requested != "auto":
+                raise FfdError(f"runtime={name}: can't export the backbone for it ({err}).") from err
+            log.warning("Backbone runtime %s %s left out: can't export the backbone (%s)", name, p, err)
+            left_out.append(f"{name} {p}")
+            continue
+        error = relative_error(runner(probe).cpu(), reference)
+        measured[runner.label] = {
+            "img_per_s": round(rate(runner, probe), 1), "rel_error": error, "parity": error <= tolerance,
+        }  # fmt: skip
+        runners[runner.label] = runner
+    passing = {k: v for k, v in measured.items() if v["parity"]}
+    if not passing:
+        raise ConfigError(f"No backbone runtime matches {precision} here ({measured}): use runtime=torch.")
+    chosen = max(passing, key=lambda k: float(passing[k]["img_per_s"]))
+    log.info(
+        "Backbone runtime: %s (%s)", chosen,
+        ", ".join(f"{k} {v['img_per_s']:.0f} img/s{'' if v['parity'] else ' (fails parity)'}"
+                  for k, v in measured.items()),
+    )  # fmt: skip
+    report = {
+        "requested": requested, "precision": precision, "chosen": chosen, "tolerance": tolerance,
+        "measured": measured, "left_out": left_out, "batch": int(probe.shape[0]), "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip
+    return report, runners[chosen]
+
+
+def _choice_key(fingerprint: str, precision: str, pairs: list[tuple[str, str]], shape: torch.Size) -> str:
+    versions = {n: _version(n) for n, _ in pairs}
+    facts = [fingerprint, precision, pairs, list(shape), cpu_name(), torch.get_num_threads(), versions]
+    return hashlib.sha256(json.dumps(facts, default=str).encode()).hexdigest()[:16]
+
+
+def _version(name: str) -> str:
+    if name == "torch":
+        return torch.__version__
+    from importlib.metadata import version
+
+    return version(PACKAGES[name])

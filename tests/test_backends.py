@@ -1,0 +1,87 @@
+"""Backbone runtimes: every one gives torch's features, auto picks by measurement and remembers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model
+
+import ffd.backends as backends
+from ffd.backends import FP32_RTOL, available, candidates, choose_runtime, relative_error
+from ffd.errors import ConfigError
+
+INSTALLED = [n for n in ("torch", "onnxruntime", "openvino") if available(n)]
+
+
+@pytest.fixture(scope="module")
+def trunk():
+    model = tiny_model(pretrained=True).eval()  # pretrained: real features, not a dead trunk
+    enc = model.encoder()
+    probe = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0)).clamp(-2, 2)
+    return enc, probe, enc.module(probe).float()
+
+
+def choose(trunk, requested: str, folder: Path | None, precision: str = "32-true"):
+    enc, probe, _ = trunk
+    return choose_runtime(requested, enc.module, enc.fingerprint, enc.memory_format, precision, probe, folder)
+
+
+@pytest.mark.parametrize("name", INSTALLED)
+def test_every_runtime_gives_the_features_torch_gives(trunk, name: str, tmp_path: Path) -> None:
+    choice = choose(trunk, name, tmp_path)
+    assert choice.runner.name == name and choice.report["chosen"].startswith(name)
+    features = choice.runner(trunk[1])
+    assert trunk[2].abs().mean() > 0.05
+    assert relative_error(features, trunk[2]) <= FP32_RTOL
+
+
+def test_auto_measures_once_then_reuses_the_choice(trunk, tmp_path: Path) -> None:
+    first = choose(trunk, "auto", tmp_path)
+    report = first.report
+    assert report["measured_now"] and set(report["measured"]) == {f"{n} 32-true" for n in INSTALLED}
+    chosen = report["measured"][report["chosen"]]
+    assert chosen["parity"] and chosen["img_per_s"] == max(
+        v["img_per_s"] for v in report["measured"].values() if v["parity"]
+    )
+    (recorded,) = tmp_path.glob("runtime-*.json")
+    assert json.loads(recorded.read_text())["chosen"] == report["chosen"]
+    again = choose(trunk, "auto", tmp_path)
+    assert not again.report["measured_now"] and again.runner.label == first.runner.label
+    assert relative_error(again.runner(trunk[1]), trunk[2]) <= FP32_RTOL
+
+
+def test_a_runtime_failing_parity_is_never_chosen(trunk, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = backends.onnxruntime_runner
+
+    def off(onnx_file: Path) -> backends.Runner:
+        runner = real(onnx_file)
+        return backends.Runner(runner.name, runner.precision, lambda x: runner.run(x) * 1.01)  # 1 % off
+
+    monkeypatch.setattr(backends, "onnxruntime_runner", off)
+    report = choose(trunk, "auto", None).report
+    assert not report["measured"]["onnxruntime 32-true"]["parity"]
+    assert not report["chosen"].startswith("onnxruntime")
+    with pytest.raises(ConfigError, match="No backbone runtime matches"):
+        choose(trunk, "onnxruntime", None)
+
+
+def test_mixed_precision_accepts_what_is_no_farther_from_fp32_than_torch(trunk) -> None:
+    report = choose(trunk, "auto", None, precision="bf16-mixed").report
+    torch_error = report["measured"]["torch bf16-mixed"]["rel_error"]
+    assert FP32_RTOL < torch_error <= report["tolerance"]  # bf16 rounding is far above fp32's
+    assert all(v["parity"] for k, v in report["measured"].items() if "32-true" in k)
+
+
+def test_bad_settings_say_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="runtime=tensorrt: choose one of auto, torch"):
+        candidates("tensorrt", "32-true", on_cpu=True)
+    with pytest.raises(ConfigError, match="runs on the CPU only"):
+        candidates("onnxruntime", "16-mixed", on_cpu=False)
+    assert candidates("auto", "16-mixed", on_cpu=False) == [("torch", "16-mixed")]
+    monkeypatch.setattr(backends, "available", lambda name: name != "openvino")
+    with pytest.raises(ConfigError, match="pip install openvino"):
+        candidates("openvino", "32-true", on_cpu=True)
+    assert ("openvino", "32-true") not in candidates("auto", "32-true", on_cpu=True)

@@ -85,3 +85,9 @@ def test_bad_settings_say_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="pip install openvino"):
         candidates("openvino", "32-true", on_cpu=True)
     assert ("openvino", "32-true") not in candidates("auto", "32-true", on_cpu=True)
+
+
+def test_an_unwritable_runtime_folder_only_costs_the_record(trunk, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    choice = choose(trunk, "auto", tmp_path / "file" / "runtimes")
+    assert choice.report["measured_now"] and choice.report["measured"][choice.report["chosen"]]["parity"]

@@ -3,8 +3,9 @@
 The frozen trunk is nearly all of the compute of frozen-backbone work (the feature
 cache build, eval, predict, the robustness sweep), and which runtime runs it fastest
 depends on the CPU: on a 2-core Intel Xeon with AMX onnxruntime's fp32 ran
-MobileNetV2's trunk 1.5x faster than torch's bf16 autocast, on a 2-core AMD EPYC torch's
-bf16 was the fastest. ``runtime=auto`` therefore measures every runtime installed on a
+MobileNetV2's trunk 1.5x faster than torch's bf16 autocast; on a 2-core AMD EPYC with
+AVX-512 torch's bf16 was the fastest, on one without (Zen 3) onnxruntime's fp32, at 1.8x
+torch's fp32. ``runtime=auto`` therefore measures every runtime installed on a
 few batches, once per machine, model and precision (the result is kept in the cache
 folder, like cuDNN's benchmark mode), and takes the fastest whose features pass the
 parity check for the precision asked for:
@@ -214,6 +215,12 @@ def choose_runtime(
     pairs = candidates(requested, precision, on_cpu)
     key = _choice_key(fingerprint, precision, pairs, probe.shape)
     size = probe.shape[-1]
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            log.warning("Can't keep backbone runtimes in %s (%s): measuring for this run only", folder, err)
+            folder = None
     trunk_name = f"trunk-{hashlib.sha256(f'{fingerprint}:{size}'.encode()).hexdigest()[:16]}.onnx"
     onnx_file = (folder or Path(tempfile.mkdtemp(prefix="ffd-trunk-"))) / trunk_name
 
@@ -227,7 +234,6 @@ def choose_runtime(
         report, runner = _measure(requested, pairs, build, module, memory_format, precision, probe)
         return Choice(runner, {**report, "measured_now": True})
     recorded = folder / f"runtime-{key}.json"
-    folder.mkdir(parents=True, exist_ok=True)
     # One process measures; every other one that asks meanwhile (DDP ranks) waits and takes its
     # choice, so all of them compute the same features.
     with FileLock(recorded.with_suffix(".lock")):

@@ -53,7 +53,9 @@ def run(args: list[str], cwd: Path) -> None:
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tiny_synthetic: Path, tmp_path: Path) -> None:
-    common = [f"data.root={tiny_synthetic}", *ARGS]
+    # One runtime for both: auto measures per thread count (a DDP rank has fewer threads), and a
+    # different choice would rightly key another cache.
+    common = [f"data.root={tiny_synthetic}", *ARGS, "runtime=onnxruntime"]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     # DDP first: rank 0 builds the feature cache while rank 1 waits for it.
     run([*common, "trainer=ddp", "trainer.devices=2", "data.batch_size=8", f"hydra.run.dir={ddp}"], tmp_path)

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ffd.data.faces import DETECTORS, FaceDetector, make_detector
+from ffd.data.faces import DETECTORS, FaceDetector, iou, make_detector
+from ffd.data.facts import Box
 from ffd.data.synthetic import SIZE, draw_face, photograph
 
-Box = tuple[float, float, float, float]
 # draw_face's skin ellipse at its mean centre (300, 310) and radii (180, 230), in its 600x600 frame.
 FACE_BOX: Box = (120.0, 80.0, 480.0, 540.0)
 ASTRONAUT_BOX: Box = (180.0, 70.0, 275.0, 172.0)  # labelled by hand on skimage.data.astronaut()
@@ -36,15 +36,6 @@ class Scene:
     name: str
     img: Image.Image
     box: Box | None  # None: no face in the image
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two (left, top, right, bottom) boxes."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:

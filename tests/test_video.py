@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ffd.data.faces import Face
+from ffd.data.faces import Face, iou
 from ffd.data.manifest import build_manifest
 from ffd.data.records import Record, read_manifest, write_manifest
 from ffd.data.synthetic_video import ensure_synthetic_video
 from ffd.data.video.crops import INDEX, CropSettings, extract
 from ffd.data.video.decode import VideoDecodeError, read_frames, sample_indices
 from ffd.data.video.layouts import discover_videos
-from ffd.data.video.track import iou, track
+from ffd.data.video.track import track
 from ffd.errors import FfdError
 
 SETTINGS = CropSettings(frames=4, stride=None, scale=1.3, size=48, detector="haar")

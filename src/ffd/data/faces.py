@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from ffd.data.facts import Box
 from ffd.errors import ConfigError, FfdError
 
 CASCADE = "haarcascade_frontalface_default.xml"
@@ -32,13 +33,22 @@ class Face:
         score: The detector's confidence (1.0 where a detector gives none).
     """
 
-    box: tuple[float, float, float, float]
+    box: Box
     score: float
 
     @property
     def area(self) -> float:
         left, top, right, bottom = self.box
         return max(0.0, right - left) * max(0.0, bottom - top)
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 class FaceDetector(Protocol):

@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,43 @@ def generate(
     return out / TREE
 
 
+def generate_once(
+    out: Path,
+    marker_name: str,
+    spec: dict[str, Any],
+    make: Callable[[], object],
+    generator: str,
+    file_hint: str,
+    own_hint: str,
+    log_line: str,
+) -> None:
+    """Run ``make()`` to fill ``out`` unless a complete set made with the same ``spec`` is there.
+
+    A marker file with the spec is written last; a folder marked as partial is one a killed
+    generation left, and is regenerated. A non-empty folder that ffd did not generate is
+    refused, so a user's own data is never overwritten.
+    """
+    marker = out / marker_name
+    if out.exists() and not out.is_dir():
+        raise FfdError(f"{out} is a file; synthetic data needs a folder. {file_hint}")
+    if marker.exists():
+        if json.loads(marker.read_text()) == spec:
+            return
+        log.info("Synthetic set at %s was made with other settings; regenerating it.", out)
+    elif out.exists() and any(out.iterdir()) and not (out / _PARTIAL).exists():
+        raise FfdError(
+            f"{out} is not empty and was not made by ffd's {generator}; refusing to write into it. "
+            f"{own_hint}; for synthetic data, point data.root at an empty or new folder."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    (out / _PARTIAL).touch()
+    log.info("%s", log_line)
+    make()
+    marker.write_text(json.dumps(spec))
+    (out / _PARTIAL).unlink()
+
+
 def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int, method: str = "mixed") -> Path:
     """Generate the set under ``out`` unless an identical complete one is there already.
 
@@ -331,27 +369,11 @@ def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int, m
     }
     if method != "mixed":  # a mixed set's marker stays as before
         spec["method"] = method
-    marker = out / MARKER
-    if out.exists() and not out.is_dir():
-        raise FfdError(f"{out} is a file; synthetic data needs a folder. For your own data use data=ciplab.")
-    if marker.exists():
-        if json.loads(marker.read_text()) == spec:
-            return out / TREE
-        log.info("Synthetic set at %s was made with other settings; regenerating it.", out)
-    elif out.exists() and any(out.iterdir()) and not (out / _PARTIAL).exists():
-        raise FfdError(
-            f"{out} is not empty and was not made by ffd's generator; refusing to write into it. "
-            "To train on your own images there, use data=ciplab data.root=...; for synthetic data, "
-            "point data.root at an empty or new folder."
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    (out / _PARTIAL).touch()
-    log.info("Generating %d real + %d fake synthetic images in %s ...", num_real, num_fake, out)
-    tree = generate(out, num_real, num_fake, seed, method=method)
-    marker.write_text(json.dumps(spec))
-    (out / _PARTIAL).unlink()
-    return tree
+    log_line = f"Generating {num_real} real + {num_fake} fake synthetic images in {out} ..."
+    own = "To train on your own images there, use data=ciplab data.root=..."
+    generate_once(out, MARKER, spec, lambda: generate(out, num_real, num_fake, seed, method=method),
+                  "generator", "For your own data use data=ciplab.", own, log_line)  # fmt: skip
+    return out / TREE
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from ffd.config import compose_config
 from ffd.data.faces import FaceDetector, make_detector
 from ffd.data.facts import FACE_SIZE, PART_BOXES, SPLITS
-from ffd.data.synthetic import draw_face
+from ffd.data.synthetic import draw_face, generate_once
 from ffd.errors import ConfigError, FfdError
 from ffd.progress import progress
 
@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 
 MARKER = "synthetic_video.json"
 GENERATOR_VERSION = 2  # 2: faces the detector finds across their clip
-_PARTIAL = ".ffd-synthetic-incomplete"
 REAL_DIR = Path("original_sequences/youtube/c23/videos")
 FAKE_DIR = "manipulated_sequences/{method}/c23/videos"
 FPS = 25
@@ -329,30 +328,12 @@ def ensure_synthetic_video(out: str | Path, **spec) -> Path:
     """
     out = Path(out)
     spec = {**spec, "methods": list(spec.get("methods", [])), "version": GENERATOR_VERSION}
-    marker = out / MARKER
-    if out.exists() and not out.is_dir():
-        raise FfdError(
-            f"{out} is a file; synthetic videos need a folder. For your own videos use data.synthetic=null."
-        )
-    if marker.exists():
-        if json.loads(marker.read_text()) == spec:
-            return out
-        log.info("Synthetic video set at %s was made with other settings; regenerating it.", out)
-    elif out.exists() and any(out.iterdir()) and not (out / _PARTIAL).exists():
-        raise FfdError(
-            f"{out} is not empty and was not made by ffd's video generator; refusing to write into it. "
-            "To train on your own videos there, use data=video data.synthetic=null data.root=...; for "
-            "synthetic videos, point data.root at an empty or new folder."
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    (out / _PARTIAL).touch()
     args = {k: v for k, v in spec.items() if k != "version"}
-    log.info("Generating %d identities x (1 real + %d fakes) synthetic videos in %s ...",
-             spec["identities"], len(spec["methods"]), out)  # fmt: skip
-    generate(out, **args)
-    marker.write_text(json.dumps(spec))
-    (out / _PARTIAL).unlink()
+    log_line = (f"Generating {spec['identities']} identities x (1 real + {len(spec['methods'])} fakes) "
+                f"synthetic videos in {out} ...")  # fmt: skip
+    own = "To train on your own videos there, use data=video data.synthetic=null data.root=..."
+    generate_once(out, MARKER, spec, lambda: generate(out, **args), "video generator",
+                  "For your own videos use data.synthetic=null.", own, log_line)  # fmt: skip
     return out
 
 

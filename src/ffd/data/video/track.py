@@ -10,18 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ffd.data.faces import Face
-
-Box = tuple[float, float, float, float]
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two (left, top, right, bottom) boxes."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+from ffd.data.faces import Face, iou
+from ffd.data.facts import Box
 
 
 def _centre_gap(a: Box, b: Box) -> float:

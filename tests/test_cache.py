@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 from ffd.data.cache.features import Encoder, _scale, feature_bound, feature_key
 from ffd.data.datamodule import FaceDataModule
 from ffd.data.records import Record
-from ffd.data.transforms import apply_views, draw_views
+from ffd.data.transforms import apply_views, batch_views, draw_views
 from ffd.errors import ConfigError, FfdError
 from ffd.models.module import FakeFaceClassifier
 from ffd.runs.training import train
@@ -193,7 +193,22 @@ def test_batched_views_are_torchvisions_flips_and_rotations() -> None:
         ref = TF.horizontal_flip(x[i]) if params["hflip"][i] else x[i]
         ref = TF.vertical_flip(ref) if params["vflip"][i] else ref
         ref = TF.rotate(ref, float(params["angle"][i]), interpolation=TF.InterpolationMode.NEAREST)
-        assert (out[i] == ref.float()).float().mean() > 0.999
+        assert (out[i] == ref).float().mean() > 0.999
+
+
+def test_batch_views_are_normalized_views_with_the_fill_a_normalized_zero() -> None:
+    """batch_views = view_transform's steps (flips, rotation with zero fill, then normalization)."""
+    preprocess = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    x = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    out = batch_views(x, 4, preprocess, SEED_AUGMENT, torch.Generator().manual_seed(5))
+    params = draw_views(8, SEED_AUGMENT, torch.Generator().manual_seed(5))
+    assert params["angle"].abs().min() > 0.5  # every view is rotated: its corners are fill
+    for j in range(8):
+        ref = TF.horizontal_flip(x[j // 4]) if params["hflip"][j] else x[j // 4]
+        ref = TF.vertical_flip(ref) if params["vflip"][j] else ref
+        ref = TF.rotate(ref, float(params["angle"][j]), interpolation=TF.InterpolationMode.NEAREST)
+        ref = TF.normalize(TF.to_dtype(ref, torch.float32, scale=True), **preprocess)
+        assert ((out[j] - ref).abs() < 1e-5).float().mean() > 0.999
 
 
 def test_batched_views_draw_view_transforms_distribution() -> None:

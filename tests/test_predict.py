@@ -109,7 +109,7 @@ def test_eval_and_predict_score_what_the_model_sees(make_cfg, trained, tmp_path:
     from_predict = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert sorted(from_predict) == paths
     expected = independent_p_fake(ckpt, paths)
-    assert expected.std() > 0.01  # a model whose outputs differ from image to image
+    assert expected.std() > 1e-3  # outputs that differ from image to image, by far more than atol
     for scores in (from_eval, {p: r["p_fake"] for p, r in from_predict.items()}):
         torch.testing.assert_close(torch.tensor([scores[p] for p in paths]), expected, atol=1e-5, rtol=0)
     threshold = torch.load(ckpt, weights_only=True)["ffd"]["threshold"]
@@ -190,7 +190,7 @@ def test_every_backbone_runtime_gives_the_same_p_fake(trained, tmp_path: Path) -
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         scores[runtime] = rows
     reference = torch.tensor([r["p_fake"] for r in scores["torch"]])
-    assert reference.std() > 0.01
+    assert reference.std() > 1e-3  # outputs that differ from image to image, by far more than atol
     for runtime, rows in scores.items():
         torch.testing.assert_close(torch.tensor([r["p_fake"] for r in rows]), reference, atol=1e-4, rtol=0)
         assert [r["label"] for r in rows] == [r["label"] for r in scores["torch"]], runtime

@@ -256,6 +256,7 @@ class FaceDataModule(L.LightningDataModule):
             # Training workers start afresh every epoch, seeded from (seed, epoch): a resumed run
             # augments as an uninterrupted one would. (Forking 2 workers costs well under a second.)
             persistent_workers=workers > 0 and not training,
+            collate_fn=FeatureDataset.collate if self.cache == "features" else None,
         )
 
     def train_dataloader(self) -> DataLoader:

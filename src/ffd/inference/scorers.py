@@ -65,16 +65,19 @@ class CheckpointScorer:
         self.runner: Runner | None = None  # chosen on the first batch
         self.runtime_report: dict[str, Any] | None = None
 
-    def p_fake(self, images: torch.Tensor) -> list[float]:
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Decoded uint8 RGB (N, H, W, 3) -> uncalibrated fp32 logits (N, 2), on the CPU."""
         with torch.no_grad():
             images = images.to(self.device, non_blocking=True)
             if self.runtime == "torch":
-                return self.net(images)[:, FAKE].cpu().tolist()
+                return self.net.logits(images).float().cpu()
             x = self.net.preprocess(images)
             if self.runner is None:
                 self.runner = self._choose(x)
-            logits = self.net.head(self.runner(x).to(self.device))
-            return (logits / self.net.temperature).softmax(-1)[:, FAKE].cpu().tolist()
+            return self.net.head(self.runner(x).to(self.device)).float().cpu()
+
+    def p_fake(self, images: torch.Tensor) -> list[float]:
+        return (self.logits(images) / self.net.temperature.cpu()).softmax(-1)[:, FAKE].tolist()
 
     def _choose(self, probe: torch.Tensor) -> Runner:
         from ffd.data.cache.features import state_fingerprint

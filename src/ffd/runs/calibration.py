@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ffd.data.batches import batches, load_items
+from ffd.data.batches import batches, load_items, prefetched
 from ffd.data.facts import FAKE
 from ffd.data.records import Record
 from ffd.errors import FfdError
@@ -35,12 +35,12 @@ log = logging.getLogger(__name__)
 def scored_logits(scorer: CheckpointScorer, records: Sequence[Record], batch_size: int) -> torch.Tensor:
     """The shipped model's uncalibrated logits (N, 2) for records, in order."""
     out = []
-    for group, x in batches(load_items([r.path for r in records], scorer.preprocess), batch_size):
+    items = prefetched(load_items([r.path for r in records], scorer.preprocess))  # decode while it scores
+    for group, x in batches(items, batch_size):
         if failed := [it for it in group if it.image is None]:
             raise FfdError(f"{failed[0].path} became unreadable during training: {failed[0].message}")
         assert x is not None
-        with torch.no_grad():
-            out.append(scorer.net.logits(x.to(scorer.device)).float().cpu())
+        out.append(scorer.logits(x))
     return torch.cat(out)
 
 
@@ -60,11 +60,18 @@ def split_metrics(split: str, logits: torch.Tensor, labels: torch.Tensor, t: flo
 
 
 def calibrate(
-    model: FakeFaceClassifier, rows: Mapping[str, Sequence[Record]], method: str, batch_size: int, test: bool
+    model: FakeFaceClassifier,
+    rows: Mapping[str, Sequence[Record]],
+    method: str,
+    batch_size: int,
+    test: bool,
+    runtime: str = "torch",
+    runtime_dir: Path | None = None,
 ) -> dict[str, float]:
     """Calibrate a model on ``rows["val"]`` and score it there (and on ``rows["test"]`` with ``test``);
-    the model gets the temperature, threshold and metrics (see ``store``)."""
-    scorer = CheckpointScorer(model)
+    the model gets the temperature, threshold and metrics (see ``store``). ``runtime``: where the
+    backbone runs, as in ``CheckpointScorer`` (its choice kept in ``runtime_dir``)."""
+    scorer = CheckpointScorer(model, runtime, runtime_dir)
     labels = {s: torch.tensor([r.label for r in rows[s]]) for s in ("val", "test")}
     logits = scored_logits(scorer, rows["val"], batch_size)
     t = fit_temperature(logits, labels["val"])

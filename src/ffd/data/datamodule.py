@@ -207,7 +207,7 @@ class FaceDataModule(L.LightningDataModule):
         settings = {
             "preprocess": self.preprocess, "augment": self.augment, "views": views, "precision": precision,
             "decode_size": self.decode_size, "seed": self.split["seed"], "runtime": choice.runner.label,
-            "dtype": self.feature_dtype,
+            "dtype": self.feature_dtype, "view_maker": "gather",  # how views are made (ties round up)
         }  # fmt: skip
         folder = self.cache_dir / f"features-{feature_key(encoder, settings, rows)}"
         splits = {s: (rows[s], augment[s], views[s]) for s in SPLITS}

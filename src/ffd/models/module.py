@@ -182,7 +182,7 @@ class FakeFaceClassifier(L.LightningModule):
         fingerprint = f"{h['backbone']}:{h['weights']}:{size}:{state_fingerprint(self.backbone)}"
         return Encoder(self.backbone, fingerprint, self.memory_format)
 
-    def _step(self, batch: Batch, split: str) -> torch.Tensor:
+    def _step(self, batch: Batch, batch_idx: int, split: str) -> torch.Tensor:
         if isinstance(batch, dict):  # cached backbone features: the head is all that runs
             logits, y = self.head(batch["features"]).float(), batch["label"]
         else:
@@ -203,27 +203,19 @@ class FakeFaceClassifier(L.LightningModule):
             batch_size=len(y),
             sync_dist=True,
         )
+        if batch_idx == 0:  # logged once: Lightning computes (across ranks) and resets them at epoch
+            # end, before any callback reads them; logging the objects every step cost more than
+            # the head's training steps themselves
+            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=split != "train")
         return loss
 
-    def _log_epoch_metrics(self, split: str) -> None:
-        """The epoch's accuracy and AUROC, logged once (computed across ranks): logging the metric
-        objects every step cost more than the head's training steps themselves."""
-        metrics = getattr(self, f"{split}_metrics")
-        if any(m.update_count for m in metrics.values()):  # none in an empty epoch
-            self.log_dict(metrics.compute(), prog_bar=split != "train")
-        metrics.reset()
-
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, batch_idx, "train")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
+        self._step(batch, batch_idx, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
         if self._val_scores and not self.trainer.sanity_checking:
             probs, labels = (torch.cat(t) for t in zip(*self._val_scores, strict=True))
             if self.trainer.world_size > 1:  # every rank picks the same threshold from all of val

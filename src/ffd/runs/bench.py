@@ -237,7 +237,7 @@ def runtime_line(report: dict[str, Any] | None) -> str:
 
 def cache_line(run: dict[str, Any]) -> str:
     c = run["feature_cache"]
-    alone = c["backbone_alone_views_per_s"]
+    alone = c.get("backbone_alone_views_per_s") or c["backbone_views_per_s"]  # a cache built before
     return (
         f"Feature cache build: {c['views']:,} views in {c['seconds']:.1f} s, {c['views_per_s']:.0f} views/s "
         f"= {100 * c['views_per_s'] / alone:.0f} % of the backbone alone ({alone:.0f} views/s on one of the "

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 def scored_logits(scorer: CheckpointScorer, records: Sequence[Record], batch_size: int) -> torch.Tensor:
     """The shipped model's uncalibrated logits (N, 2) for records, in order."""
     out = []
-    items = prefetched(load_items([r.path for r in records], scorer.preprocess))  # decode while it scores
-    for group, x in batches(items, batch_size):
+    items = load_items([r.path for r in records], scorer.preprocess)
+    for group, x in prefetched(batches(items, batch_size)):  # the next batch decodes meanwhile
         if failed := [it for it in group if it.image is None]:
             raise FfdError(f"{failed[0].path} became unreadable during training: {failed[0].message}")
         assert x is not None

@@ -71,9 +71,12 @@ def train(cfg: DictConfig, fold: Fold | None = None) -> dict[str, float]:
     method, batch_size = model.hparams["threshold_method"], cfg.data.batch_size
     # fast_dev_run: one batch of each split, as for the fit
     rows = {s: r[:batch_size] if trainer.fast_dev_run else r for s, r in datamodule.rows.items()}
-    # The backbone in the fp32 runtime predict would choose here (ffd.backends: same outputs to 1e-4).
+    # The backbone in the fp32 runtime predict would choose here (ffd.backends: same outputs to 1e-4),
+    # when it is the frozen one every run shares (its export and choice are kept): a trunk that
+    # trained is new in every run, and exporting it would cost more than it saves.
+    runtime = cfg.runtime if shipped.hparams["freeze"] == "frozen" else "torch"
     runtimes = Path(cfg.paths.cache_dir) / "runtimes"
-    metrics |= calibrate(shipped, rows, method, batch_size, test, cfg.runtime, runtimes)
+    metrics |= calibrate(shipped, rows, method, batch_size, test, runtime, runtimes)
     if best and Path(best).resolve().is_relative_to(Path(cfg.paths.output_dir).resolve()):
         store(shipped, best)  # never another run's checkpoint (a resume can carry its best path over)
     tested = {k: v for k, v in metrics.items() if k.startswith("test/")}

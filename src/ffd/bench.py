@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> None:
         help="train the naive path N epochs only; its wall time is extrapolated to the recipe's",
     )  # fmt: skip
     parser.add_argument(
+        "--naive-from", type=Path, metavar="BENCH_DIR",
+        help="take the naive run from an earlier bench on this machine (its bench.json) instead of running",
+    )  # fmt: skip
+    parser.add_argument(
         "--predict-only", type=Path, metavar="RUN_DIR", help="only inference (predict, service) of a run"
     )
     parser.add_argument(
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.scaling is not None:
         scale_bench(args.out, tuple(args.scaling) or FACTORS, args.override)
     else:
-        bench(args.out, args.skip_naive, args.seeds, args.peer_keras, args.naive_epochs)
+        bench(args.out, args.skip_naive, args.seeds, args.peer_keras, args.naive_epochs, args.naive_from)
 
 
 if __name__ == "__main__":

@@ -183,8 +183,10 @@ class FakeFaceClassifier(L.LightningModule):
         return Encoder(self.backbone, fingerprint, self.memory_format)
 
     def _step(self, batch: Batch, batch_idx: int, split: str) -> torch.Tensor:
-        if isinstance(batch, dict):  # cached backbone features: the head is all that runs
-            logits, y = self.head(batch["features"]).float(), batch["label"]
+        if isinstance(batch, dict):  # cached backbone features: the head is all that runs, in fp32
+            # (mixed precision is for the backbone; the head's fp32 step costs next to nothing)
+            with torch.autocast(self.device.type, enabled=False):
+                logits, y = self.head(batch["features"].float()), batch["label"]
         else:
             x, y = batch
             logits = self(x).float()

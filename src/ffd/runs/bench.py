@@ -257,11 +257,11 @@ def markdown(report: dict[str, Any]) -> str:
         "test acc",
         "test AUROC",
     ]
-    naive = (
-        f"naive ({n['measured_epochs']} epochs measured, time extrapolated)"
-        if "measured_epochs" in n
-        else "naive"
-    )
+    naive = "naive"
+    if "measured_epochs" in n:
+        naive = f"naive ({n['measured_epochs']} epochs measured, time extrapolated)"
+    if "from" in n:
+        naive = f"naive (run by the bench in {n['from']})"
     named = [
         (naive, n), ("ffd default", f), ("ffd default, uint8 features", report["fast_uint8"]),
         ("ffd default, 8 views", report["fast_views8"]),
@@ -329,12 +329,18 @@ def extrapolate(run: dict[str, Any], epochs: int, of: int) -> dict[str, Any]:
 
 
 def bench(
-    out: Path, skip_naive: bool, seeds: int, peer_keras: Path | None = None, naive_epochs: int | None = None
+    out: Path,
+    skip_naive: bool,
+    seeds: int,
+    peer_keras: Path | None = None,
+    naive_epochs: int | None = None,
+    naive_from: Path | None = None,
 ) -> dict[str, Any]:
     """Every measurement above; writes bench.json and bench.md into ``out``.
 
     ``naive_epochs``: train the naive path for that many epochs only and extrapolate its time to
-    the recipe's (``extrapolate``): the naive run is most of the bench's time.
+    the recipe's (``extrapolate``): the naive run is most of the bench's time. ``naive_from``: take
+    the naive run from an earlier bench's folder (same machine; the table says so).
     """
     out.mkdir(parents=True, exist_ok=True)
     cfg = compose_config("train")
@@ -346,7 +352,10 @@ def bench(
     )
     report: dict[str, Any] = {"machine": machine}
     for name, (overrides, env) in VARIANTS.items():
-        if name == "naive" and skip_naive:
+        if name == "naive" and (skip_naive or naive_from):
+            if naive_from:
+                earlier = json.loads((naive_from / "bench.json").read_text())
+                report[name] = {**earlier["naive"], "from": str(naive_from), "machine": earlier["machine"]}
             continue
         if name == "naive" and naive_epochs:
             run = run_training(name, out, data, [*overrides, f"trainer.max_epochs={naive_epochs}"], env)

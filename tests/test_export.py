@@ -86,7 +86,7 @@ def test_every_consumer_gives_evals_p_fake(make_cfg, trained, exported, tmp_path
     service, onnx = got["service on the export folder"], got["predict onnx"]
     assert max(abs(service[p] - onnx[p]) for p in paths) <= 1e-6  # the same runtime: the same numbers
     reference = torch.tensor([expected[p] for p in paths], dtype=torch.float64)
-    assert reference.std() > 0.01  # scores that differ from image to image
+    assert reference.std() > 1e-3  # scores that differ from image to image, by far more than the tolerance
     threshold = card["threshold"]
     for name, scores in got.items():
         p_fake = torch.tensor([scores[p] for p in paths], dtype=torch.float64)

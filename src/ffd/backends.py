@@ -169,7 +169,7 @@ def relative_error(f: torch.Tensor, reference: torch.Tensor) -> float:
     return float((f.float() - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
 
 
-def rate(runner: Runner, x: torch.Tensor) -> float:
+def rate(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
     """Images/s of a runner on batch x: one warm-up batch, then up to PROBE_BATCHES timed ones (fewer
     once PROBE_SECONDS have passed: a slow candidate needs no precise figure to lose)."""
     runner(x)

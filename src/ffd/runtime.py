@@ -50,24 +50,24 @@ def tune_malloc() -> bool:
     return ok
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo), or what platform knows."""
+def _cpuinfo(key: str) -> str | None:
+    """The first ``key`` line's value in /proc/cpuinfo (None where there is none)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(key):
                 return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo), or what platform knows."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_isa() -> str:
     """The vector ISA torch's CPU kernels use here (``AVX2``, ``AVX512``), with AVX-512 BF16 and AMX
     if the CPU has them: what tells apart, for speed, CPUs with the same model name."""
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+    flags = set((_cpuinfo("flags") or "").split())
     extras = [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in flags]
     return ", ".join([torch.backends.cpu.get_cpu_capability(), *extras])
 

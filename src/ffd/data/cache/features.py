@@ -36,6 +36,7 @@ from filelock import FileLock, Timeout
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ffd.backends import rate
 from ffd.data.batches import prefetched
 from ffd.data.images import DecodedImages
 from ffd.data.records import Record
@@ -283,7 +284,8 @@ def compute_features(
             if store is not None:
                 store.flush()
     seconds = time.perf_counter() - start
-    alone = _alone_rate(runner, largest) if largest is not None else None
+    # The backbone alone on one of the build's batches (nothing else running, no storing).
+    alone = round(rate(runner, largest), 1) if largest is not None else None
     meta = {
         "views": n_views, "seconds": round(seconds, 2), "views_per_s": round(n_views / seconds, 1),
         "backbone_alone_views_per_s": alone,
@@ -295,17 +297,6 @@ def compute_features(
         "Feature cache: %d views in %.1f s (%.0f views/s = %.0f %% of the backbone alone, %.0f views/s)",
         n_views, seconds, n_views / seconds, 100 * n_views / seconds / (alone or math.inf), alone or 0,
     )  # fmt: skip
-
-
-def _alone_rate(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int = 3) -> float:
-    """Views/s of the runner alone on one of the build's batches (nothing else running, no storing):
-    what the build's rate is a share of."""
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        runner(x)
-    sync()
-    return round(repeats * len(x) / (time.perf_counter() - start), 1)
 
 
 def _scale(dtype: str, bound: float | None) -> float | None:

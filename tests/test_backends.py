@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_model
+from torchvision.transforms.v2 import functional as TF
 
 import ffd.backends as backends
 from ffd.backends import FP32_RTOL, available, candidates, choose_runtime, relative_error
+from ffd.data.transforms import rgbx
 from ffd.errors import ConfigError
 
 INSTALLED = [n for n in ("torch", "onnxruntime", "openvino") if available(n)]
@@ -36,6 +38,23 @@ def test_every_runtime_gives_the_features_torch_gives(trunk, name: str, tmp_path
     features = choice.runner(trunk[1])
     assert trunk[2].abs().mean() > 0.05
     assert relative_error(features, trunk[2]) <= FP32_RTOL
+
+
+@pytest.mark.parametrize("name", INSTALLED)
+def test_every_runtime_normalizes_pixels_as_torch_does(trunk, name: str, tmp_path: Path) -> None:
+    """A runner made with ``pixels`` takes the feature cache's RGBX views and normalizes them itself:
+    its features are torch's fp32 features of the views normalized by PixelsIn."""
+    enc, _, _ = trunk
+    preprocess = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=g)
+    pixels = rgbx(images)
+    choice = choose_runtime(name, enc.module, enc.fingerprint, enc.memory_format, "32-true", pixels, tmp_path,
+                            pixels=preprocess)  # fmt: skip
+    normalized = TF.normalize(TF.to_dtype(images, torch.float32, scale=True), **preprocess)
+    reference = enc.module(normalized).float()
+    assert reference.abs().mean() > 0.05
+    assert relative_error(choice.runner(pixels), reference) <= FP32_RTOL
 
 
 def test_auto_measures_once_then_reuses_the_choice(trunk, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from conftest import build_datamodule, tiny_model
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from ffd.backends import PixelsIn
 from ffd.data.cache.features import Encoder, _scale, feature_bound, feature_key
 from ffd.data.datamodule import FaceDataModule
 from ffd.data.records import Record
@@ -65,6 +66,19 @@ def test_augmented_views_differ(tiny_synthetic: Path, model, tmp_path: Path) -> 
     assert views.shape[1] == 3
     for i in range(len(views)):
         assert not np.array_equal(views[i, 0], views[i, 1]) and not np.array_equal(views[i, 1], views[i, 2])
+
+
+def test_forensic_views_are_made_one_by_one_and_cached(tiny_synthetic: Path, model, tmp_path: Path) -> None:
+    """JPEG re-saves have no batched form: those views take the per-view path, into the same cache."""
+    forensic = {**NO_AUGMENT, "jpeg": 1.0}
+    dm = make_dm(tiny_synthetic, model, tmp_path / "a", augment=forensic)
+    plain = make_dm(tiny_synthetic, model, tmp_path / "b", augment=NO_AUGMENT)
+    views = np.asarray(dm.datasets["train"].features, dtype=np.float32)
+    assert views.shape[1] == 3 and not np.array_equal(views[:, 0], views[:, 1])  # a random quality each
+    assert np.abs(views[:, 0] - np.asarray(plain.datasets["train"].features)[:, 0]).mean() > 1e-3
+    # val is not augmented (each build chose its runtime by measurement: fp16-rounding close)
+    val, plain_val = dm.datasets["val"].features, plain.datasets["val"].features
+    np.testing.assert_allclose(val, plain_val, rtol=1e-3, atol=1e-3)
 
 
 def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny_synthetic: Path, model, tmp_path: Path) -> None:
@@ -180,7 +194,8 @@ def test_decode_setting_reaches_the_cache_key(tiny_synthetic: Path, model, tmp_p
 
 
 def test_batched_views_are_torchvisions_flips_and_rotations() -> None:
-    """apply_views on a batch = torchvision's flip/rotate (nearest, zero fill) image by image."""
+    """apply_views on a batch = torchvision's flip/rotate (nearest, zero fill) image by image, as
+    RGBX pixels."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (6, 3, 40, 56), dtype=torch.uint8, generator=g)  # not square: aspect matters
     params = {
@@ -189,18 +204,21 @@ def test_batched_views_are_torchvisions_flips_and_rotations() -> None:
         "angle": torch.tensor([0.0, 5, -5, 17.3, -20, 90]),
     }
     out = apply_views(x, params)
+    assert out.shape == (6, 40, 56, 4) and out.dtype == torch.uint8 and not out[..., 3].any()
     for i in range(len(x)):
         ref = TF.horizontal_flip(x[i]) if params["hflip"][i] else x[i]
         ref = TF.vertical_flip(ref) if params["vflip"][i] else ref
         ref = TF.rotate(ref, float(params["angle"][i]), interpolation=TF.InterpolationMode.NEAREST)
-        assert (out[i] == ref).float().mean() > 0.999
+        assert (out[i, ..., :3].permute(2, 0, 1) == ref).float().mean() > 0.999
 
 
-def test_batch_views_are_normalized_views_with_the_fill_a_normalized_zero() -> None:
-    """batch_views = view_transform's steps (flips, rotation with zero fill, then normalization)."""
+def test_batch_views_normalized_by_the_runner_are_view_transforms() -> None:
+    """batch_views through PixelsIn = view_transform's steps (flips, rotation with zero fill, then
+    normalization)."""
     preprocess = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     x = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
-    out = batch_views(x, 4, preprocess, SEED_AUGMENT, torch.Generator().manual_seed(5))
+    pixels = batch_views(x, 4, SEED_AUGMENT, torch.Generator().manual_seed(5))
+    out = PixelsIn(preprocess, torch.contiguous_format)(pixels)
     params = draw_views(8, SEED_AUGMENT, torch.Generator().manual_seed(5))
     assert params["angle"].abs().min() > 0.5  # every view is rotated: its corners are fill
     for j in range(8):

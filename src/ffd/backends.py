@@ -15,6 +15,12 @@ parity check for the precision asked for:
 - a mixed-precision request (the feature cache of a ``bf16-mixed`` run) also takes
   one that is no farther from fp32 than torch's own autocast at that precision.
 
+A runner takes normalized float images (N, 3, H, W), or, made with ``pixels`` (the model's
+mean and std), uint8 RGBX pixels (N, H, W, 4) that it normalizes itself (``PixelsIn``):
+the feature cache's views, a quarter of the bytes, normalized in each runtime's own
+fastest way (torch and onnxruntime as the graph's first ops, OpenVINO by its
+preprocessing steps).
+
 OpenVINO is optional (``pip install openvino``); on CUDA the trunk always runs in torch.
 """
 
@@ -29,7 +35,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +57,25 @@ PROBE_BATCHES = 3  # timed batches per candidate (after one warm-up batch)
 PROBE_SECONDS = 1.0
 
 
+class PixelsIn(nn.Module):
+    """uint8 RGBX pixels (N, H, W, 4) (``ffd.data.transforms.rgbx``) -> normalized float images
+    (N, 3, H, W) in ``memory_format``, by the model's preprocessing (``mean``, ``std``)."""
+
+    def __init__(self, preprocess: Mapping[str, Any], memory_format: torch.memory_format) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(preprocess["mean"])).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(list(preprocess["std"])).view(1, 3, 1, 1) * 255)
+        self.memory_format = memory_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[..., :3].permute(0, 3, 1, 2).float()  # NHWC: already channels-last
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+
+
 @dataclass
 class Runner:
-    """A trunk in one runtime and precision: normalized images (N, 3, H, W) -> fp32 features."""
+    """A trunk in one runtime and precision: normalized images (N, 3, H, W), or RGBX pixels
+    (N, H, W, 4) for one made with ``pixels``, -> fp32 features."""
 
     name: str
     precision: str
@@ -68,32 +90,41 @@ class Runner:
             return self.run(x)
 
 
-def torch_runner(module: nn.Module, precision: str, memory_format: torch.memory_format) -> Runner:
+def torch_runner(
+    module: nn.Module, precision: str, memory_format: torch.memory_format, pixels: Mapping | None = None
+) -> Runner:
     device = next(module.parameters()).device
     dtype = autocast_dtype(precision)
+    if pixels is not None:
+        module = nn.Sequential(PixelsIn(pixels, memory_format).to(device), module)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        x = x.to(device, non_blocking=True)
+        x = x if pixels is not None else x.contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None):
             return module(x).float()
 
     return Runner("torch", precision, run)
 
 
-def export_trunk(module: nn.Module, size: int, path: Path) -> Path:
-    """The trunk as an fp32 ONNX file with a dynamic batch (written once, atomically, under a lock)."""
+def export_trunk(module: nn.Module, example: torch.Tensor, path: Path, pixels: Mapping | None = None) -> Path:
+    """The trunk as an fp32 ONNX file with a dynamic batch, for inputs like ``example`` (with
+    ``pixels``: ``PixelsIn`` first). Written once, atomically, under a lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(path.with_suffix(".lock")):
         if path.is_file():
             return path
         tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
         trunk = copy.deepcopy(module).float().cpu().eval()
+        if pixels is not None:
+            trunk = nn.Sequential(PixelsIn(pixels, torch.contiguous_format), trunk)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the exporter's deprecation chatter
                 torch.onnx.export(
-                    trunk, (torch.zeros(1, 3, size, size),), str(tmp), input_names=["x"], output_names=["f"],
-                    dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17, dynamo=False,
+                    trunk, (torch.zeros_like(example[:1], device="cpu"),), str(tmp), input_names=["x"],
+                    output_names=["f"], dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17,
+                    dynamo=False,
                 )  # fmt: skip
             tmp.rename(path)
         finally:
@@ -112,28 +143,61 @@ def onnxruntime_runner(onnx_file: Path) -> Runner:
     session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        (f,) = session.run(None, {"x": x.float().contiguous().cpu().numpy()})
+        (f,) = session.run(None, {"x": _array(x)})
         return torch.from_numpy(f)
 
     return Runner("onnxruntime", "32-true", run)
 
 
-def openvino_runner(onnx_file: Path, precision: str) -> Runner:
+def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = None) -> Runner:
+    """OpenVINO on an fp32 trunk file (``export_trunk`` without ``pixels``: given pixels, its
+    preprocessing steps normalize them, fused into the compiled model; as ONNX ops they
+    cost ~25 % of the rate)."""
     import openvino as ov
 
     core = ov.Core()
     hint = "bf16" if precision == "bf16-mixed" else "f32"
+    model = core.read_model(str(onnx_file))
+    if pixels is not None:
+        model = _openvino_pixels_in(model, pixels)
     compiled = core.compile_model(
-        core.read_model(str(onnx_file)), "CPU",
+        model, "CPU",
         {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads()},
     )  # fmt: skip
     request = compiled.create_infer_request()
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        request.infer({0: x.float().contiguous().cpu().numpy()})
+        request.infer({0: _array(x)})
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
     return Runner("openvino", precision, run)
+
+
+def _openvino_pixels_in(model: Any, pixels: Mapping) -> Any:
+    """An OpenVINO model of normalized NCHW floats as one of RGBX pixels (``PixelsIn``'s steps)."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+    from openvino.preprocess import PrePostProcessor
+
+    h, w = (int(d.get_length()) for d in model.input(0).get_partial_shape()[2:])
+    rgb = ops.constant(np.array([0, 1, 2], dtype=np.int64))
+    channels = ops.constant(np.int64(3))
+    ppp = PrePostProcessor(model)
+    tensor = ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    tensor.set_shape([-1, h, w, 4])
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    ppp.input().preprocess().custom(
+        lambda node: ops.gather(node, rgb, channels).output(0)
+    ).convert_element_type(ov.Type.f32).mean([m * 255 for m in pixels["mean"]]).scale(
+        [s * 255 for s in pixels["std"]]
+    )
+    return ppp.build()
+
+
+def _array(x: torch.Tensor) -> Any:
+    """A runner's input as the contiguous numpy array onnxruntime and OpenVINO take (fp32 or uint8)."""
+    return (x if x.dtype == torch.uint8 else x.float()).contiguous().cpu().numpy()
 
 
 def available(name: str) -> bool:
@@ -199,6 +263,7 @@ def choose_runtime(
     precision: str,
     probe: torch.Tensor,
     folder: Path | None,
+    pixels: Mapping | None = None,
 ) -> Choice:
     """The trunk runner for a request (``auto``: the fastest that passes parity; see the module doc).
 
@@ -207,31 +272,40 @@ def choose_runtime(
         module: The frozen trunk, on its device, in eval mode.
         fingerprint: What identifies the trunk's weights (``Encoder.fingerprint``).
         precision: The precision asked for (``32-true``, ``bf16-mixed``, ``16-mixed``).
-        probe: A batch of normalized images (N, 3, H, W) to measure and check parity on.
+        probe: A batch of the runner's inputs to measure and check parity on.
         folder: Where the exported trunk and the measurements are kept (None: nowhere, every
             process measures afresh).
+        pixels: The model's preprocessing (mean, std): the runner takes RGBX pixels (see the
+            module doc). None: normalized images.
     """
     on_cpu = next(module.parameters()).device.type == "cpu"
     pairs = candidates(requested, precision, on_cpu)
     key = _choice_key(fingerprint, precision, pairs, probe.shape)
-    size = probe.shape[-1]
     if folder is not None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             log.warning("Can't keep backbone runtimes in %s (%s): measuring for this run only", folder, err)
             folder = None
-    trunk_name = f"trunk-{hashlib.sha256(f'{fingerprint}:{size}'.encode()).hexdigest()[:16]}.onnx"
-    onnx_file = (folder or Path(tempfile.mkdtemp(prefix="ffd-trunk-"))) / trunk_name
+    trunks = folder or Path(tempfile.mkdtemp(prefix="ffd-trunk-"))
+    size = probe.shape[-2] if pixels is not None else probe.shape[-1]
+    plain = torch.zeros(1, 3, size, size)
+
+    def onnx_file(inputs: str) -> Path:  # the trunk's file for normalized images or pixels
+        name = hashlib.sha256(f"{fingerprint}:{size}:{inputs}".encode()).hexdigest()[:16]
+        return trunks / f"trunk-{name}.onnx"
 
     def build(name: str, p: str) -> Runner:
         if name == "torch":
-            return torch_runner(module, p, memory_format)
-        onnx = export_trunk(module, size, onnx_file)
-        return onnxruntime_runner(onnx) if name == "onnxruntime" else openvino_runner(onnx, p)
+            return torch_runner(module, p, memory_format, pixels)
+        if name == "onnxruntime" and pixels is not None:  # PixelsIn as the graph's first ops
+            inputs = f"pixels:{list(pixels['mean'])}:{list(pixels['std'])}"
+            return onnxruntime_runner(export_trunk(module, probe, onnx_file(inputs), pixels))
+        onnx = export_trunk(module, plain, onnx_file("normalized"))
+        return onnxruntime_runner(onnx) if name == "onnxruntime" else openvino_runner(onnx, p, pixels)
 
     if folder is None:
-        report, runner = _measure(requested, pairs, build, module, memory_format, precision, probe)
+        report, runner = _measure(requested, pairs, build, precision, probe)
         return Choice(runner, {**report, "measured_now": True})
     recorded = folder / f"runtime-{key}.json"
     # One process measures; every other one that asks meanwhile (DDP ranks) waits and takes its
@@ -244,7 +318,7 @@ def choose_runtime(
             )
             name, p = report["chosen"].split()
             return Choice(build(name, p), {**report, "measured_now": False})
-        report, runner = _measure(requested, pairs, build, module, memory_format, precision, probe)
+        report, runner = _measure(requested, pairs, build, precision, probe)
         if report["left_out"]:  # a choice among fewer than all: the next run measures again
             return Choice(runner, {**report, "measured_now": True})
         tmp = recorded.with_name(f"{recorded.name}.partial-{os.getpid()}")
@@ -261,16 +335,14 @@ def _measure(
     requested: str,
     pairs: list[tuple[str, str]],
     build: Callable[[str, str], Runner],
-    module: nn.Module,
-    memory_format: torch.memory_format,
     precision: str,
     probe: torch.Tensor,
 ) -> tuple[dict[str, Any], Runner]:
     """Parity and images/s of each candidate on the probe; the report and the fastest that passes."""
-    reference = torch_runner(module, "32-true", memory_format)(probe).cpu()
+    reference = build("torch", "32-true")(probe).cpu()
     tolerance = FP32_RTOL
     if precision != "32-true":
-        torch_mixed = torch_runner(module, precision, memory_format)(probe).cpu()
+        torch_mixed = build("torch", precision)(probe).cpu()
         tolerance = max(FP32_RTOL, MIXED_SLACK * relative_error(torch_mixed, reference))
     measured: dict[str, dict[str, float | bool]] = {}
     runners: dict[str, Runner] = {}

@@ -38,7 +38,7 @@ from ffd.data.manifest import build_manifest
 from ffd.data.records import Record, write_manifest
 from ffd.data.splits import Fold, split_rows
 from ffd.data.synthetic import ensure_synthetic
-from ffd.data.transforms import build_transform, resize_transform, view_transform
+from ffd.data.transforms import build_transform, resize_transform, rgbx, view_transform
 from ffd.data.video.crops import CropSettings
 from ffd.errors import ConfigError
 from ffd.seeds import ORDER, WORKERS, epoch_seed
@@ -202,12 +202,13 @@ class FaceDataModule(L.LightningDataModule):
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
         module = encoder.module.to(device).eval()
         choice = choose_runtime(self.runtime, module, encoder.fingerprint, encoder.memory_format, precision,
-                                self._probe(rows, images, device), self.cache_dir / "runtimes")  # fmt: skip
+                                self._probe(rows, images, device), self.cache_dir / "runtimes",
+                                pixels=self.preprocess)  # fmt: skip
         self.runtime_report = choice.report
         settings = {
             "preprocess": self.preprocess, "augment": self.augment, "views": views, "precision": precision,
             "decode_size": self.decode_size, "seed": self.split["seed"], "runtime": choice.runner.label,
-            "dtype": self.feature_dtype, "view_maker": "gather",  # how views are made (ties round up)
+            "dtype": self.feature_dtype, "view_maker": "rgbx-gather",  # how views are made (ties round up)
         }  # fmt: skip
         folder = self.cache_dir / f"features-{feature_key(encoder, settings, rows)}"
         splits = {s: (rows[s], augment[s], views[s]) for s in SPLITS}
@@ -217,7 +218,7 @@ class FaceDataModule(L.LightningDataModule):
         # Builds the cache, or opens it once it is there: under DDP the first rank of each disk
         # builds while the others wait on the cache's lock (no collective, so no timeout).
         compute = partial(compute_features, runner=choice.runner, splits=splits, images=images,
-                          preprocess=self.preprocess, device=device, num_workers=workers,
+                          device=device, num_workers=workers,
                           seed=self.split["seed"], dtype=self.feature_dtype,
                           bound=feature_bound(module))  # fmt: skip
         store, meta = build_feature_cache(folder, compute, list(splits))
@@ -227,9 +228,10 @@ class FaceDataModule(L.LightningDataModule):
     def _probe(
         self, rows: dict[str, list[Record]], images: DecodedImages, device: torch.device
     ) -> torch.Tensor:
-        """Up to 16 plain training views: what the backbone runtimes are measured and compared on."""
+        """Up to 16 plain training views (``rgbx`` pixels): what the backbone runtimes are measured
+        and compared on."""
         probe = [images.get(r.path) for r in (rows["train"] or rows["val"] or rows["test"])[:16]]
-        return view_transform(self.preprocess)(torch.stack(probe)).to(device)
+        return rgbx(torch.stack(probe)).to(device)
 
     def _loader(self, split: str) -> DataLoader:
         # Cached features are slices of a memory map: worker processes would only add copies.

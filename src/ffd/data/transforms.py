@@ -9,6 +9,7 @@ normalization: run once per view).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +28,9 @@ def resize_transform(preprocess: Mapping[str, Any]) -> T.Compose:
     return T.Compose([T.ToImage(), T.Resize((size, size), interpolation=interpolation, antialias=True)])
 
 
-def view_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] | None = None) -> T.Compose:
+def view_transform(
+    preprocess: Mapping[str, Any], augment: Mapping[str, float] | None = None, normalize: bool = True
+) -> T.Compose:
     """Resized uint8 tensor -> normalized float tensor, with the seed's flip/rotate augmentation.
 
     Args:
@@ -36,6 +39,7 @@ def view_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] |
             the forensic hardening's ``jpeg`` and ``blur`` probabilities (a JPEG re-save at
             a random quality in FORENSIC_JPEG_QUALITY, a Gaussian blur of a random sigma in
             FORENSIC_BLUR_SIGMA, as CNNDetection trains); None for evaluation (deterministic).
+        normalize: False: the augmented uint8 tensor, for a runner that normalizes itself.
     """
     augment = augment or {}
     steps: list[Any] = []
@@ -51,11 +55,12 @@ def view_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] |
         steps.append(T.RandomVerticalFlip(augment["vflip"]))
     if augment.get("rotation"):
         steps.append(T.RandomRotation(augment["rotation"]))
-    steps += [
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(list(preprocess["mean"]), list(preprocess["std"])),
-    ]
-    return T.Compose(steps)
+    if normalize:
+        steps += [
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(list(preprocess["mean"]), list(preprocess["std"])),
+        ]
+    return T.Compose(steps or [T.Identity()])
 
 
 def build_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] | None = None) -> T.Compose:
@@ -82,29 +87,46 @@ def draw_views(
     }
 
 
-def apply_views(
-    images: torch.Tensor, params: Mapping[str, torch.Tensor], views: int = 1, fill: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Flip and rotate images (N, C, H, W) into N * views views, view j of image j // views by its
-    parameters (``draw_views``): as torchvision's flips then ``rotate`` (about the centre,
-    counter-clockwise, nearest neighbour), filling with ``fill`` (per channel; default zero).
+def rgbx(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) -> the pixels a backbone runner takes (``ffd.backends.PixelsIn``):
+    uint8 (N, H, W, 4), RGB and a zero byte, so that a pixel is one 4-byte word."""
+    n, _, h, w = images.shape
+    return _words(images).view(torch.uint8).view(n, h, w, 4)
 
-    Each view is one gather: its output pixels' source indices (flips and rotation in one map)
-    into the image padded with the fill far enough that every rotated pixel lands inside, so no
-    bounds test is needed. (A per-batch ``affine_grid`` + ``grid_sample`` cost ~4x as much on a
-    CPU.) Nearest-neighbour ties round up here and to even in torchvision: a few pixels in 10^4
-    of a rotated view may take the neighbouring source pixel.
+
+def _words(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) -> int32 (N, H, W): each pixel's RGBX bytes as one little-endian
+    word (4x as fast as a permuted uint8 copy)."""
+    assert sys.byteorder == "little"
+    w = images[:, 2].to(torch.int32).bitwise_left_shift_(8)
+    w.bitwise_or_(images[:, 1]).bitwise_left_shift_(8)
+    return w.bitwise_or_(images[:, 0])
+
+
+def apply_views(images: torch.Tensor, params: Mapping[str, torch.Tensor], views: int = 1) -> torch.Tensor:
+    """Flip and rotate uint8 images (N, 3, H, W) into N * views views, view j of image j // views by
+    its parameters (``draw_views``): as torchvision's flips then ``rotate`` (about the centre,
+    counter-clockwise, nearest neighbour, zero fill).
+
+    Returns:
+        The views as ``rgbx`` pixels (N * views, H, W, 4).
+
+    Each view is one gather of 4-byte RGBX words: its output pixels' source indices (flips and
+    rotation in one map) into the image padded with zeros far enough that every rotated pixel
+    lands inside, so no bounds test is needed. (A gather per channel of normalized floats cost
+    ~4x as much on a CPU, a per-batch ``affine_grid`` + ``grid_sample`` ~16x.) Nearest-neighbour
+    ties round up here and to even in torchvision: a few pixels in 10^4 of a rotated view may
+    take the neighbouring source pixel.
     """
-    n, c, h, w = images.shape
+    n, _, h, w = images.shape
     v, device = n * views, images.device
     if not any(bool(params[k].any()) for k in ("hflip", "vflip", "angle")):
-        return images.repeat_interleave(views, 0)
+        return rgbx(images).repeat_interleave(views, 0)
     pad = math.ceil((math.hypot(h, w) - min(h, w)) / 2) + 1
     ph, pw = h + 2 * pad, w + 2 * pad
-    fill = torch.zeros(c, dtype=images.dtype, device=device) if fill is None else fill.to(images)
-    src = fill.view(1, c, 1, 1).expand(n, c, ph, pw).clone()
-    src[:, :, pad : pad + h, pad : pad + w] = images
-    src = src.view(n, c, ph * pw)
+    words = torch.zeros(n, ph, pw, dtype=torch.int32, device=device)
+    words[:, pad : pad + h, pad : pad + w] = _words(images)
+    words = words.view(n, ph * pw)
 
     angle = params["angle"].double() * math.pi / 180
     cos, sin = angle.cos().view(v, 1, 1), angle.sin().view(v, 1, 1)
@@ -116,32 +138,24 @@ def apply_views(
     # in the padded image, + 0.5 so that truncation rounds (they are all positive).
     col_x, col_y = (sx * cos * xo + pw / 2).float().to(device), (sx * sin * yo).float().to(device)
     row_x, row_y = (sy * sin * xo).float().to(device), (sy * cos * yo + ph / 2).float().to(device)
-    out = torch.empty(v, c, h * w, dtype=images.dtype, device=device)
+    out = torch.empty(v, h * w, dtype=torch.int32, device=device)
     for j in range(v):  # view by view: each one's index map stays in cache
         idx = (row_x[j] + row_y[j]).to(torch.int32).mul_(pw).add_((col_x[j] - col_y[j]).to(torch.int32))
-        torch.index_select(src[j // views], 1, idx.view(-1), out=out[j])
-    return out.view(v, c, h, w)
+        torch.index_select(words[j // views], 0, idx.view(-1), out=out[j])
+    return out.view(torch.uint8).view(v, h, w, 4)
 
 
 def batch_views(
-    images: torch.Tensor,
-    views: int,
-    preprocess: Mapping[str, Any],
-    augment: Mapping[str, float] | None,
-    generator: torch.Generator,
+    images: torch.Tensor, views: int, augment: Mapping[str, float] | None, generator: torch.Generator
 ) -> torch.Tensor:
     """``views`` augmented views of each resized uint8 image (N, 3, H, W), as tensor ops on the batch.
 
-    The views are ``view_transform``'s (same flips, rotation and normalization, drawn per
-    view from ``generator``), but made by one gather per view (``apply_views``) from the
-    normalized images instead of a transform per view: on a 2-core CPU per-view transforms
-    held the backbone to ~70 % of its rate.
+    The views are ``view_transform``'s flips and rotation (drawn per view from ``generator``),
+    made by one gather per view (``apply_views``) instead of a transform per view: on a 2-core
+    CPU per-view transforms held the backbone to ~70 % of its rate. The backbone's runner
+    normalizes them (``ffd.backends.PixelsIn``).
 
     Returns:
-        Normalized float views (N * views, 3, H, W): image i's at i * views ... (i + 1) * views - 1.
+        ``rgbx`` pixels (N * views, H, W, 4): image i's views at i * views ... (i + 1) * views - 1.
     """
-    mean = torch.tensor(list(preprocess["mean"]), device=images.device) * 255
-    std = torch.tensor(list(preprocess["std"]), device=images.device) * 255
-    # Normalize the images, not the views (1/views of the work); the fill is a normalized 0.
-    x = (images.float() - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-    return apply_views(x, draw_views(len(images) * views, augment, generator), views, -mean / std)
+    return apply_views(images, draw_views(len(images) * views, augment, generator), views)

@@ -17,6 +17,7 @@ and reuse it; a build becomes visible only when complete (atomic rename).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from ffd.backends import rate
 from ffd.data.batches import prefetched
 from ffd.data.images import DecodedImages
 from ffd.data.records import Record
-from ffd.data.transforms import batch_views, batched, view_transform
+from ffd.data.transforms import batch_views, batched, rgbx, view_transform
 from ffd.errors import ConfigError, FfdError
 from ffd.progress import progress
 
@@ -79,8 +80,8 @@ def feature_bound(module: nn.Module) -> float | None:
 
 
 class _Views(Dataset):
-    """Each item: ``views`` copies of one resized image through a per-view transform, stacked
-    (the forensic JPEG/blur augmentation, which has no batched form)."""
+    """Each item: ``views`` copies of one resized image through a per-view uint8 transform, as
+    stacked ``rgbx`` pixels (the forensic JPEG/blur augmentation, which has no batched form)."""
 
     def __init__(self, records: Sequence[Record], images: DecodedImages, view: Callable, views: int) -> None:
         self.records, self.images, self.view, self.views = records, images, view, views
@@ -90,7 +91,7 @@ class _Views(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         img = self.images.get(self.records[i].path)  # decoded once, by the manifest scan where it could
-        return torch.stack([self.view(img) for _ in range(self.views)])
+        return rgbx(torch.stack([self.view(img) for _ in range(self.views)]))
 
 
 class FeatureDataset(Dataset):
@@ -201,11 +202,20 @@ def _build_atomically(folder: Path, compute: Callable[[Path], None]) -> None:
         raise
 
 
-def _reserve(path: Path, needed: int) -> None:
-    """Allocate a file's blocks now: writing a memory map onto a full disk would kill the process
-    (SIGBUS) instead of raising."""
+@contextlib.contextmanager
+def _npy_writer(path: Path, dtype: str, shape: tuple[int, ...]) -> Iterator[BinaryIO]:
+    """A ``.npy`` file of ``shape``, its blocks allocated now, open for its data in order.
+
+    Its blocks are reserved first so that a full disk is an error here, not a failed write
+    later. The data go in by ``write``, not through a memory map: a page fault per 4 KiB
+    made writing CIPLAB's 0.74 GiB take 1.5 s, 7 % of the build.
+    """
+    np.lib.format.open_memmap(path, "w+", dtype, shape)  # writes the header, sizes the file
+    size = path.stat().st_size
     with path.open("r+b") as fh:
-        os.posix_fallocate(fh.fileno(), 0, needed)
+        os.posix_fallocate(fh.fileno(), 0, size)
+        fh.seek(size - math.prod(shape) * np.dtype(dtype).itemsize)
+        yield fh
 
 
 def compute_features(
@@ -213,7 +223,6 @@ def compute_features(
     runner: Callable[[torch.Tensor], torch.Tensor],
     splits: Mapping[str, tuple[Sequence[Record], Mapping[str, float] | None, int]],
     images: DecodedImages,
-    preprocess: Mapping[str, Any],
     device: torch.device,
     num_workers: int,
     seed: int,
@@ -222,19 +231,18 @@ def compute_features(
 ) -> None:
     """Compute the features of every (image, view) into ``out``, ``meta.json`` last.
 
-    The views are made from the stacked images, one gather per view (``batch_views``), so
-    augmentation costs the backbone little; on CUDA the next batch's views are made in a
-    second thread while the backbone runs on this one. The build's rate is reported
-    against the backbone alone on one of its batches (``backbone_alone_views_per_s``). The
-    files' space is reserved before the first feature is written, so a full disk is a
-    message, never a crash while writing.
+    The views are made from the stacked images, one gather per view (``batch_views``), as
+    uint8 pixels that the runner normalizes, the next batch's in a second thread while the
+    backbone runs on this one, so augmentation costs the backbone little. The build's rate
+    is reported against the backbone alone on one of its batches
+    (``backbone_alone_views_per_s``). The files' space is reserved before the first feature
+    is written, so a full disk is a message, never a crash while writing.
 
     Args:
-        runner: The trunk in the runtime and precision chosen (``ffd.backends.choose_runtime``):
-            normalized views -> features.
+        runner: The trunk in the runtime and precision chosen (``ffd.backends.choose_runtime``
+            with ``pixels``): RGBX views -> features.
         splits: ``split -> (records, augmentation or None, views)``.
         images: The resized images (decoded by the manifest scan where it kept them).
-        preprocess: The model's preprocessing (mean, std).
         device: Where the views are made (the backbone's device).
         num_workers: Loader workers for the per-view path (forensic JPEG/blur augmentation).
         seed: Seeds the views' augmentation: a data setting (the split's seed), so runs
@@ -243,24 +251,21 @@ def compute_features(
             that ends in ReLU6) quantized in steps of bound/255, half the size.
     """
     start = time.perf_counter()
-    n_views, forward_s = 0, 0.0
+    n_views, forward_s, store_s = 0, 0.0, 0.0
     largest: torch.Tensor | None = None  # a batch of the build's size, to time the backbone alone on
     total = sum(len(records) * views for records, _, views in splits.values())
     scale = _scale(dtype, bound)
     bar = progress(None, "Building the feature cache", total=total, unit="view")
     # A private RNG: building the cache must not change the training run's random stream.
-    with bar, torch.random.fork_rng(devices=[]):
+    with bar, torch.random.fork_rng(devices=[]), contextlib.ExitStack() as files:
         torch.random.default_generator.manual_seed(seed)  # CPU only: fork_rng restores only that
         generator = torch.Generator().manual_seed(seed)
         for split, (records, augment, views) in splits.items():
-            chunks = _view_batches(
-                records, images, views, preprocess, augment, generator, device, num_workers
-            )
-            store: np.memmap | None = None
-            row = 0
-            # On a CPU a second thread making the views slows the runtime's own threads more than it
-            # overlaps with them (measured on 2 cores, OpenVINO: 227-238 views/s vs 254-262 without).
-            for x in prefetched(chunks) if device.type == "cuda" else chunks:
+            chunks = _view_batches(records, images, views, augment, generator, device, num_workers)
+            store: BinaryIO | None = None
+            # The next batch's views are made in a second thread meanwhile: on 2 cores, with 16-view
+            # batches, it fills the runtime's gaps (OpenVINO bf16: 17.3 s against 18.4 s, mean of 3).
+            for x in prefetched(chunks):
                 b = x.shape[0] // views
                 tic = time.perf_counter()
                 f = runner(x)
@@ -271,26 +276,24 @@ def compute_features(
                         log.info("Feature cache: %d views x %d %s values = %.2f GiB", total, f[0].numel(),
                                  dtype, needed / 2**30)  # fmt: skip
                         _check_space(out, needed)
-                    path = out / f"{split}.npy"
-                    store = np.lib.format.open_memmap(path, "w+", dtype, (len(records), views, *f.shape[1:]))
-                    _reserve(path, path.stat().st_size)
-                f = f.view(b, views, *f.shape[1:]).cpu()
-                store[row : row + b] = _encode(f, scale)
-                row += b
+                    shape = (len(records), views, *f.shape[1:])
+                    store = files.enter_context(_npy_writer(out / f"{split}.npy", dtype, shape))
+                tic = time.perf_counter()
+                store.write(_encode(f.view(b, views, *f.shape[1:]).cpu(), scale).data)
+                store_s += time.perf_counter() - tic
                 n_views += b * views
                 bar.update(b * views)
                 if largest is None or len(x) > len(largest):
                     largest = x
-            if store is not None:
-                store.flush()
     seconds = time.perf_counter() - start
-    # The backbone alone on one of the build's batches (nothing else running, no storing).
-    alone = round(rate(runner, largest), 1) if largest is not None else None
+    # The backbone alone on one of the build's batches (nothing else running, no storing): the best
+    # of 5 short windows, as the disk's write-back of the cache shares the cores meanwhile.
+    alone = round(max(rate(runner, largest) for _ in range(5)), 1) if largest is not None else None
     meta = {
         "views": n_views, "seconds": round(seconds, 2), "views_per_s": round(n_views / seconds, 1),
         "backbone_alone_views_per_s": alone,
         "backbone_views_per_s": round(n_views / forward_s, 1) if forward_s else None,
-        "dtype": dtype, "scale": scale,
+        "forward_s": round(forward_s, 2), "store_s": round(store_s, 2), "dtype": dtype, "scale": scale,
     }  # fmt: skip
     (out / META).write_text(json.dumps(meta))
     log.info(
@@ -322,20 +325,21 @@ def _view_batches(
     records: Sequence[Record],
     images: DecodedImages,
     views: int,
-    preprocess: Mapping[str, Any],
     augment: Mapping[str, float] | None,
     generator: torch.Generator,
     device: torch.device,
     num_workers: int,
 ) -> Iterator[torch.Tensor]:
-    """Batches of normalized views (images * views, 3, H, W), image by image, ~64 views each."""
-    per_batch = max(1, 64 // views)
+    """Batches of ``rgbx`` views (images * views, H, W, 4), image by image, ~16 views each on a CPU
+    (MobileNetV2's trunk on 2 cores, img/s at 8/16/32/64: OpenVINO bf16 430/420/405/377, torch bf16
+    221/195/157/112, onnxruntime fp32 233/234/215/217), ~64 on CUDA."""
+    per_batch = max(1, (16 if device.type == "cpu" else 64) // views)
     if batched(augment):
         for i in range(0, len(records), per_batch):
             stacked = torch.stack([images.get(r.path) for r in records[i : i + per_batch]])
-            yield batch_views(stacked.to(device, non_blocking=True), views, preprocess, augment, generator)
+            yield batch_views(stacked.to(device, non_blocking=True), views, augment, generator)
         return
-    dataset = _Views(records, images, view_transform(preprocess, augment), views)
+    dataset = _Views(records, images, view_transform({}, augment, normalize=False), views)
     loader = DataLoader(dataset, per_batch, num_workers=num_workers, generator=generator)
     for batch in loader:
         yield batch.flatten(0, 1).to(device, non_blocking=True)

@@ -61,6 +61,9 @@ class PixelsIn(nn.Module):
     """uint8 RGBX pixels (N, H, W, 4) (``ffd.data.transforms.rgbx``) -> normalized float images
     (N, 3, H, W) in ``memory_format``, by the model's preprocessing (``mean``, ``std``)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, preprocess: Mapping[str, Any], memory_format: torch.memory_format) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(preprocess["mean"])).view(1, 3, 1, 1) * 255)

@@ -264,7 +264,7 @@ def compute_features(
             chunks = _view_batches(records, images, views, augment, generator, device, num_workers)
             store: BinaryIO | None = None
             # The next batch's views are made in a second thread meanwhile: on 2 cores, with 16-view
-            # batches, it fills the runtime's gaps (OpenVINO bf16: 17.3 s against 18.4 s, mean of 3).
+            # batches, it fills the runtime's gaps (OpenVINO bf16: 17.6 s against 19.3 s, mean of 3).
             for x in prefetched(chunks):
                 b = x.shape[0] // views
                 tic = time.perf_counter()

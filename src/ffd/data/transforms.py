@@ -28,18 +28,14 @@ def resize_transform(preprocess: Mapping[str, Any]) -> T.Compose:
     return T.Compose([T.ToImage(), T.Resize((size, size), interpolation=interpolation, antialias=True)])
 
 
-def view_transform(
-    preprocess: Mapping[str, Any], augment: Mapping[str, float] | None = None, normalize: bool = True
-) -> T.Compose:
-    """Resized uint8 tensor -> normalized float tensor, with the seed's flip/rotate augmentation.
+def augment_steps(augment: Mapping[str, float] | None) -> list[Any]:
+    """The random steps of a view on a resized uint8 tensor (it stays uint8).
 
     Args:
-        preprocess: The model's preprocessing: ``mean`` and ``std``.
         augment: ``hflip`` and ``vflip`` probabilities and ``rotation`` in degrees (+/-);
             the forensic hardening's ``jpeg`` and ``blur`` probabilities (a JPEG re-save at
             a random quality in FORENSIC_JPEG_QUALITY, a Gaussian blur of a random sigma in
-            FORENSIC_BLUR_SIGMA, as CNNDetection trains); None for evaluation (deterministic).
-        normalize: False: the augmented uint8 tensor, for a runner that normalizes itself.
+            FORENSIC_BLUR_SIGMA, as CNNDetection trains); None for evaluation (no steps).
     """
     augment = augment or {}
     steps: list[Any] = []
@@ -55,12 +51,23 @@ def view_transform(
         steps.append(T.RandomVerticalFlip(augment["vflip"]))
     if augment.get("rotation"):
         steps.append(T.RandomRotation(augment["rotation"]))
-    if normalize:
-        steps += [
+    return steps
+
+
+def view_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] | None = None) -> T.Compose:
+    """Resized uint8 tensor -> normalized float tensor, through ``augment_steps(augment)``.
+
+    Args:
+        preprocess: The model's preprocessing: ``mean`` and ``std``.
+        augment: See ``augment_steps``.
+    """
+    return T.Compose(
+        [
+            *augment_steps(augment),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(list(preprocess["mean"]), list(preprocess["std"])),
         ]
-    return T.Compose(steps or [T.Identity()])
+    )
 
 
 def build_transform(preprocess: Mapping[str, Any], augment: Mapping[str, float] | None = None) -> T.Compose:

@@ -36,12 +36,13 @@ import torch
 from filelock import FileLock, Timeout
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
 
 from ffd.backends import rate
 from ffd.data.batches import prefetched
 from ffd.data.images import DecodedImages
 from ffd.data.records import Record
-from ffd.data.transforms import batch_views, batched, rgbx, view_transform
+from ffd.data.transforms import augment_steps, batch_views, batched, rgbx
 from ffd.errors import ConfigError, FfdError
 from ffd.progress import progress
 
@@ -339,7 +340,8 @@ def _view_batches(
             stacked = torch.stack([images.get(r.path) for r in records[i : i + per_batch]])
             yield batch_views(stacked.to(device, non_blocking=True), views, augment, generator)
         return
-    dataset = _Views(records, images, view_transform({}, augment, normalize=False), views)
+    # The runner normalizes: the views stay uint8 (this path has JPEG/blur steps, so never none).
+    dataset = _Views(records, images, T.Compose(augment_steps(augment)), views)
     loader = DataLoader(dataset, per_batch, num_workers=num_workers, generator=generator)
     for batch in loader:
         yield batch.flatten(0, 1).to(device, non_blocking=True)

@@ -95,6 +95,8 @@ def test_model_card_docs_and_page(trained, service) -> None:
     ffd_state = torch.load(ckpt, weights_only=True)["ffd"]
     assert card["threshold"] == ffd_state["threshold"] and card["temperature"] == ffd_state["temperature"]
     assert card["explain"] is True and card["input"]["dtype"] == "uint8"
+    runtime, precision = card["backbone_runtime"].split()  # chosen at start-up (serve's runtime=auto)
+    assert runtime in ("torch", "onnxruntime", "openvino") and precision == "32-true"
     spec = httpx.get(f"{url}/openapi.json").json()
     assert {"/v1/predict", "/v1/model", "/healthz"} <= set(spec["paths"])
     for page in ("/", "/docs"):

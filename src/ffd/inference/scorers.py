@@ -79,6 +79,14 @@ class CheckpointScorer:
     def p_fake(self, images: torch.Tensor) -> list[float]:
         return (self.logits(images) / self.net.temperature.cpu()).softmax(-1)[:, FAKE].tolist()
 
+    def warm_up(self, batch: int) -> str:
+        """Choose the backbone's runtime now (else the first batch does), on ``batch`` random images
+        of the input size; where the backbone runs (``onnxruntime 32-true``)."""
+        size = int(self.preprocess["size"])
+        noise = torch.Generator().manual_seed(0)
+        self.logits(torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=noise))
+        return self.runtime_report["chosen"] if self.runtime_report else f"torch {self.precision}"
+
     def _choose(self, probe: torch.Tensor) -> Runner:
         from ffd.data.cache.features import state_fingerprint
 

@@ -66,16 +66,32 @@ class ServedModel:
         scorer: What scores (the same object ``ffd.predict`` makes for this path).
         explainer: Grad-CAM, or None when only the ONNX graph is at hand (``explain_note`` says why).
         card: What ``GET /v1/model`` returns.
+
+    Args:
+        path: The model.
+        cam_method: Grad-CAM's method.
+        runtime, runtime_dir: Where a checkpoint's backbone runs (``CheckpointScorer``); chosen at
+            start-up on a batch of ``max_batch`` images, the service's largest.
+        max_batch: Images per forward pass at most.
     """
 
-    def __init__(self, path: str | Path, cam_method: str) -> None:
-        self.scorer: Scorer = load_scorer(path)
+    def __init__(
+        self,
+        path: str | Path,
+        cam_method: str,
+        runtime: str = "torch",
+        runtime_dir: Path | None = None,
+        max_batch: int = 1,
+    ) -> None:
+        self.scorer: Scorer = load_scorer(path, runtime, runtime_dir)
         if isinstance(self.scorer, CheckpointScorer):
+            backbone = self.scorer.warm_up(max_batch)  # the runtime chosen now, not on a request
             model, note = self.scorer.model, ""
             hp = model.hparams
             card: dict[str, Any] = {
                 "name": Path(path).name, **card_io(model), "backbone": hp["backbone"], "head": hp["head"],
                 "training_run": str(self.scorer.training_run), "metrics": model.final_metrics or None,
+                "backbone_runtime": backbone,
             }  # fmt: skip
         else:
             onnx = Path(path) / "model.onnx" if Path(path).is_dir() else Path(path)

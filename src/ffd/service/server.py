@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import uvicorn
 from omegaconf import DictConfig
@@ -37,7 +38,10 @@ def serve(cfg: DictConfig) -> None:
     """``python -m ffd.serve``: serve ``cfg.ckpt_path`` until interrupted."""
     settings = Settings.from_config(cfg.serve)
     model_thread = ThreadPoolExecutor(1, thread_name_prefix="ffd-model")  # see ffd.service.batcher
-    served = model_thread.submit(ServedModel, cfg.ckpt_path, settings.cam_method).result()
+    runtimes = Path(cfg.paths.cache_dir) / "runtimes"
+    served = model_thread.submit(
+        ServedModel, cfg.ckpt_path, settings.cam_method, cfg.runtime, runtimes, settings.max_batch
+    ).result()
     app = create_app(served, settings, model_thread)
     sock = listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]

@@ -8,7 +8,7 @@ import io
 import os
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ffd.errors import FfdError
 
@@ -51,19 +51,23 @@ def decode_rgb(data: bytes, min_size: int | None, max_pixels: int | None = None)
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if max_pixels and img.width * img.height > max_pixels:
-                raise ImageDecodeError(
-                    f"{img.width} x {img.height} pixels: more than the limit of {max_pixels:,} pixels"
-                )
-            if img.format == "JPEG" and min_size:
-                img.draft("RGB", (min_size, min_size))
-            img.load()
-            upright: Image.Image = ImageOps.exif_transpose(img)
-            if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
-                upright = upright.point(lambda v: v / 256).convert("L")
-            return upright.convert("RGB")
+        # Not closed: closing a Pillow image drops its pixels, and an in-memory file needs no closing.
+        img = Image.open(io.BytesIO(data))
+        if max_pixels and img.width * img.height > max_pixels:
+            raise ImageDecodeError(
+                f"{img.width} x {img.height} pixels: more than the limit of {max_pixels:,} pixels"
+            )
+        if img.format == "JPEG" and min_size:
+            img.draft("RGB", (min_size, min_size))
+        img.load()
+        # Copies only where something changes (each copy of a 300 px image costs ~0.1 ms).
+        upright: Image.Image = img
+        if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+            upright = ImageOps.exif_transpose(img)
+        if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
+            upright = upright.point(lambda v: v / 256).convert("L")
+        return upright if upright.mode == "RGB" else upright.convert("RGB")
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:

@@ -155,7 +155,14 @@ def onnxruntime_runner(onnx_file: Path) -> Runner:
 def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = None) -> Runner:
     """OpenVINO on an fp32 trunk file (``export_trunk`` without ``pixels``: given pixels, its
     preprocessing steps normalize them, fused into the compiled model; as ONNX ops they
-    cost ~25 % of the rate)."""
+    cost ~25 % of the rate).
+
+    It runs in OpenVINO's throughput mode: the batch is split among the streams OpenVINO
+    chooses (one per core on a 2-core CPU), each running its share on its own threads, with
+    no synchronisation between the cores after every layer as one request on all of them
+    has. On a 2-core Xeon with AMX that ran MobileNetV2's trunk 15-25 % faster in bf16 (16
+    views: 397-409 against 312-344 img/s) and ~10 % in fp32 (32 images), same features.
+    """
     import openvino as ov
 
     core = ov.Core()
@@ -165,13 +172,21 @@ def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = No
         model = _openvino_pixels_in(model, pixels)
     compiled = core.compile_model(
         model, "CPU",
-        {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads()},
+        {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+         "PERFORMANCE_HINT": "THROUGHPUT"},
     )  # fmt: skip
-    request = compiled.create_infer_request()
+    streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    requests = [compiled.create_infer_request() for _ in range(streams)]
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        request.infer({0: _array(x)})
-        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+        parts = [part for part in torch.tensor_split(x, streams) if len(part)]
+        for request, part in zip(requests, parts):
+            request.start_async({0: _array(part)})
+        features = []
+        for request in requests[: len(parts)]:
+            request.wait()
+            features.append(torch.from_numpy(request.get_output_tensor(0).data.copy()))
+        return torch.cat(features)
 
     return Runner("openvino", precision, run)
 

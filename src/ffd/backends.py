@@ -180,7 +180,7 @@ def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = No
 
     def run(x: torch.Tensor) -> torch.Tensor:
         parts = [part for part in torch.tensor_split(x, streams) if len(part)]
-        for request, part in zip(requests, parts):
+        for request, part in zip(requests[: len(parts)], parts, strict=True):
             request.start_async({0: _array(part)})
         features = []
         for request in requests[: len(parts)]:

@@ -36,6 +36,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ffd.config import compose_config
+from ffd.data.batches import batches, load_items
 from ffd.data.records import read_manifest
 from ffd.data.synthetic import ensure_synthetic
 from ffd.errors import FfdError
@@ -154,28 +155,35 @@ def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, Any
         scored = sum(row["status"] == "ok" for row in predict(scorer, files, batch))
         result[f"predict_{name}_img_per_s"] = round(scored / (time.perf_counter() - start), 1)
     result["runtime"] = checkpoint.runtime_report
+    # Its two parts on their own: decoding (predict's second thread: one core) and the model on
+    # decoded batches (resize, normalize, trunk, head: both cores).
+    start = time.perf_counter()
+    decoded = [x for _, x in batches(load_items(files, checkpoint.preprocess), batch) if x is not None]
+    result["decode_img_per_s"] = round(len(files) / (time.perf_counter() - start), 1)
+    result["model_img_per_s"] = round(throughput(checkpoint.p_fake, decoded, len(files)), 1)
+    result["device"], result["threads"] = checkpoint.device.type, torch.get_num_threads()
 
     net, device = checkpoint.net, checkpoint.device
     cuda = device.type == "cuda"
     size = checkpoint.preprocess["size"]
     x = torch.randn(batch, 3, size, size, device=device)  # where the scorer put the model
-    batches = [x] * (len(files) // batch)
+    inputs = [x] * (len(files) // batch)
 
     def forward(b: torch.Tensor) -> None:
         net.backbone(b)
         if cuda:
             torch.cuda.synchronize()
 
-    n = batch * len(batches)
+    n = batch * len(inputs)
     assert checkpoint.runner is not None  # chosen during the warm-up
-    result["backbone_chosen_img_per_s"] = round(throughput(checkpoint.runner, batches, n), 1)
+    result["backbone_chosen_img_per_s"] = round(throughput(checkpoint.runner, inputs, n), 1)
     # torch fp32, and torch at the training precision, for comparison.
     with torch.no_grad():
-        result["backbone_img_per_s"] = round(throughput(forward, batches, n), 1)
+        result["backbone_img_per_s"] = round(throughput(forward, inputs, n), 1)
     mixed = mixed_precision(x.device.type)
     if dtype := autocast_dtype(mixed):  # where training runs in mixed precision
         with torch.no_grad(), torch.autocast(x.device.type, dtype):
-            result[f"backbone_{mixed}_img_per_s"] = round(throughput(forward, batches, n), 1)
+            result[f"backbone_{mixed}_img_per_s"] = round(throughput(forward, inputs, n), 1)
     return result
 
 
@@ -223,7 +231,22 @@ def predict_line(p: dict[str, Any]) -> str:
         f"Predict (fp32), decode included: {ckpt:.0f} img/s from the checkpoint, {100 * ckpt / chosen:.0f} % "
         f"of the backbone alone in the runtime it chose ({runtime_line(p['runtime'])}: {chosen:.0f} img/s; "
         f"torch fp32 {p['backbone_img_per_s']:.0f} img/s{''.join(mixed)}); "
-        f"{onnx:.0f} img/s from the ONNX export (onnxruntime)."
+        f"{onnx:.0f} img/s from the ONNX export (onnxruntime). {ceiling_line(p)}"
+    )
+
+
+def ceiling_line(p: dict[str, Any]) -> str:
+    """What bounds predict on a CPU of c cores: the model on decoded images keeps all of them busy for
+    1/m s an image and decoding one for 1/d s, so an image takes at least 1/m + 1/(c d) s."""
+    if p.get("device") != "cpu":  # a GPU decodes and runs the model on different chips; or an older bench
+        return ""
+    d, m, chosen = p["decode_img_per_s"], p["model_img_per_s"], p["backbone_chosen_img_per_s"]
+    ceiling = 1 / (1 / m + 1 / (p["threads"] * d))
+    return (
+        f"Its parts alone: decoding {d:.0f} img/s on one core; the model on decoded images (resize, "
+        f"normalize, trunk, head) {m:.0f} img/s, {100 * m / chosen:.0f} % of the trunk alone. Even with "
+        f"decoding overlapping the model perfectly, {p['threads']} cores give at most {ceiling:.0f} img/s "
+        f"({100 * ceiling / chosen:.0f} % of the trunk alone)."
     )
 
 

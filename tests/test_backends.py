@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,10 @@ def test_an_unwritable_runtime_folder_only_costs_the_record(trunk, tmp_path: Pat
     (tmp_path / "file").write_text("not a folder")
     choice = choose(trunk, "auto", tmp_path / "file" / "runtimes")
     assert choice.report["measured_now"] and choice.report["measured"][choice.report["chosen"]]["parity"]
+
+
+def test_measuring_without_a_folder_leaves_no_files(trunk, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp puts the exported trunks
+    choice = choose(trunk, "auto", None)
+    assert not list(tmp_path.iterdir())
+    assert relative_error(choice.runner(trunk[1]), trunk[2]) <= FP32_RTOL  # the runner works without them

@@ -32,6 +32,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -323,7 +324,10 @@ def choose_runtime(
         return onnxruntime_runner(onnx) if name == "onnxruntime" else openvino_runner(onnx, p, pixels)
 
     if folder is None:
-        report, runner = _measure(requested, pairs, build, precision, probe)
+        try:
+            report, runner = _measure(requested, pairs, build, precision, probe)
+        finally:  # the runtimes have read their trunk files: nothing is left behind in /tmp
+            shutil.rmtree(trunks, ignore_errors=True)
         return Choice(runner, {**report, "measured_now": True})
     recorded = folder / f"runtime-{key}.json"
     # One process measures; every other one that asks meanwhile (DDP ranks) waits and takes its

@@ -180,16 +180,20 @@ def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = No
     requests = [compiled.create_infer_request() for _ in range(streams)]
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        parts = [part for part in torch.tensor_split(x, streams) if len(part)]
-        for request, part in zip(requests[: len(parts)], parts, strict=True):
+        busy = [
+            (r, part) for r, part in zip(requests, torch.tensor_split(x, streams), strict=True) if len(part)
+        ]
+        for request, part in busy:
             request.start_async({0: _array(part)})
-        features = []
-        for request in requests[: len(parts)]:
-            request.wait()
-            features.append(torch.from_numpy(request.get_output_tensor(0).data.copy()))
-        return torch.cat(features)
+        return torch.cat([_result(request) for request, _ in busy])
 
     return Runner("openvino", precision, run)
+
+
+def _result(request: Any) -> torch.Tensor:
+    """An OpenVINO request's features, once it is done."""
+    request.wait()
+    return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
 
 def _openvino_pixels_in(model: Any, pixels: Mapping) -> Any:

@@ -39,9 +39,32 @@ def test_every_runtime_gives_the_features_torch_gives(trunk, name: str, tmp_path
     features = choice.runner(trunk[1])
     assert trunk[2].abs().mean() > 0.05
     assert relative_error(features, trunk[2]) <= FP32_RTOL
-    # Any batch size, in order: OpenVINO splits a batch among its streams (fewer images than streams too).
+    # Any batch size, in order: OpenVINO splits a batch into requests (fewer images than streams too).
     for n in (1, 3):
         assert relative_error(choice.runner(trunk[1][-n:]), trunk[2][-n:]) <= FP32_RTOL
+
+
+@pytest.mark.parametrize("name", INSTALLED)
+def test_batches_fed_back_to_back_keep_their_features_and_order(trunk, name: str, tmp_path: Path) -> None:
+    """``Runner.map``, as the cache build feeds a runner: OpenVINO starts the next batches before a
+    batch is done, and every batch still gets its own features, in order."""
+    runner = choose(trunk, name, tmp_path).runner
+    _, probe, reference = trunk
+    sizes = [8, 1, 5, 2, 8, 3]
+    starts = [sum(sizes[:i]) % len(probe) for i in range(len(sizes))]
+    batches = [probe.roll(-s, 0)[:n] for s, n in zip(starts, sizes, strict=True)]
+    out = list(runner.map(iter(batches)))
+    assert [len(f) for f in out] == sizes
+    for f, s, n in zip(out, starts, sizes, strict=True):
+        assert relative_error(f, reference.roll(-s, 0)[:n]) <= FP32_RTOL
+
+
+@pytest.mark.skipif("openvino" not in INSTALLED, reason="needs the optional openvino package")
+def test_an_openvino_request_that_fails_raises_instead_of_hanging(trunk, tmp_path: Path) -> None:
+    runner = choose(trunk, "openvino", tmp_path).runner
+    with pytest.raises(RuntimeError):
+        list(runner.map(iter([trunk[1], torch.zeros(2, 3, 5, 64)])))  # a batch of the wrong size
+    assert relative_error(runner(trunk[1]), trunk[2]) <= FP32_RTOL  # and it still runs after
 
 
 @pytest.mark.parametrize("name", INSTALLED)

@@ -263,12 +263,12 @@ def runtime_line(report: dict[str, Any] | None) -> str:
 
 def cache_line(run: dict[str, Any]) -> str:
     c = run["feature_cache"]
-    alone = c.get("backbone_alone_views_per_s") or c["backbone_views_per_s"]  # a cache built before
+    alone = c["backbone_alone_views_per_s"]
     return (
         f"Feature cache build: {c['views']:,} views in {c['seconds']:.1f} s, {c['views_per_s']:.0f} views/s "
         f"= {100 * c['views_per_s'] / alone:.0f} % of the backbone alone ({alone:.0f} views/s on one of the "
-        f"build's batches, right after it; inside the build it ran at {c['backbone_views_per_s']:.0f} "
-        f"views/s); runtime {runtime_line(run['runtime'])}."
+        f"build's batches fed back to back, right after it; storing took {c['store_s']:.1f} s); "
+        f"runtime {runtime_line(run['runtime'])}."
     )
 
 

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
-from ffd.backends import rate
+from ffd.backends import Runner, rate
 from ffd.data.batches import prefetched
 from ffd.data.images import DecodedImages
 from ffd.data.records import Record
@@ -49,6 +50,7 @@ from ffd.progress import progress
 log = logging.getLogger(__name__)
 
 META = "meta.json"  # the build's last file
+ALONE_BATCHES = 10  # batches the backbone alone is timed on, after the build
 SPACE_HELP = (
     "Free space there, point paths.cache_dir at a disk with room (paths.cache_dir=/big/disk/cache), "
     "cache fewer views (data.views=2) or train without the cache (data.cache=none)."
@@ -221,7 +223,7 @@ def _npy_writer(path: Path, dtype: str, shape: tuple[int, ...]) -> Iterator[Bina
 
 def compute_features(
     out: Path,
-    runner: Callable[[torch.Tensor], torch.Tensor],
+    runner: Runner,
     splits: Mapping[str, tuple[Sequence[Record], Mapping[str, float] | None, int]],
     images: DecodedImages,
     device: torch.device,
@@ -234,8 +236,10 @@ def compute_features(
 
     The views are made from the stacked images, one gather per view (``batch_views``), as
     uint8 pixels that the runner normalizes, the next batch's in a second thread while the
-    backbone runs on this one, so augmentation costs the backbone little. The build's rate
-    is reported against the backbone alone on one of its batches
+    backbone runs on this one, so augmentation costs the backbone little. The runner is fed
+    back to back (``Runner.map``: OpenVINO starts the next batch before this one is done), and
+    torch's own work runs on one thread meanwhile (``Runner.beside``). The build's rate
+    is reported against the backbone alone on one of its batches, fed back to back too
     (``backbone_alone_views_per_s``). The files' space is reserved before the first feature
     is written, so a full disk is a message, never a crash while writing.
 
@@ -252,25 +256,22 @@ def compute_features(
             that ends in ReLU6) quantized in steps of bound/255, half the size.
     """
     start = time.perf_counter()
-    n_views, forward_s, store_s = 0, 0.0, 0.0
+    n_views, store_s = 0, 0.0
     largest: torch.Tensor | None = None  # a batch of the build's size, to time the backbone alone on
     total = sum(len(records) * views for records, _, views in splits.values())
     scale = _scale(dtype, bound)
     bar = progress(None, "Building the feature cache", total=total, unit="view")
     # A private RNG: building the cache must not change the training run's random stream.
-    with bar, torch.random.fork_rng(devices=[]), contextlib.ExitStack() as files:
+    with bar, torch.random.fork_rng(devices=[]), contextlib.ExitStack() as files, runner.beside():
         torch.random.default_generator.manual_seed(seed)  # CPU only: fork_rng restores only that
         generator = torch.Generator().manual_seed(seed)
         for split, (records, augment, views) in splits.items():
             chunks = _view_batches(records, images, views, augment, generator, device, num_workers)
             store: BinaryIO | None = None
-            # The next batch's views are made in a second thread meanwhile: on 2 cores, with 16-view
-            # batches, it fills the runtime's gaps (OpenVINO bf16: 17.6 s against 19.3 s, mean of 3).
-            for x in prefetched(chunks):
+            started: deque[torch.Tensor] = deque()  # batches given to the runner, features not stored
+            for f in runner.map(_noted(prefetched(chunks), started)):
+                x = started.popleft()
                 b = x.shape[0] // views
-                tic = time.perf_counter()
-                f = runner(x)
-                forward_s += time.perf_counter() - tic
                 if store is None:
                     if n_views == 0:  # the first batch tells the feature size: is there room for all?
                         needed = total * f[0].numel() * np.dtype(dtype).itemsize
@@ -287,20 +288,26 @@ def compute_features(
                 if largest is None or len(x) > len(largest):
                     largest = x
     seconds = time.perf_counter() - start
-    # The backbone alone on one of the build's batches (nothing else running, no storing): the best
-    # of 5 short windows, as the disk's write-back of the cache shares the cores meanwhile.
-    alone = round(max(rate(runner, largest) for _ in range(5)), 1) if largest is not None else None
+    # The backbone alone on one of the build's batches, fed back to back (nothing else running, no
+    # storing): the best of 5 short windows, as the disk's write-back of the cache shares the cores.
+    alone = max(rate(runner, largest, ALONE_BATCHES) for _ in range(5)) if largest is not None else None
     meta = {
         "views": n_views, "seconds": round(seconds, 2), "views_per_s": round(n_views / seconds, 1),
-        "backbone_alone_views_per_s": alone,
-        "backbone_views_per_s": round(n_views / forward_s, 1) if forward_s else None,
-        "forward_s": round(forward_s, 2), "store_s": round(store_s, 2), "dtype": dtype, "scale": scale,
+        "backbone_alone_views_per_s": round(alone, 1) if alone else None, "store_s": round(store_s, 2),
+        "dtype": dtype, "scale": scale,
     }  # fmt: skip
     (out / META).write_text(json.dumps(meta))
     log.info(
         "Feature cache: %d views in %.1f s (%.0f views/s = %.0f %% of the backbone alone, %.0f views/s)",
         n_views, seconds, n_views / seconds, 100 * n_views / seconds / (alone or math.inf), alone or 0,
     )  # fmt: skip
+
+
+def _noted(batches: Iterator[torch.Tensor], started: deque[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The batches, each one appended to ``started`` as the runner takes it."""
+    for x in batches:
+        started.append(x)
+        yield x
 
 
 def _scale(dtype: str, bound: float | None) -> float | None:

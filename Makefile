@@ -66,7 +66,7 @@ format: install ## Format and fix with ruff
 audit: install ## Leakage and shortcut audit of the demo recipe (shuffle control, metadata baseline)
 	$(PY) -m ffd.audit +experiment=demo
 
-bench: install ## Benchmark: naive vs default seed recipe, runtimes, predict and service throughput (~1 h on 2 cores)
+bench: install ## Benchmark: naive vs default seed recipe, runtimes, predict and service throughput (~25 min on a 2-core Xeon, most of it the naive run)
 	$(PY) -m ffd.bench
 
 bench-scaling: install ## Cost of the default path at 1x, 5x and 10x CIPLAB's size (FACTORS="1 2", OVERRIDES="--override data.views=1")

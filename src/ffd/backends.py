@@ -107,7 +107,7 @@ class Runner:
 
         onnxruntime and OpenVINO have their own threads, one per core; torch's idle OpenMP
         threads spin on the same cores after each op. With torch on one thread, a cache build
-        fed by a second thread reached 93-98 % of OpenVINO's rate alone on a 2-core Xeon,
+        fed by a second thread reached 89-98 % of OpenVINO's rate alone on a 2-core Xeon,
         against 78-82 % with two.
         """
         if self.name == "torch":  # torch runs the trunk: its threads are the runtime's

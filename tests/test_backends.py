@@ -53,7 +53,9 @@ def test_batches_fed_back_to_back_keep_their_features_and_order(trunk, name: str
     sizes = [8, 1, 5, 2, 8, 3]
     starts = [sum(sizes[:i]) % len(probe) for i in range(len(sizes))]
     batches = [probe.roll(-s, 0)[:n] for s, n in zip(starts, sizes, strict=True)]
-    out = list(runner.map(iter(batches)))
+    pairs = list(runner.map(iter(batches)))
+    assert all(x is b for (x, _), b in zip(pairs, batches, strict=True))
+    out = [f for _, f in pairs]
     assert [len(f) for f in out] == sizes
     for f, s, n in zip(out, starts, sizes, strict=True):
         assert relative_error(f, reference.roll(-s, 0)[:n]) <= FP32_RTOL

@@ -90,8 +90,8 @@ class Runner:
     name: str
     precision: str
     run: Callable[[torch.Tensor], torch.Tensor]
-    # Batches -> their features in order, the next batches started before a batch is done (OpenVINO).
-    pipeline: Callable[[Iterable[torch.Tensor]], Iterator[torch.Tensor]] | None = None
+    # Batches -> (batch, features) in order, the next batches started before a batch is done (OpenVINO).
+    pipeline: Callable[[Iterable[torch.Tensor]], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     @property
     def label(self) -> str:
@@ -120,14 +120,14 @@ class Runner:
         finally:
             torch.set_num_threads(threads)
 
-    def map(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """The features of each batch, in order. A runtime that runs several requests at once
+    def map(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each batch with its features, in order. A runtime that runs several requests at once
         (OpenVINO) starts the next batches while this one finishes, so no core waits between them."""
         if self.pipeline is not None:
             yield from self.pipeline(batches)
         else:
             for x in batches:
-                yield self(x)
+                yield x, self(x)
 
 
 def torch_runner(
@@ -218,7 +218,7 @@ def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = No
     streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     requests = [compiled.create_infer_request() for _ in range(2 * streams)]
 
-    def pipeline(batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    def pipeline(batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idle = deque(requests)
         running: deque[tuple[Any, list[np.ndarray]]] = deque()  # (request, its batch's results), oldest first
 
@@ -230,7 +230,7 @@ def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = No
             finally:
                 idle.append(request)
 
-        def start(x: torch.Tensor) -> tuple[list[np.ndarray], int]:
+        def start(x: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray], int]:
             results: list[np.ndarray] = []
             parts = torch.split(x, OPENVINO_PART)
             for part in parts:
@@ -239,13 +239,13 @@ def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = No
                 request = idle.popleft()
                 running.append((request, results))
                 request.start_async({0: _array(part)})
-            return results, len(parts)
+            return x, results, len(parts)
 
-        def features(batch: tuple[list[np.ndarray], int]) -> torch.Tensor:
-            results, parts = batch
+        def features(batch: tuple[torch.Tensor, list[np.ndarray], int]) -> tuple[torch.Tensor, torch.Tensor]:
+            x, results, parts = batch
             while len(results) < parts:  # the oldest requests are this batch's
                 finish_oldest()
-            return torch.from_numpy(results[0] if parts == 1 else np.concatenate(results))
+            return x, torch.from_numpy(results[0] if parts == 1 else np.concatenate(results))
 
         try:
             previous = None
@@ -261,7 +261,7 @@ def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = No
                 with contextlib.suppress(Exception):
                     request.wait()
 
-    return Runner("openvino", precision, lambda x: next(pipeline([x])), pipeline)
+    return Runner("openvino", precision, lambda x: next(pipeline([x]))[1], pipeline)
 
 
 def _openvino_pixels_in(model: Any, pixels: Mapping) -> Any:

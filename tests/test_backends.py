@@ -11,9 +11,10 @@ import torch
 from conftest import tiny_model
 from torchvision.transforms.v2 import functional as TF
 
-import ffd.backends as backends
-from ffd.backends import FP32_RTOL, available, candidates, choose_runtime, relative_error
+import ffd.engine.runtimes.chooser as chooser
 from ffd.data.transforms import rgbx
+from ffd.engine.runtimes.chooser import FP32_RTOL, available, candidates, choose_runtime
+from ffd.engine.runtimes.runner import Runner, relative_error
 from ffd.errors import ConfigError
 
 INSTALLED = [n for n in ("torch", "onnxruntime", "openvino") if available(n)]
@@ -102,13 +103,13 @@ def test_auto_measures_once_then_reuses_the_choice(trunk, tmp_path: Path) -> Non
 
 
 def test_a_runtime_failing_parity_is_never_chosen(trunk, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = backends.onnxruntime_runner
+    real = chooser.onnxruntime_runner
 
-    def off(onnx_file: Path) -> backends.Runner:
+    def off(onnx_file: Path) -> Runner:
         runner = real(onnx_file)
-        return backends.Runner(runner.name, runner.precision, lambda x: runner.run(x) * 1.01)  # 1 % off
+        return Runner(runner.name, runner.precision, lambda x: runner.run(x) * 1.01)  # 1 % off
 
-    monkeypatch.setattr(backends, "onnxruntime_runner", off)
+    monkeypatch.setattr(chooser, "onnxruntime_runner", off)
     report = choose(trunk, "auto", None).report
     assert not report["measured"]["onnxruntime 32-true"]["parity"]
     assert not report["chosen"].startswith("onnxruntime")
@@ -129,7 +130,7 @@ def test_bad_settings_say_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="runs on the CPU only"):
         candidates("onnxruntime", "16-mixed", on_cpu=False)
     assert candidates("auto", "16-mixed", on_cpu=False) == [("torch", "16-mixed")]
-    monkeypatch.setattr(backends, "available", lambda name: name != "openvino")
+    monkeypatch.setattr(chooser, "available", lambda name: name != "openvino")
     with pytest.raises(ConfigError, match="pip install openvino"):
         candidates("openvino", "32-true", on_cpu=True)
     assert ("openvino", "32-true") not in candidates("auto", "32-true", on_cpu=True)

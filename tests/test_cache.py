@@ -13,21 +13,25 @@ from conftest import build_datamodule, tiny_model
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ffd.backends import PixelsIn
-from ffd.data.cache.features import Encoder, _scale, feature_bound, feature_key
 from ffd.data.datamodule import FaceDataModule
 from ffd.data.records import Record
 from ffd.data.transforms import apply_views, batch_views, draw_views
+from ffd.engine.feature_cache import _scale, feature_key
+from ffd.engine.runtimes.runner import PixelsIn
 from ffd.errors import ConfigError, FfdError
+from ffd.models.encoder import Encoder
 from ffd.models.module import FakeFaceClassifier
-from ffd.runs.training import train
+from ffd.training.fitting import train
 
 NO_AUGMENT = {"hflip": 0, "vflip": 0, "rotation": 0}
 SEED_AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotation": 20}
 
 
-def make_dm(root: Path, model: FakeFaceClassifier, cache_dir: Path, **kwargs) -> FaceDataModule:
-    dm = build_datamodule(root, model, cache="features", views=3, cache_dir=str(cache_dir), **kwargs)
+def make_dm(
+    root: Path, model: FakeFaceClassifier, cache_dir: Path, *overrides: str, **kwargs
+) -> FaceDataModule:
+    settings = ["data.cache.mode=features", "data.cache.views=3", f"data.cache.dir={cache_dir}", *overrides]
+    dm = build_datamodule(root, model, *settings, **kwargs)
     dm.setup()
     return dm
 
@@ -39,7 +43,7 @@ def model() -> FakeFaceClassifier:
 
 
 def fresh_features(model: FakeFaceClassifier, dm: FaceDataModule, split: str) -> torch.Tensor:
-    plain = build_datamodule(dm.root, model, augment=dm.augment, cache="none")
+    plain = build_datamodule(dm.root, model, "data.cache.mode=none", augment=dm.augment)
     plain.setup()
     x = torch.stack([plain.datasets[split][i][0] for i in range(len(plain.datasets[split]))])
     return model.features(x).float()
@@ -103,7 +107,10 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny_synthetic: Path, m
 def test_key_covers_everything_that_changes_features() -> None:
     enc = Encoder(torch.nn.Identity(), "mobilenet_v2:IMAGENET1K_V1:224:abc")
     settings = {"preprocess": {"size": 224, "mean": [0.5] * 3}, "augment": {"hflip": 0.5}, "views": 8}
-    rows = {"train": [Record("/a.jpg", 0, "x", sha256="1")], "val": [Record("/b.jpg", 1, "x", sha256="2")]}
+    rows = {
+        "train": ([Record("/a.jpg", 0, "x", sha256="1")], None, 1),
+        "val": ([Record("/b.jpg", 1, "x", sha256="2")], None, 1),
+    }
     key = feature_key(enc, settings, rows)
     assert key == feature_key(enc, settings, rows)
     other_weights = dataclasses.replace(enc, fingerprint="mobilenet_v2:IMAGENET1K_V1:224:abd")
@@ -112,7 +119,7 @@ def test_key_covers_everything_that_changes_features() -> None:
         feature_key(enc, {**settings, "preprocess": {"size": 160, "mean": [0.5] * 3}}, rows),
         feature_key(enc, {**settings, "augment": {"hflip": 0.0}}, rows),
         feature_key(enc, {**settings, "views": 4}, rows),
-        feature_key(enc, settings, {**rows, "val": [Record("/b.jpg", 1, "x", sha256="3")]}),
+        feature_key(enc, settings, {**rows, "val": ([Record("/b.jpg", 1, "x", sha256="3")], None, 1)}),
     ]
     assert key not in changed and len(set(changed)) == len(changed)
 
@@ -127,14 +134,14 @@ def test_backbone_fingerprint_follows_weights(model) -> None:
 def test_feature_cache_refused_for_a_training_backbone(tiny_synthetic: Path, tmp_path: Path) -> None:
     full = tiny_model(freeze="full")
     assert full.encoder() is None
-    with pytest.raises(FfdError, match="frozen backbone.*data.cache=pixels"):
-        build_datamodule(tiny_synthetic, full, cache="features", cache_dir=str(tmp_path))
-    assert build_datamodule(tiny_synthetic, full, cache="auto", cache_dir=str(tmp_path)).cache == "none"
+    with pytest.raises(FfdError, match="frozen backbone.*data.cache.mode=pixels"):
+        build_datamodule(tiny_synthetic, full, "data.cache.mode=features", f"data.cache.dir={tmp_path}")
+    assert build_datamodule(tiny_synthetic, full, f"data.cache.dir={tmp_path}").cache == "none"  # auto
 
 
 def test_pixel_cache_serves_the_same_tensors(tiny_synthetic: Path, model) -> None:
-    plain = build_datamodule(tiny_synthetic, model, cache="none")
-    pixels = build_datamodule(tiny_synthetic, model, cache="pixels")
+    plain = build_datamodule(tiny_synthetic, model, "data.cache.mode=none")
+    pixels = build_datamodule(tiny_synthetic, model, "data.cache.mode=pixels")
     plain.setup()
     pixels.setup()
     for i in range(len(plain.datasets["test"])):
@@ -153,8 +160,8 @@ def test_cached_and_uncached_training_agree(make_cfg, tiny_synthetic: Path) -> N
         "data=ciplab",
         f"data.root={tiny_synthetic}",
         "model.input_size=64",
-        "data.num_workers=0",
-        "data.views=1",
+        "data.loader.num_workers=0",
+        "data.cache.views=1",
         "data.augment.hflip=0",
         "data.augment.vflip=0",
         "data.augment.rotation=0",
@@ -162,11 +169,11 @@ def test_cached_and_uncached_training_agree(make_cfg, tiny_synthetic: Path) -> N
         "trainer.accelerator=cpu",
         "trainer.precision=32-true",
         "~callbacks",
-        "data.batch_size=8",
+        "data.loader.batch_size=8",
     ]
     results = {}
     for cache in ("features", "none"):
-        cfg = make_cfg(*common, f"data.cache={cache}")
+        cfg = make_cfg(*common, f"data.cache.mode={cache}")
         cfg.logger = None
         results[cache] = train(cfg)
     cached, uncached = results["features"], results["none"]
@@ -188,7 +195,7 @@ def test_empty_split_is_refused_before_any_cache_is_built(
 
 def test_decode_setting_reaches_the_cache_key(tiny_synthetic: Path, model, tmp_path: Path) -> None:
     draft = make_dm(tiny_synthetic, model, tmp_path)
-    full = make_dm(tiny_synthetic, model, tmp_path, decode_draft=False)
+    full = make_dm(tiny_synthetic, model, tmp_path, "data.loader.decode_draft=false")
     assert draft.decode_size == 64 and full.decode_size is None
     assert len(list(tmp_path.glob("features-*/meta.json"))) == 2
 
@@ -203,7 +210,7 @@ def test_batched_views_are_torchvisions_flips_and_rotations() -> None:
         "vflip": torch.tensor([0, 0, 1, 1, 0, 1]).bool(),
         "angle": torch.tensor([0.0, 5, -5, 17.3, -20, 90]),
     }
-    out = apply_views(x, params)
+    out = apply_views(x, params, 1)
     assert out.shape == (6, 40, 56, 4) and out.dtype == torch.uint8 and not out[..., 3].any()
     for i in range(len(x)):
         ref = TF.horizontal_flip(x[i]) if params["hflip"][i] else x[i]
@@ -244,7 +251,7 @@ def test_uint8_features_are_the_float16_ones_within_half_a_step(
     tiny_synthetic: Path, model, tmp_path
 ) -> None:
     fp16 = make_dm(tiny_synthetic, model, tmp_path / "a", augment=NO_AUGMENT)
-    uint8 = make_dm(tiny_synthetic, model, tmp_path / "b", augment=NO_AUGMENT, feature_dtype="uint8")
+    uint8 = make_dm(tiny_synthetic, model, tmp_path / "b", "data.cache.dtype=uint8", augment=NO_AUGMENT)
     assert uint8.datasets["val"].features.dtype == np.uint8
     assert uint8.datasets["val"].features.nbytes * 2 == fp16.datasets["val"].features.nbytes
     for i in range(len(fp16.datasets["val"])):
@@ -253,7 +260,7 @@ def test_uint8_features_are_the_float16_ones_within_half_a_step(
 
 
 def test_uint8_needs_bounded_features(tiny_synthetic: Path, tmp_path: Path) -> None:
-    assert feature_bound(tiny_model().backbone) == 6.0  # MobileNetV2's trunk ends in ReLU6
-    assert feature_bound(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SiLU())) is None
-    with pytest.raises(ConfigError, match="feature_dtype=uint8 needs a backbone whose features are bounded"):
+    assert tiny_model().encoder().bound == 6.0  # MobileNetV2's trunk ends in ReLU6
+    assert Encoder(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SiLU()), "x").bound is None
+    with pytest.raises(ConfigError, match="dtype=uint8 needs a backbone whose features are bounded"):
         _scale("uint8", None)

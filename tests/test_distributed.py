@@ -16,7 +16,7 @@ from conftest import TINY, run_train
 
 from ffd.config import compose_config
 from ffd.errors import ConfigError
-from ffd.runs.distributed import check_ddp_launch
+from ffd.training.distributed import check_ddp_launch
 
 # 16 train, 8 val, 8 test images: even splits, so DDP's sampler pads nothing. With no
 # augmentation, no dropout and one batch per rank, two ranks of 8 average to exactly the
@@ -58,8 +58,11 @@ def test_two_process_ddp_matches_one_process(tiny_synthetic: Path, tmp_path: Pat
     common = [f"data.root={tiny_synthetic}", *ARGS, "runtime=onnxruntime"]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     # DDP first: rank 0 builds the feature cache while rank 1 waits for it.
-    run([*common, "trainer=ddp", "trainer.devices=2", "data.batch_size=8", f"hydra.run.dir={ddp}"], tmp_path)
-    run([*common, "data.batch_size=16", f"hydra.run.dir={single}"], tmp_path)
+    run(
+        [*common, "trainer=ddp", "trainer.devices=2", "data.loader.batch_size=8", f"hydra.run.dir={ddp}"],
+        tmp_path,
+    )
+    run([*common, "data.loader.batch_size=16", f"hydra.run.dir={single}"], tmp_path)
 
     a = json.loads((single / "metrics.json").read_text())
     b = json.loads((ddp / "metrics.json").read_text())
@@ -147,9 +150,9 @@ def test_gradual_unfreeze_under_ddp_averages_the_backbone_gradients(
               "model.optimizer.lr=0.1",
               "+callbacks.save_backbone._target_=test_distributed.SaveBackbone"]  # fmt: skip
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    run([*common, "trainer=ddp", "trainer.devices=2", "data.batch_size=8", f"hydra.run.dir={ddp}",
+    run([*common, "trainer=ddp", "trainer.devices=2", "data.loader.batch_size=8", f"hydra.run.dir={ddp}",
          f"+callbacks.save_backbone.folder={ddp / 'weights'}"], tmp_path)  # fmt: skip
-    run([*common, "data.batch_size=16", f"hydra.run.dir={single}",
+    run([*common, "data.loader.batch_size=16", f"hydra.run.dir={single}",
          f"+callbacks.save_backbone.folder={single / 'weights'}"], tmp_path)  # fmt: skip
 
     def weights(run: Path, rank: int, when: str) -> dict[str, torch.Tensor]:
@@ -176,7 +179,8 @@ def test_several_nodes_need_a_shared_run_folder(tiny_synthetic: Path, tmp_path: 
     each, every rank stops before training with the reason; with one folder, they train."""
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCHED_FROM_OUTSIDE}
     args = [f"data.root={tiny_synthetic}", *TINY, "trainer=ddp", "trainer.devices=1", "trainer.num_nodes=2",
-            "trainer.max_epochs=1", "data.cache=none", "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
+            "trainer.max_epochs=1", "data.cache.mode=none",
+            "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
 
     def nodes(run_dirs: list[Path]) -> list[tuple[int, str]]:
         port, procs = free_port(), []

@@ -11,8 +11,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from ffd.analysis.evaluate import evaluate
 from ffd.errors import ConfigError, FfdError
+from ffd.evaluation.evaluating import evaluate
 
 
 def test_eval_reproduces_the_training_test_metrics(make_cfg, trained, tmp_path: Path) -> None:

@@ -10,17 +10,17 @@ import pytest
 import torch
 from conftest import TINY, tiny_model
 
-from ffd.analysis.explain import explain
-from ffd.analysis.gradcam import grad_cam
-from ffd.analysis.localization import localization, localization_report
 from ffd.data.facts import PART_BOXES, part_boxes
 from ffd.data.io import load_rgb
 from ffd.data.records import read_manifest
 from ffd.data.transforms import build_transform
+from ffd.engine.gradcam import grad_cam
 from ffd.errors import ConfigError
-from ffd.models.inference import inference_settings
+from ffd.evaluation.explaining import explain
+from ffd.evaluation.localization import localization, localization_report
 from ffd.models.module import FakeFaceClassifier
-from ffd.runs.training import train
+from ffd.models.shipped import inference_settings
+from ffd.training.fitting import train
 
 
 def test_localization_on_planted_maps() -> None:
@@ -113,7 +113,7 @@ def test_explain_runs_where_and_at_the_precision_the_model_records() -> None:
     assert inference_settings("bf16-mixed", "cuda", cuda_available=True) == (cuda, torch.bfloat16)
     with pytest.raises(ConfigError, match="device=cuda"):
         inference_settings("32-true", "cuda", cuda_available=False)
-    with pytest.raises(ConfigError, match="device=gpu"):
+    with pytest.raises(ConfigError, match="device='gpu' is not valid"):
         inference_settings("32-true", "gpu", cuda_available=True)
 
 
@@ -132,7 +132,7 @@ def test_checkpoints_record_their_inference_precision(trained) -> None:
 
 
 def test_eval_reports_localization(make_cfg, trained) -> None:
-    from ffd.analysis.evaluate import evaluate
+    from ffd.evaluation.evaluating import evaluate
 
     ckpt, _ = trained
     report = evaluate(make_cfg(f"ckpt_path={ckpt}", "bootstrap=0", "localization=hirescam", config="eval"))

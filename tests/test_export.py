@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ffd.analysis.evaluate import evaluate
+from ffd.deploy.exporting import export, parity_batch
+from ffd.engine.scorers import CheckpointScorer, load_scorer
 from ffd.errors import ConfigError, FfdError
+from ffd.evaluation.evaluating import evaluate
 from ffd.files import sha256_file
-from ffd.inference.export import export, sample_batch
-from ffd.inference.scorers import CheckpointScorer, load_scorer
 from ffd.models.checkpoint import load_checkpoint
-from ffd.models.inference import Probabilities
+from ffd.models.shipped import Probabilities
 from ffd.provenance import provenance
 from ffd.service.client import running_service
 
@@ -98,9 +98,11 @@ def test_export_files_and_safetensors(trained, exported) -> None:
     ckpt, _ = trained
     out, card = exported
     onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
-    x, source = sample_batch(ckpt, card["preprocess"]["size"], 12)
+    scorer = CheckpointScorer(load_checkpoint(ckpt), "torch", None)
+    x, p_fake, source = parity_batch(scorer, ckpt, 12)
     assert source == "test images" and x.dtype == torch.uint8 and x.shape[0] == 12 and x.shape[-1] == 3
-    expected = CheckpointScorer(load_checkpoint(ckpt)).net.cpu()(x)
+    expected = scorer.net.cpu()(x)
+    torch.testing.assert_close(expected[:, 1], p_fake, atol=1e-6, rtol=0)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     (five,) = session.run(None, {"image": x[:5, :-7].numpy()})  # another batch and image size
     assert five.shape == (5, 2)
@@ -150,12 +152,12 @@ def test_eval_of_an_exported_model_finds_its_run(make_cfg, trained, exported) ->
 def test_foreign_onnx_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(FfdError, match="not a loadable ONNX model"):
-        load_scorer(tmp_path / "junk.onnx")
+        load_scorer(tmp_path / "junk.onnx", "torch", None)
     torch.onnx.export(torch.nn.Linear(3, 2), (torch.zeros(1, 3),), str(tmp_path / "plain.onnx"), dynamo=False)
     with pytest.raises(FfdError, match="not an ffd export"):
-        load_scorer(tmp_path / "plain.onnx")
+        load_scorer(tmp_path / "plain.onnx", "torch", None)
     with pytest.raises(FfdError, match="does not exist"):
-        load_scorer(tmp_path / "missing.onnx")
+        load_scorer(tmp_path / "missing.onnx", "torch", None)
 
 
 def test_unknown_format_is_refused(make_cfg, trained) -> None:

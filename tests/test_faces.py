@@ -73,7 +73,7 @@ def test_make_detector_errors_name_the_choices_and_the_fix(monkeypatch) -> None:
     with pytest.raises(FfdError, match="pip install .*--no-deps facenet-pytorch"):
         make_detector("mtcnn")
     assert make_detector("auto").name == "haar"  # the fallback
-    assert FaceCropper(0.25).detector.name == "haar"
+    assert FaceCropper(0.25, "auto").detector.name == "haar"
 
 
 def test_auto_is_the_first_installed_of_the_measured_order() -> None:

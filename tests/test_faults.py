@@ -21,17 +21,18 @@ from conftest import TINY, build_datamodule, kill_group, run_train, start_train,
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ffd.checks import check_settings, ensure_writable
+from ffd.checks import ensure_writable
 from ffd.config import compose_config
-from ffd.data.cache import features
 from ffd.data.facts import CLASS_NAMES, DIFFICULTIES, fake_name, parse_fake_name
 from ffd.data.layouts import CsvError, DataLayoutError, discover
 from ffd.data.manifest import scan
+from ffd.deploy.predicting import predict_files
+from ffd.engine import feature_cache
+from ffd.engine.scorers import load_scorer
 from ffd.errors import ConfigError, FfdError
-from ffd.inference.predict import predict_files
-from ffd.inference.scorers import load_scorer
 from ffd.models.checkpoint import read_checkpoint
-from ffd.runs.resume import resolve_ckpt_path
+from ffd.rules import check_config
+from ffd.training.resume import resolve_ckpt_path
 
 QUIET = ["callbacks.progress_bar.refresh_rate=0"]
 
@@ -128,10 +129,11 @@ def test_disk_filling_up_mid_build_leaves_nothing_trusted(
     (a memory map written onto a full disk would die of SIGBUS instead)."""
 
     real = shutil.disk_usage
-    monkeypatch.setattr(features.shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 40))
+    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 40))
     with pytest.raises(FfdError, match="filled up while building the feature cache"):
+        model = tiny_model(input_size=224)
         build_datamodule(
-            tiny_synthetic, tiny_model(input_size=224), cache="features", cache_dir=str(small_disk)
+            tiny_synthetic, model, "data.cache.mode=features", f"data.cache.dir={small_disk}"
         ).setup()
     # No file but locks (the runtimes that could not export the backbone were left out).
     assert [p.name for p in small_disk.rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
@@ -186,7 +188,7 @@ def test_bad_checkpoints_are_messages(trained, tmp_path: Path) -> None:
 def test_predict_with_a_run_folder_names_its_checkpoints(trained) -> None:
     run = trained[0].parent.parent
     with pytest.raises(FfdError, match=r"training run folder with checkpoints/\{.*epoch.*\.ckpt"):
-        load_scorer(run)
+        load_scorer(run, "torch", None)
 
 
 # 4. Bad settings fail before any work --------------------------------------------------------------
@@ -195,11 +197,11 @@ def test_predict_with_a_run_folder_names_its_checkpoints(trained) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("data.batch_size=0", "data.batch_size=0 is not valid: it must be an integer >= 1"),
-        ("data.batch_size=-1", "data.batch_size=-1 is not valid"),
-        ("data.batch_size=abc", "data.batch_size='abc' is not valid"),
+        ("data.loader.batch_size=0", "data.loader.batch_size=0 is not valid: it must be an integer >= 1"),
+        ("data.loader.batch_size=-1", "data.loader.batch_size=-1 is not valid"),
+        ("data.loader.batch_size=abc", "data.loader.batch_size='abc' is not valid"),
         ("model.optimizer.lr=abc", "model.optimizer.lr='abc' is not valid: it must be a number > 0"),
-        ("data.num_workers=-2", "data.num_workers=-2"),
+        ("data.loader.num_workers=-2", "data.loader.num_workers=-2"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0"),
         ("data.split.test_fraction=1.5", "data.split.test_fraction=1.5"),
         ("cv.folds=1", "cv.folds=1"),
@@ -208,25 +210,31 @@ def test_predict_with_a_run_folder_names_its_checkpoints(trained) -> None:
 )
 def test_bad_settings_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        check_settings(compose_config("train", [override]))
+        check_config(compose_config("train", [override]))
 
 
 def test_every_shipped_config_passes_the_checks() -> None:
     experiments = [p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")]
+    assert experiments
     for name in experiments:
-        check_settings(compose_config("train", [f"+experiment={name}"]))
-    for task in ("eval", "predict", "export", "explain", "audit", "serve"):
-        check_settings(compose_config(task, ["ckpt_path=x"] if task != "audit" else []))
+        check_config(compose_config("train", [f"+experiment={name}"]))
+    for task in ("eval", "predict", "export", "explain", "audit", "serve", "matrix", "bench"):
+        check_config(
+            compose_config(task, ["ckpt_path=x"] if task in ("eval", "export", "explain", "serve") else [])
+        )
 
 
 def test_bad_settings_stop_the_cli_before_the_manifest(tiny_synthetic: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = run_train(
-        f"data.root={tiny_synthetic}", *TINY, "data.batch_size=0", "model.optimizer.lr=abc",
+        f"data.root={tiny_synthetic}", *TINY, "data.loader.batch_size=0", "model.optimizer.lr=abc",
         f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stdout
-    assert "data.batch_size=0 is not valid" in result.stdout and "model.optimizer.lr='abc'" in result.stdout
+    assert (
+        "data.loader.batch_size=0 is not valid" in result.stdout
+        and "model.optimizer.lr='abc'" in result.stdout
+    )
     assert not (run / "manifest.csv").exists() and not (tmp_path / "cache").exists()
     unwritable = run_train(f"data.root={tiny_synthetic}", *TINY, "hydra.run.dir=/proc/ffd/run", cwd=tmp_path)
     assert unwritable.returncode == 2 and "Traceback" not in unwritable.stdout

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ffd.models.finetune import GradualUnfreeze, backbone_blocks, unfreeze_stages
 from ffd.models.module import FakeFaceClassifier
 from ffd.provenance import provenance
-from ffd.runs.training import train
+from ffd.training.fitting import train
 
 
 def loader(n: int = 8, size: int = 32) -> DataLoader:
@@ -131,7 +131,7 @@ def test_scheduler_and_freeze_errors_are_explained() -> None:
 def test_fine_tuning_run(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
     """+experiment=finetune_mobilenet_v2 trains the backbone, on decoded pixels (never the feature cache)."""
     cfg = make_cfg(
-        "+experiment=finetune_mobilenet_v2", f"data.root={tiny_synthetic}", *TINY, "data.cache=auto",
+        "+experiment=finetune_mobilenet_v2", f"data.root={tiny_synthetic}", *TINY, "data.cache.mode=auto",
         "trainer.max_epochs=3", "model.unfreeze_epochs=[1,2]", "callbacks.progress_bar.refresh_rate=0",
     )  # fmt: skip
     metrics = train(cfg)

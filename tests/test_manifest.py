@@ -119,7 +119,7 @@ def test_bad_files_are_recorded_not_fatal(tmp_path: Path) -> None:
 def test_missing_folder_names_layout_and_fix(tmp_path: Path) -> None:
     with pytest.raises(DataLayoutError, match="does not exist") as err:
         discover(tmp_path / "nope")
-    assert "training_real" in str(err.value) and "make data" in str(err.value)
+    assert "training_real" in str(err.value) and "ffd data +experiment=seed" in str(err.value)
 
 
 def test_unknown_layout(tmp_path: Path) -> None:

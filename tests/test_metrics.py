@@ -11,7 +11,8 @@ from ffd.data.records import Record
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.calibration import TEMPERATURE_RANGE, brier, ece, fit_temperature
 from ffd.metrics.report import build_report, summary_markdown, uncalibrated
-from ffd.metrics.scores import at_threshold, bootstrap_ci, choose_threshold, eer, ranking
+from ffd.metrics.resampling import RANKED, bootstrap_intervals
+from ffd.metrics.scores import RANKING_SCORES, at_threshold, choose_threshold, eer, ranking
 
 # The classic 4-point example: ROC points (FPR, TPR) = (0,0) (0,.5) (.5,.5) (.5,1) (1,1).
 P = torch.tensor([0.1, 0.4, 0.35, 0.8])
@@ -60,13 +61,55 @@ def test_bootstrap_interval() -> None:
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 2, (300,), generator=g)
     probs = (labels.float() * 0.3 + torch.rand(300, generator=g) * 0.7).clamp(0, 1)
-    auroc = lambda p, y: ranking(p, y)["auroc"]  # noqa: E731
-    point = auroc(probs, labels)
-    lo, hi = bootstrap_ci(probs, labels, auroc, n=300, seed=1)
+    point = ranking(probs, labels)["auroc"]
+    lo, hi = bootstrap_intervals(probs, labels, ["auroc"], n=300, seed=1)["auroc"]
     assert lo < point < hi and 0.02 < hi - lo < 0.2
-    assert bootstrap_ci(probs, labels, auroc, n=300, seed=1) == (lo, hi)  # seeded
-    lo_small, hi_small = bootstrap_ci(probs[:40], labels[:40], auroc, n=300, seed=1)
+    assert bootstrap_intervals(probs, labels, ["auroc"], n=300, seed=1)["auroc"] == (lo, hi)  # seeded
+    lo_small, hi_small = bootstrap_intervals(probs[:40], labels[:40], ["auroc"], n=300, seed=1)["auroc"]
     assert hi_small - lo_small > hi - lo  # fewer images, wider interval
+    one_class = bootstrap_intervals(probs, torch.ones(300, dtype=torch.long), ["auroc"], n=300, seed=1)
+    assert all(math.isnan(v) for v in one_class["auroc"])
+
+
+def one_by_one(probs, labels, n: int, seed: int, threshold: float, groups=None) -> dict[str, list[float]]:
+    """The resamples scored one at a time with torchmetrics (a reference), drawn from the same stream."""
+    g = torch.Generator().manual_seed(seed)
+    members = [torch.arange(len(labels))] if groups is None else [torch.nonzero(groups == v).flatten()
+                                                                  for v in torch.unique(groups)]  # fmt: skip
+    scores = {
+        **RANKING_SCORES,
+        "ece": ece,
+        "acc": lambda p, y: float(((p >= threshold).long() == y).float().mean()),
+    }
+    values: dict[str, list[float]] = {k: [] for k in scores}
+    while len(values["acc"]) < n:
+        if groups is None:
+            idx = torch.randint(len(labels), (len(labels),), generator=g)
+        else:
+            idx = torch.cat(
+                [members[int(i)] for i in torch.randint(len(members), (len(members),), generator=g)]
+            )
+        if labels[idx].min() == labels[idx].max():
+            continue
+        for k, score in scores.items():
+            values[k].append(score(probs[idx], labels[idx]))
+    return values
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_every_resample_scored_at_once_equals_one_by_one(grouped: bool) -> None:
+    """The vectorized bootstrap gives the intervals of scoring each resample with torchmetrics, ties
+    and all (scores rounded to 2 decimals), on the same resamples; whole groups with ``groups``."""
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 2, (60,), generator=g)
+    probs = (labels * 0.25 + torch.rand(60, generator=g) * 0.75).round(decimals=2)
+    groups = torch.arange(60) // 4 if grouped else None
+    q = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    reference = {k: torch.quantile(torch.tensor(v, dtype=torch.float64), q).tolist()
+                 for k, v in one_by_one(probs, labels, 200, 5, 0.4, groups).items()}  # fmt: skip
+    fast = bootstrap_intervals(probs, labels, [*RANKED, "ece"], 200, 5, {"acc": 0.4}, groups)
+    for name, (lo, hi) in reference.items():
+        assert fast[name] == pytest.approx((lo, hi), abs=1e-6), name
 
 
 def test_breakdowns_on_a_planted_case() -> None:

@@ -68,11 +68,11 @@ def test_checkpoint_loads_without_hydra_and_holds_no_pickled_code(tmp_path: Path
 
 
 def test_bad_arguments_are_explained() -> None:
-    with pytest.raises(ValueError, match="freeze must be one of"):
+    with pytest.raises(ValueError, match="model.freeze='half' is not valid"):
         tiny_model(freeze="half")
     with pytest.raises(ValueError, match="Unknown torchvision backbone"):
         tiny_model(backbone="not_a_net")
     with pytest.raises(ValueError, match="has no weights"):
         tiny_model(weights="IMAGENET9K")
-    with pytest.raises(ValueError, match="Unknown head"):
+    with pytest.raises(ValueError, match="model.head=.mlp. is not valid"):
         tiny_model(head="mlp")

@@ -16,11 +16,11 @@ from conftest import write_jpegs
 from PIL import Image, ImageOps
 from torchvision.transforms import v2 as TV
 
-from ffd.analysis.evaluate import evaluate
 from ffd.data.io import expand_input, load_rgb
+from ffd.deploy.predicting import predict, predict_files
+from ffd.engine.scorers import load_scorer
 from ffd.errors import FfdError
-from ffd.inference.predict import predict, predict_files
-from ffd.inference.scorers import load_scorer
+from ffd.evaluation.evaluating import evaluate
 from ffd.models.checkpoint import load_checkpoint
 
 
@@ -66,7 +66,7 @@ def test_bad_files_get_a_status_and_the_run_goes_on(trained, tmp_path: Path) -> 
     (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:300])
     Image.new("1", (14000, 14000)).save(tmp_path / "bomb.png")  # 196 M pixels: a decompression bomb
     files = [good] + [tmp_path / n for n in ("empty.jpg", "text.jpg", "cut.jpg", "bomb.png", "gone.jpg")]
-    rows = {Path(r["path"]).name: r for r in predict(load_scorer(ckpt), files, batch_size=32)}
+    rows = {Path(r["path"]).name: r for r in predict(load_scorer(ckpt, "torch", None), files, batch_size=32)}
     assert rows["good.jpg"]["status"] == "ok" and 0 <= rows["good.jpg"]["p_fake"] <= 1
     assert rows["empty.jpg"]["message"] == "empty file (0 bytes)"
     assert "DecompressionBomb" in rows["bomb.png"]["message"]
@@ -95,7 +95,10 @@ def independent_p_fake(ckpt: Path, paths: list[str]) -> torch.Tensor:
 
 
 def test_eval_and_predict_score_what_the_model_sees(make_cfg, trained, tmp_path: Path) -> None:
-    """eval and the predict CLI give each test image the p_fake of the model's own forward."""
+    """eval, the predict CLI (``runtime=auto``) and predict with the backbone in each installed runtime give
+    each test image the p_fake of the model's own forward (to export parity), and the same labels."""
+    from ffd.engine.runtimes.chooser import available
+
     ckpt, _ = trained
     evaluate(make_cfg(f"ckpt_path={ckpt}", "bootstrap=0", config="eval"))
     with (tmp_path / "eval" / "predictions.csv").open() as fh:
@@ -105,15 +108,31 @@ def test_eval_and_predict_score_what_the_model_sees(make_cfg, trained, tmp_path:
     listing.write_text("\n".join(paths))
     out = tmp_path / "preds.jsonl"
     cmd = [sys.executable, "-m", "ffd.predict", f"ckpt_path={ckpt}", f"input={listing}", f"output={out}"]
-    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
-    from_predict = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
-    assert sorted(from_predict) == paths
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert (
+        result.returncode == 0 and "Backbone runtime:" in result.stdout + result.stderr
+    )  # auto says its choice
+    rows = {"cli auto": {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}}
+    for runtime in [r for r in ("torch", "onnxruntime", "openvino") if available(r)]:
+        out = tmp_path / f"{runtime}.jsonl"
+        predict_files(make_cfg(f"ckpt_path={ckpt}", f"input={listing}", f"output={out}", f"runtime={runtime}",
+                               config="predict"))  # fmt: skip
+        rows[runtime] = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
     expected = independent_p_fake(ckpt, paths)
     assert expected.std() > 1e-3  # outputs that differ from image to image, by far more than atol
-    for scores in (from_eval, {p: r["p_fake"] for p, r in from_predict.items()}):
-        torch.testing.assert_close(torch.tensor([scores[p] for p in paths]), expected, atol=1e-5, rtol=0)
     threshold = torch.load(ckpt, weights_only=True)["ffd"]["threshold"]
-    assert all(r["label"] == ("fake" if r["p_fake"] >= threshold else "real") for r in from_predict.values())
+    scores = {"eval": from_eval, **{k: {p: r["p_fake"] for p, r in v.items()} for k, v in rows.items()}}
+    for name, got in scores.items():
+        assert sorted(got) == paths, name
+        # torch runs the model's own graph; the other runtimes match its fp32 features to export parity
+        atol = 1e-5 if name in ("eval", "torch") else 1e-4
+        torch.testing.assert_close(
+            torch.tensor([got[p] for p in paths]), expected, atol=atol, rtol=0, msg=name
+        )
+    for name, predicted in rows.items():
+        assert all(
+            r["label"] == ("fake" if r["p_fake"] >= threshold else "real") for r in predicted.values()
+        ), name
 
 
 def test_cli_fails_only_when_nothing_could_be_scored(trained, tmp_path: Path) -> None:
@@ -142,7 +161,7 @@ def test_face_crop(trained, tmp_path: Path) -> None:
     photo = tmp_path / "astronaut.png"  # a 512 x 512 photo with one face, top left of centre
     Image.fromarray(data.astronaut()).save(photo)
     noise = write_jpegs(tmp_path, ["noise.jpg"], size=300)[0]
-    left, top, right, bottom = FaceCropper(margin=0.25).box(Image.open(photo).convert("RGB"))
+    left, top, right, bottom = FaceCropper(margin=0.25, detector="auto").box(Image.open(photo).convert("RGB"))
     assert 100 < left < 200 and 0 <= top < 100 and 250 < right < 350 and 150 < bottom < 250
     assert abs((right - left) - (bottom - top)) <= 2  # square
 
@@ -150,7 +169,13 @@ def test_face_crop(trained, tmp_path: Path) -> None:
     crops.mkdir()
     files = [noise, photo, tmp_path / "gone.jpg"]
     rows = list(
-        predict(load_scorer(ckpt), files, batch_size=32, cropper=FaceCropper(margin=0.25), crops_dir=crops)
+        predict(
+            load_scorer(ckpt, "torch", None),
+            files,
+            batch_size=32,
+            cropper=FaceCropper(margin=0.25, detector="auto"),
+            crops_dir=crops,
+        )
     )
     assert [r["status"] for r in rows] == ["no_face", "ok", "unreadable"]  # in input order
     assert rows[0]["p_fake"] is None and "no face" in rows[0]["message"]
@@ -170,28 +195,3 @@ def test_crops_never_replace_earlier_files(make_cfg, trained, tmp_path: Path) ->
     with pytest.raises(FfdError, match="is not empty"):
         predict_files(cfg)
     assert earlier.read_bytes() == b"made by an earlier run"
-
-
-def test_every_backbone_runtime_gives_the_same_p_fake(trained, tmp_path: Path) -> None:
-    """The predict CLI with the backbone in each runtime: the same p_fake (to export parity) and labels."""
-    from ffd.backends import available
-
-    ckpt, _ = trained
-    files = sorted(str(p) for p in (ckpt.parents[2] / "data").rglob("*.jpg"))[:24]
-    listing = tmp_path / "files.txt"
-    listing.write_text("\n".join(files))
-    scores = {}
-    for runtime in [r for r in ("torch", "onnxruntime", "openvino", "auto") if r == "auto" or available(r)]:
-        out = tmp_path / f"{runtime}.jsonl"
-        cmd = [sys.executable, "-m", "ffd.predict", f"ckpt_path={ckpt}", f"input={listing}", f"output={out}",
-               f"runtime={runtime}"]  # fmt: skip
-        result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
-        scores[runtime] = rows
-    reference = torch.tensor([r["p_fake"] for r in scores["torch"]])
-    assert reference.std() > 1e-3  # outputs that differ from image to image, by far more than atol
-    for runtime, rows in scores.items():
-        torch.testing.assert_close(torch.tensor([r["p_fake"] for r in rows]), reference, atol=1e-4, rtol=0)
-        assert [r["label"] for r in rows] == [r["label"] for r in scores["torch"]], runtime
-    assert "Backbone runtime:" in result.stdout + result.stderr  # auto says what it chose

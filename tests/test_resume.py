@@ -13,11 +13,11 @@ import torch
 from conftest import TINY, group_alive, kill_group, start_train
 
 from ffd.errors import ConfigError
-from ffd.runs.resume import resolve_ckpt_path
-from ffd.runs.training import train
+from ffd.training.fitting import train
+from ffd.training.resume import resolve_ckpt_path
 
 # The backbone trains (dropout, BatchNorm, augmentation and shuffling all draw random numbers).
-FULL = ["model.freeze=full", "model.dropout=0.2", "data.cache=none", "trainer.deterministic=true",
+FULL = ["model.freeze=full", "model.dropout=0.2", "data.cache.mode=none", "trainer.deterministic=true",
         "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
 
 
@@ -43,10 +43,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_synthetic: Path, tm
     # epoch, on three batches an epoch. The ImageNet trunk stays frozen: a random-init trunk that
     # trains on 22 images turns a last-bit difference between two processes (as a different thread
     # count gives) into a different run, where this one repeats to the bit.
-    tiny = [o for o in TINY if not o.startswith(("data.num_workers", "model.pretrained"))]
+    tiny = [o for o in TINY if not o.startswith(("data.loader.num_workers", "model.pretrained"))]
     frozen = [o.replace("=full", "=frozen") for o in FULL]
-    args = [f"data.root={tiny_synthetic}", *tiny, *frozen, "model.pretrained=true", "data.num_workers=2",
-            "data.batch_size=8", f"trainer.max_epochs={epochs}"]  # fmt: skip
+    loader = ["data.loader.num_workers=2", "data.loader.batch_size=8"]
+    args = [f"data.root={tiny_synthetic}", *tiny, *frozen, "model.pretrained=true", *loader,
+            f"trainer.max_epochs={epochs}"]  # fmt: skip
     full, killed = tmp_path / "full", tmp_path / "killed"
 
     proc = start_train([*args, f"hydra.run.dir={killed}"], tmp_path)

@@ -15,16 +15,16 @@ from conftest import TINY, chromium, compose_run, run_train
 from PIL import Image
 from sklearn.metrics import roc_curve
 
-from ffd.analysis.evaluate import evaluate
 from ffd.config import compose_config
-from ffd.data.batches import pixels
+from ffd.data.decoding import pixels
 from ffd.data.facts import PART_BOXES
 from ffd.data.io import decode_rgb, read_file
 from ffd.data.perturbations import OPS, op, severity_name
 from ffd.data.synthetic import METHODS, draw_face, manipulate
 from ffd.data.transforms import view_transform
+from ffd.engine.scorers import CheckpointScorer, load_scorer
 from ffd.errors import ConfigError
-from ffd.inference.scorers import CheckpointScorer, load_scorer
+from ffd.evaluation.evaluating import evaluate
 from ffd.metrics.scores import tpr_at_fpr
 
 SMALL_SWEEP = [
@@ -100,7 +100,7 @@ def test_sweep_scores_each_perturbed_image_once(trained, tmp_path: Path, monkeyp
     clean = {
         r["path"]: float(r["p_fake"]) for r in csv.DictReader((tmp_path / "eval" / "predictions.csv").open())
     }
-    scorer = load_scorer(ckpt, "torch")
+    scorer = load_scorer(ckpt, "torch", None)
     full = [pixels(decode_rgb(read_file(p), None))[None] for p in clean]
     threshold = scorer.threshold
     flips = [

@@ -9,7 +9,7 @@ from PIL import Image
 
 from ffd.data.facts import parse_fake_name
 from ffd.data.manifest import scan
-from ffd.runs.scaling import SOURCE_SIDE, scaled_set
+from ffd.studies.scaling import SOURCE_SIDE, scaled_set
 
 
 def test_scaled_set_holds_distinct_copies_in_ciplabs_scheme(tiny_synthetic: Path, tmp_path: Path) -> None:

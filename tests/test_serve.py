@@ -24,7 +24,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from ffd.config import compose_config
+from ffd.data.decoding import Item
 from ffd.data.records import read_manifest
+from ffd.data.video.crops import CropSettings
 from ffd.errors import ConfigError, FfdError
 from ffd.models.checkpoint import run_folder
 from ffd.service.batcher import Batcher
@@ -226,9 +228,11 @@ def test_token_and_log_dir(trained, tmp_path: Path) -> None:
 
 def test_bad_settings_are_one_line_before_the_model_loads(trained, tmp_path: Path) -> None:
     ckpt, _ = trained
-    for override, message in (("serve.max_batch=0", "serve.max_batch=0: use a whole number >= 1"),
-                              ("serve.port=99999", "serve.port=99999"),
-                              ("serve.cam_method=saliency", "serve.cam_method=saliency")):  # fmt: skip
+    for override, message in (
+        ("serve.max_batch=0", "serve.max_batch=0 is not valid: it must be an integer >= 1"),
+        ("serve.port=99999", "serve.port=99999"),
+        ("serve.cam_method=saliency", "serve.cam_method='saliency' is not valid"),
+    ):
         cmd = [sys.executable, "-m", "ffd.serve", f"ckpt_path={ckpt}", override, f"hydra.run.dir={tmp_path}"]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stdout + result.stderr, override
@@ -281,11 +285,15 @@ def test_batcher_gathers_concurrent_images_and_keeps_going_after_an_error() -> N
     async def scenario() -> tuple[list[float], str]:
         batcher = Batcher(score, max_batch=4, max_wait_s=0.05, model_thread=ThreadPoolExecutor(1))
         batcher.start()
+
+        def item(image: torch.Tensor) -> Item:
+            return Item(Path("x.png"), "ok", image=image)
+
         images = [torch.full((8, 8, 3), v, dtype=torch.uint8) for v in range(6)]
-        got = await asyncio.gather(*(batcher.score(im) for im in images))
+        got = await asyncio.gather(*(batcher.score(item(im)) for im in images))
         with pytest.raises(RuntimeError, match="model failure"):
-            await batcher.score(torch.zeros(13, 13, 3, dtype=torch.uint8))
-        odd = await batcher.score(torch.full((9, 8, 3), 7, dtype=torch.uint8))
+            await batcher.score(item(torch.zeros(13, 13, 3, dtype=torch.uint8)))
+        odd = await batcher.score(item(torch.full((9, 8, 3), 7, dtype=torch.uint8)))
         await batcher.stop()
         return [*got, odd], str(batcher.stats)
 
@@ -360,7 +368,8 @@ def test_a_request_not_scored_in_time_is_a_503() -> None:
     served = SimpleNamespace(scorer=scorer, size=32, explainer=None, explain_note="No heatmaps.", card={})
     image = io.BytesIO()
     Image.new("RGB", (40, 40)).save(image, "PNG")
-    app = create_app(served, settings(timeout_s=0.1), ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    crops = CropSettings(frames=4, stride=None, scale=1.3, size=32, detector="haar")
+    app = create_app(served, settings(timeout_s=0.1), ThreadPoolExecutor(1), crops)  # type: ignore[arg-type]
     with TestClient(app) as client:
         answer = client.post("/v1/predict", files={"file": ("a.png", image.getvalue())})
         assert answer.status_code == 503 and "serve.timeout_s=0.1" in answer.json()["detail"]

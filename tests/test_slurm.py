@@ -13,10 +13,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 from conftest import TINY
-from hydra import compose, initialize_config_dir
 
-from ffd.config import CONF_DIR
-from ffd.runs import slurm
+from ffd.config import compose_config
+from ffd.training import slurm
 
 
 class PreemptOnce(L.Callback):
@@ -69,8 +68,7 @@ def test_preempted_job_is_requeued_and_resumes_from_last_ckpt(tiny_synthetic: Pa
 
 
 def test_slurm_launcher_config_requeues_timed_out_jobs() -> None:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", ["hydra/launcher=slurm"], return_hydra_config=True)
+    cfg = compose_config("train", ["hydra/launcher=slurm"], with_hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout > 0
 

@@ -9,11 +9,10 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import TINY, kill_group, start_train
-from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
-from ffd.config import CONF_DIR
-from ffd.runs.sweep import run_folders, summarize
+from ffd.config import compose_config
+from ffd.training.sweeps import run_folders, summarize
 
 
 @pytest.mark.slow
@@ -58,8 +57,7 @@ def test_slurm_launcher_composes_with_a_sweep() -> None:
         "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
         "hydra.launcher.tasks_per_node=4", "trainer=ddp", "trainer.devices=4", "hparams_search=optuna",
     ]  # fmt: skip
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    cfg = compose_config("train", overrides, with_hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.partition == "gpu" and launcher.gpus_per_node == launcher.tasks_per_node == 4

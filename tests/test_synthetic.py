@@ -30,12 +30,12 @@ def test_layout_names_and_format(tiny_synthetic: Path) -> None:
 
 
 def test_deterministic_across_worker_counts(tmp_path: Path) -> None:
-    a = generate(tmp_path / "a", 3, 3, seed=5, workers=1)
-    b = generate(tmp_path / "b", 3, 3, seed=5, workers=2)
+    a = generate(tmp_path / "a", 3, 3, seed=5, method="mixed", workers=1)
+    b = generate(tmp_path / "b", 3, 3, seed=5, method="mixed", workers=2)
     files_a = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*.jpg"))
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
-    c = generate(tmp_path / "c", 3, 3, seed=6, workers=1)
+    c = generate(tmp_path / "c", 3, 3, seed=6, method="mixed", workers=1)
     first_real = Path("training_real", "real_00001.jpg")
     assert (a / first_real).read_bytes() != (c / first_real).read_bytes()
 
@@ -69,16 +69,16 @@ def test_no_global_colour_cue(tiny_synthetic: Path) -> None:
 
 def test_ensure_reuses_and_protects_user_folders(tmp_path: Path) -> None:
     out = tmp_path / "s"
-    tree = ensure_synthetic(out, 2, 2, seed=0)
+    tree = ensure_synthetic(out, 2, 2, seed=0, method="mixed")
     first = next((tree / "training_real").iterdir())
     stamp = first.stat().st_mtime_ns
-    ensure_synthetic(out, 2, 2, seed=0)
+    ensure_synthetic(out, 2, 2, seed=0, method="mixed")
     assert first.stat().st_mtime_ns == stamp  # reused, not regenerated
     user = tmp_path / "mine"
     user.mkdir()
     (user / "holiday.jpg").write_bytes(b"precious")
     with pytest.raises(FfdError, match="refusing to write"):
-        ensure_synthetic(user, 2, 2, seed=0)
+        ensure_synthetic(user, 2, 2, seed=0, method="mixed")
     assert (user / "holiday.jpg").read_bytes() == b"precious"
 
 
@@ -86,4 +86,4 @@ def test_synthetic_root_must_be_a_folder(tmp_path: Path) -> None:
     csv = tmp_path / "faces.csv"
     csv.write_text("path,label\n")
     with pytest.raises(FfdError, match="is a file.*data=ciplab"):
-        ensure_synthetic(csv, 2, 2, seed=0)
+        ensure_synthetic(csv, 2, 2, seed=0, method="mixed")

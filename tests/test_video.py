@@ -16,8 +16,8 @@ from ffd.data.records import Record, read_manifest, write_manifest
 from ffd.data.synthetic_video import ensure_synthetic_video
 from ffd.data.video.crops import INDEX, CropSettings, extract
 from ffd.data.video.decode import VideoDecodeError, read_frames, sample_indices
-from ffd.data.video.layouts import discover_videos
 from ffd.data.video.track import track
+from ffd.data.video.video_layouts import discover_videos
 from ffd.errors import FfdError
 
 SETTINGS = CropSettings(frames=4, stride=None, scale=1.3, size=48, detector="haar")

@@ -10,24 +10,24 @@ import pytest
 import torch
 from conftest import compose_run, run_train, write_jpegs
 
-from ffd.analysis.evaluate import evaluate
 from ffd.data.records import read_manifest
-from ffd.inference.predict import predict_files
-from ffd.metrics.scores import RANKING_SCORES, bootstrap_cis
-from ffd.metrics.video import aggregate, grouped_bootstrap_cis
+from ffd.deploy.predicting import predict_files
+from ffd.evaluation.evaluating import evaluate
+from ffd.metrics.resampling import bootstrap_intervals
+from ffd.metrics.video import aggregate
 
 # A tiny video_seed: 8 people x (1 real + 2 fakes), 8 frames each, 4 sampled, 64 px random-init model.
 TINY_VIDEO = [
     "+experiment=video_seed", "data.synthetic.identities=8", "data.synthetic.frames=8", "data.video.frames=4",
     "data.video.size=64", "model.pretrained=false", "model.input_size=64", "trainer.max_epochs=2",
-    "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0", "data.num_workers=0",
+    "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0", "data.loader.num_workers=0",
 ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def video_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     """(project folder, best checkpoint, metrics) of one tiny in-process video_seed run."""
-    from ffd.runs.training import train
+    from ffd.training.fitting import train
 
     root = tmp_path_factory.mktemp("video_run")
     metrics = train(compose_run("train", TINY_VIDEO, root, root / "run"))
@@ -41,9 +41,8 @@ def test_intervals_resample_videos_not_frames() -> None:
     labels = torch.tensor([0, 1] * 10)
     probs = video_p.repeat_interleave(32) + 0.001 * torch.rand(640, generator=gen)
     frame_y, groups = labels.repeat_interleave(32), torch.arange(20).repeat_interleave(32)
-    auroc = {"auroc": RANKING_SCORES["auroc"]}
-    by_video = grouped_bootstrap_cis(probs, frame_y, groups, auroc, 300, 0)["auroc"]
-    by_frame = bootstrap_cis(probs, frame_y, auroc, 300, 0)["auroc"]
+    by_video = bootstrap_intervals(probs, frame_y, ["auroc"], 300, 0, groups=groups)["auroc"]
+    by_frame = bootstrap_intervals(probs, frame_y, ["auroc"], 300, 0)["auroc"]
     assert by_video[1] - by_video[0] > 3 * (by_frame[1] - by_frame[0])
     idx = torch.tensor([0, 0, 0, 1, 1])
     p = torch.tensor([0.1, 0.2, 0.9, 0.4, 0.6])
@@ -131,6 +130,7 @@ def test_the_service_scores_an_uploaded_video(video_run) -> None:
     from omegaconf import OmegaConf
 
     from ffd.config import compose_config
+    from ffd.data.video.crops import model_crop_settings
     from ffd.service.app import create_app
     from ffd.service.settings import Settings
 
@@ -143,9 +143,11 @@ def test_the_service_scores_an_uploaded_video(video_run) -> None:
         p_fake=brightness, threshold=0.5, preprocess={"size": 64}, training_run=root / "run"
     )
     served = SimpleNamespace(scorer=scorer, size=64, explainer=None, explain_note="No heatmaps.", card={})
-    settings = Settings.from_config(OmegaConf.to_container(compose_config("serve").serve, resolve=True))
+    cfg = compose_config("serve")
+    settings = Settings.from_config(OmegaConf.to_container(cfg.serve, resolve=True))
+    crops = model_crop_settings(cfg.video, cfg.video_as_trained, scorer.training_run)  # as ffd.serve does
     clip = next((root / "data").rglob("001_000.mp4"))
-    app = create_app(served, settings, ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    app = create_app(served, settings, ThreadPoolExecutor(1), crops)  # type: ignore[arg-type]
     with TestClient(app) as client:
         answer = client.post("/v1/predict_video", files={"file": ("clip.mp4", clip.read_bytes())})
         assert answer.status_code == 200, answer.text

@@ -10,7 +10,7 @@ from skimage import data as skdata
 from torchvision.models import MobileNet_V2_Weights
 
 from ffd.files import sha256_file
-from ffd.models import weights as W
+from ffd.models import pretrained as W
 from ffd.models.backbones import build_backbone
 
 
@@ -18,7 +18,7 @@ def test_real_imagenet_weights_recognise_a_cat() -> None:
     """The offline file is the real ImageNet MobileNetV2: it calls Chelsea (scikit-image's cat) a cat."""
     w = MobileNet_V2_Weights.IMAGENET1K_V1
     path = W.checkpoint_dir() / W.MOBILENET_V2_FILE
-    assert path.exists(), "run `make weights` first"
+    assert path.exists(), "run `ffd weights` (make weights) first"
     assert sha256_file(path) == W.KNOWN_SHA256[W.MOBILENET_V2_FILE]
     model = torchvision.models.mobilenet_v2()
     model.load_state_dict(W.load_state_dict(w))
@@ -54,7 +54,7 @@ def test_missing_weights_error_says_what_and_how(offline_hub: Path) -> None:
         build_backbone("mobilenet_v2", True, "IMAGENET1K_V1", None, None)
     message = str(err.value)
     assert str(offline_hub / "checkpoints" / W.MOBILENET_V2_FILE) in message
-    assert "make weights" in message and "model.pretrained=false" in message
+    assert "ffd weights" in message and "model.pretrained=false" in message
 
 
 def test_corrupt_weights_are_refused(offline_hub: Path) -> None:

@@ -12,22 +12,9 @@ Writes audit.json and audit.md into ``outputs/audit/<date_time>/``.
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+from ffd.task import task
 
-from ffd.config import register_resolvers
-from ffd.errors import exit_on_user_error
-from ffd.runs.audit import audit
-from ffd.runtime import tune_malloc
-
-register_resolvers()
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="audit")
-def main(cfg: DictConfig) -> None:
-    tune_malloc()
-    exit_on_user_error(lambda: audit(cfg))
-
+main = task("audit", "ffd.studies.shortcut_audit:audit")
 
 if __name__ == "__main__":
     main()

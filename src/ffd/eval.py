@@ -8,19 +8,9 @@ into the eval run folder.
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+from ffd.task import task
 
-from ffd.analysis.evaluate import evaluate
-from ffd.errors import exit_on_user_error
-from ffd.runtime import tune_malloc
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    tune_malloc()
-    exit_on_user_error(lambda: evaluate(cfg))
-
+main = task("eval", "ffd.evaluation.evaluating:evaluate")
 
 if __name__ == "__main__":
     main()

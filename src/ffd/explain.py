@@ -10,19 +10,9 @@ when there is one (``device=cpu`` to keep it off), at the precision recorded wit
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+from ffd.task import task
 
-from ffd.analysis.explain import explain
-from ffd.errors import exit_on_user_error
-from ffd.runtime import tune_malloc
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="explain")
-def main(cfg: DictConfig) -> None:
-    tune_malloc()
-    exit_on_user_error(lambda: explain(cfg))
-
+main = task("explain", "ffd.evaluation.explaining:explain")
 
 if __name__ == "__main__":
     main()

@@ -13,24 +13,14 @@ runtime measured (``runtime=auto``). ``face_crop=true`` first crops the largest
 face from each photo (``face_detector``: MTCNN, else OpenCV's Haar cascade); a
 photo without one gets status ``no_face``; ``crops_dir=FOLDER`` saves the crops
 for inspection. A video gets a row per sampled frame, a video row and a timeline
-PNG (``ffd.inference.video``).
+PNG (``ffd.deploy.video_predicting``).
 """
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+from ffd.task import task
 
-from ffd.errors import exit_on_user_error
-from ffd.inference.predict import predict_files
-from ffd.runtime import tune_malloc
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    tune_malloc()
-    exit_on_user_error(lambda: predict_files(cfg))
-
+main = task("predict", "ffd.deploy.predicting:predict_files")
 
 if __name__ == "__main__":
     main()

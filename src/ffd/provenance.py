@@ -1,4 +1,5 @@
-"""Where a result came from: ffd version, git commit, package versions."""
+"""Where a result came from: ffd's version (and its git commit when it runs from a source checkout),
+Python's and the main packages' versions."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = ("torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core", "numpy", "pillow")
-SOURCE_DIR = Path(__file__).resolve().parent
+# ffd's source checkout, when it runs from one (src/ffd in a folder with ffd's pyproject.toml).
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def version(package: str) -> str | None:
@@ -19,12 +21,23 @@ def version(package: str) -> str | None:
         return None
 
 
+def source_checkout() -> Path | None:
+    """The checkout ffd runs from (an editable install), or None for an installed package, whose
+    folder (site-packages) may sit inside some other repository."""
+    pyproject = CHECKOUT / "pyproject.toml"
+    is_ffd = pyproject.is_file() and 'name = "ffd"' in pyproject.read_text(errors="replace")
+    return CHECKOUT if is_ffd and (CHECKOUT / "src" / "ffd").is_dir() else None
+
+
 def git_commit() -> str | None:
-    """The source checkout's commit (with ``-dirty`` if it has uncommitted changes), or None."""
+    """The source checkout's commit (with ``-dirty`` if it has uncommitted changes), or None (an
+    installed package, or no git)."""
+    if (checkout := source_checkout()) is None:
+        return None
     try:
         commit = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=SOURCE_DIR, capture_output=True, text=True, timeout=10, check=True,
+            cwd=checkout, capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None

@@ -12,9 +12,13 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
+# torch is imported where it is used: a task's settings are checked (and a bad one reported) before
+# the seconds that importing torch and Lightning take.
 log = logging.getLogger(__name__)
 
 # glibc mallopt() parameters (malloc.h).
@@ -67,6 +71,8 @@ def cpu_name() -> str:
 def cpu_isa() -> str:
     """The vector ISA torch's CPU kernels use here (``AVX2``, ``AVX512``), with AVX-512 BF16 and AMX
     if the CPU has them: what tells apart, for speed, CPUs with the same model name."""
+    import torch
+
     flags = set((_cpuinfo("flags") or "").split())
     extras = [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in flags]
     return ", ".join([torch.backends.cpu.get_cpu_capability(), *extras])
@@ -75,9 +81,10 @@ def cpu_isa() -> str:
 def fast_cpu_bf16() -> bool:
     """Whether this CPU runs bf16 convolutions fast: natively (AVX-512 BF16, AMX) or on AVX-512.
 
-    On an AVX2-only CPU oneDNN emulates bf16: MobileNetV2's trunk ran at 1.4 img/s in bf16
-    autocast against 19 img/s in fp32 on a 2-core AMD EPYC (Zen 3).
+    On an AVX2-only CPU oneDNN emulates bf16, which runs far slower than fp32 there.
     """
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # the check is private API: fall back to the ISA torch uses
@@ -88,9 +95,11 @@ def mixed_precision(accelerator: str) -> str:
     """The training precision for an accelerator: fp16 mixed on CUDA; on a CPU bf16 mixed where it is
     fast (``fast_cpu_bf16``), else fp32.
 
-    bf16 autocast with channels-last ran MobileNetV2 2.2x faster than fp32 on a 2-core
-    AVX-512 CPU and keeps the seed recipe's accuracy (see README, Speed).
+    Where bf16 is fast, autocast with channels-last runs the backbone well ahead of fp32 and keeps
+    the seed recipe's accuracy (measured: see the README's performance page).
     """
+    import torch
+
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if on_gpu:
         return "16-mixed"
@@ -99,6 +108,8 @@ def mixed_precision(accelerator: str) -> str:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a Lightning precision ("16-mixed", "bf16-mixed"); None for full precision."""
+    import torch
+
     return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(str(precision))
 
 

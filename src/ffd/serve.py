@@ -9,19 +9,9 @@ returns the rows ``ffd.predict`` writes; ``GET /v1/model`` the model card;
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+from ffd.task import task
 
-from ffd.errors import exit_on_user_error
-from ffd.runtime import tune_malloc
-from ffd.service.server import serve
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="serve")
-def main(cfg: DictConfig) -> None:
-    tune_malloc()
-    exit_on_user_error(lambda: serve(cfg))
-
+main = task("serve", "ffd.service.server:serve")
 
 if __name__ == "__main__":
     main()

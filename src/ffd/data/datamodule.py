@@ -3,44 +3,34 @@
 It wires the data steps together; each is a function of its own: synthetic
 generation (``ffd.data.synthetic``), the manifest scan (``ffd.data.manifest``),
 splits, CV folds and the label-shuffle control (``ffd.data.splits``), and the
-caches (``ffd.data.cache``). Every setting comes from ``conf/data/``.
+caches (the pixel cache here, the feature cache a ``FeatureSource`` builds:
+``ffd.engine.feature_cache``). Every setting comes from ``conf/data/``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from functools import partial
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ffd.backends import choose_runtime
-from ffd.data.cache import cache_mode
-from ffd.data.cache.features import (
-    Encoder,
-    FeatureDataset,
-    build_feature_cache,
-    compute_features,
-    feature_bound,
-    feature_key,
-)
-from ffd.data.cache.pixels import PixelDataset
 from ffd.data.dataset import ImageDataset
 from ffd.data.facts import SPLITS
 from ffd.data.images import DecodedImages
 from ffd.data.layouts import DataLayoutError
 from ffd.data.manifest import build_manifest
+from ffd.data.pixel_cache import PixelDataset
 from ffd.data.records import Record, write_manifest
+from ffd.data.settings import CacheSettings, LoaderSettings
 from ffd.data.splits import Fold, split_rows
 from ffd.data.synthetic import ensure_synthetic
-from ffd.data.transforms import build_transform, resize_transform, rgbx, view_transform
+from ffd.data.transforms import build_transform, resize_transform, view_transform
 from ffd.data.video.crops import CropSettings
-from ffd.errors import ConfigError
 from ffd.seeds import ORDER, WORKERS, epoch_seed
 
 log = logging.getLogger(__name__)
@@ -72,6 +62,19 @@ class EpochShuffle(Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+class FeatureSource(Protocol):
+    """A frozen backbone that computes each split's features once (``ffd.engine.feature_cache``)."""
+
+    runtime_report: dict[str, Any] | None
+    meta: dict[str, Any] | None
+
+    def datasets(
+        self, splits: Mapping[str, tuple[Sequence[Record], Mapping[str, float] | None, int]],
+        images: DecodedImages, preprocess: Mapping[str, Any], precision: str, device: torch.device, seed: int,
+        num_workers: int,
+    ) -> Mapping[str, Dataset]: ...  # fmt: skip
+
+
 class FaceDataModule(L.LightningDataModule):
     """Real-vs-fake face images from a folder, split into train/val/test by the manifest.
 
@@ -80,33 +83,23 @@ class FaceDataModule(L.LightningDataModule):
         split: ``val_fraction``, ``test_fraction`` (shares of each stratum) and ``seed``
             (the split's own: the same seed and data give the same split).
         augment: Training augmentation (``hflip``, ``vflip`` probabilities, ``rotation`` degrees).
-        batch_size: Images per batch.
-        num_workers: DataLoader worker processes.
-        pin_memory: Pin host memory for faster GPU copies; None = when CUDA is available.
-        cache: ``none``, ``pixels``, ``features`` or ``auto`` (see ``ffd.data.cache``).
-        views: Augmented views cached per training image with ``cache=features``.
-        cache_dir: Folder for the feature cache.
-        decode_draft: Decode JPEGs at reduced size (libjpeg DCT scaling, never below
-            the input size); False decodes every file at full size.
+        loader: How batches are read (``LoaderSettings``).
+        cache: Which cache takes repeated work out of the epoch loop (``CacheSettings``).
         manifest_path: Where to write the manifest CSV (normally the run folder).
         synthetic: ``num_real``, ``num_fake``, ``seed``: generate a synthetic CIPLAB-like
             set into ``root`` first, unless it is there already; None for real data.
         shuffle_labels: Permute the train and val labels (test keeps the true ones):
             a control experiment whose test score must be at chance.
         seed: The run's training seed: of that permutation and of the training order.
-        runtime: Where the feature cache runs the frozen backbone: ``auto`` (the fastest by
-            measurement, ``ffd.backends``), ``torch``, ``onnxruntime`` or ``openvino``.
-        feature_dtype: How cached features are stored: ``float16``, or ``uint8`` (bounded
-            features quantized, half the disk).
+        video: How a video data set's videos become face crops (``frames``, ``stride``, ``scale``,
+            ``size``, ``detector``: ``ffd.data.video.crops.CropSettings``, cached in ``cache.dir``);
+            None for image data.
         preprocess: The model's preprocessing (size, mean, std, interpolation); the
             model owns it so that checkpoints carry it.
-        encoder: The model's frozen backbone (``FakeFaceClassifier.encoder()``), or None
-            if it trains; the feature cache runs it.
+        features: What computes the feature cache: the model's frozen backbone, or None if it
+            trains (the training task passes it).
         fold: ``(k, i)``: cross-validation fold i of k is the validation split
-            (``ffd.runs.cv``); None for the plain split.
-        video: How a video data set's videos become face crops (``frames``, ``stride``, ``scale``,
-            ``size``, ``detector``: ``ffd.data.video.crops.CropSettings``, cached in ``cache_dir``);
-            None for image data.
+            (``ffd.training.crossval``); None for the plain split.
     """
 
     def __init__(
@@ -114,22 +107,15 @@ class FaceDataModule(L.LightningDataModule):
         root: str,
         split: Mapping[str, Any],
         augment: Mapping[str, float],
-        batch_size: int,
-        num_workers: int,
-        pin_memory: bool | None,
-        cache: str,
-        views: int,
-        cache_dir: str,
-        decode_draft: bool,
+        loader: LoaderSettings,
+        cache: CacheSettings,
         manifest_path: str | None,
         synthetic: Mapping[str, Any] | None,
         shuffle_labels: bool,
         seed: int,
-        runtime: str,
-        feature_dtype: str,
         video: Mapping[str, Any] | None,
         preprocess: Mapping[str, Any],
-        encoder: Encoder | None = None,
+        features: FeatureSource | None = None,
         fold: Fold | None = None,
     ) -> None:
         super().__init__()
@@ -137,15 +123,12 @@ class FaceDataModule(L.LightningDataModule):
         self.synthetic = dict(synthetic) if synthetic else None
         if not self.synthetic and not self.root.exists():  # fail before training starts
             raise DataLayoutError(f"The data folder {self.root} does not exist.")
-        self.cache, self.encoder = cache_mode(cache, encoder), encoder
-        if self.cache == "features" and views < 1:
-            raise ConfigError(f"data.views must be >= 1 with the feature cache, got {views}.")
+        self.loader, self.cache_settings, self.features = loader, cache, features
+        self.cache = cache.resolved(frozen=features is not None)
         self.split, self.fold = dict(split), fold
         self.preprocess, self.augment = dict(preprocess), dict(augment)
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.views, self.cache_dir = views, Path(cache_dir)
-        self.decode_size = int(self.preprocess["size"]) if decode_draft else None
+        self.pin_memory = torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory
+        self.decode_size = int(self.preprocess["size"]) if loader.decode_draft else None
         self.manifest_path = manifest_path
         self.shuffle_seed = seed if shuffle_labels else None
         self.seed = seed
@@ -155,10 +138,7 @@ class FaceDataModule(L.LightningDataModule):
         ] = {}  # each split's usable rows, as trained on (labels shuffled or not)
         self.datasets: dict[str, Dataset] = {}
         self.setup_seconds = 0.0
-        self.runtime, self.feature_dtype = runtime, feature_dtype
         self.video = dict(video) if video else None
-        self.runtime_report: dict[str, Any] | None = None  # the feature cache's runtime choice
-        self.cache_meta: dict[str, Any] | None = None  # the feature cache's build (meta.json)
 
     def prepare_data(self) -> None:
         if self.synthetic:
@@ -174,7 +154,7 @@ class FaceDataModule(L.LightningDataModule):
         s = self.split
         self.records = build_manifest(
             self.root, s["val_fraction"], s["test_fraction"], s["seed"], self.fold, images if keep else None,
-            CropSettings.from_config(self.video) if self.video else None, self.cache_dir,
+            CropSettings.from_config(self.video) if self.video else None, self.cache_settings.dir,
         )  # fmt: skip
         if self.manifest_path and (self.trainer is None or self.trainer.is_global_zero):  # one writes it
             write_manifest(self.records, self.manifest_path)
@@ -194,48 +174,24 @@ class FaceDataModule(L.LightningDataModule):
                 s: ImageDataset(rows[s], build_transform(self.preprocess, augment[s]), self.decode_size)
                 for s in SPLITS
             }
-        encoder, trainer = self.encoder, self.trainer
-        assert encoder is not None  # cache_mode gives "features" only with an encoder
+        assert self.features is not None  # resolved() gives "features" only with a frozen backbone
+        trainer = self.trainer
         # Without augmentation all views would be the same image: keep one.
-        views = {s: self.views if any((augment[s] or {}).values()) else 1 for s in SPLITS}
-        precision = str(trainer.precision) if trainer else "32-true"
-        device = trainer.strategy.root_device if trainer else torch.device("cpu")
-        module = encoder.module.to(device).eval()
-        choice = choose_runtime(self.runtime, module, encoder.fingerprint, encoder.memory_format, precision,
-                                self._probe(rows, images, device), self.cache_dir / "runtimes",
-                                pixels=self.preprocess)  # fmt: skip
-        self.runtime_report = choice.report
-        settings = {
-            "preprocess": self.preprocess, "augment": self.augment, "views": views, "precision": precision,
-            "decode_size": self.decode_size, "seed": self.split["seed"], "runtime": choice.runner.label,
-            "dtype": self.feature_dtype, "view_maker": "rgbx-gather",  # how views are made (ties round up)
-        }  # fmt: skip
-        folder = self.cache_dir / f"features-{feature_key(encoder, settings, rows)}"
+        views = {s: self.cache_settings.views if any((augment[s] or {}).values()) else 1 for s in SPLITS}
         splits = {s: (rows[s], augment[s], views[s]) for s in SPLITS}
-        # On CPU, loader workers would fight the backbone's threads for the same cores
-        # (measured: 62 s with 2 workers vs 55 s without for 12k views on 2 cores).
-        workers = self.num_workers if device.type == "cuda" else 0
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        # On CPU, loader workers would fight the backbone's threads for the same cores.
+        workers = self.loader.num_workers if device.type == "cuda" else 0
         # Builds the cache, or opens it once it is there: under DDP the first rank of each disk
         # builds while the others wait on the cache's lock (no collective, so no timeout).
-        compute = partial(compute_features, runner=choice.runner, splits=splits, images=images,
-                          device=device, num_workers=workers,
-                          seed=self.split["seed"], dtype=self.feature_dtype,
-                          bound=feature_bound(module))  # fmt: skip
-        store, meta = build_feature_cache(folder, compute, list(splits))
-        self.cache_meta = {**meta, "folder": str(folder)}
-        return {s: FeatureDataset(store[s], [r.label for r in rows[s]], meta.get("scale")) for s in SPLITS}
-
-    def _probe(
-        self, rows: dict[str, list[Record]], images: DecodedImages, device: torch.device
-    ) -> torch.Tensor:
-        """Up to 16 plain training views (``rgbx`` pixels): what the backbone runtimes are measured
-        and compared on."""
-        probe = [images.get(r.path) for r in (rows["train"] or rows["val"] or rows["test"])[:16]]
-        return rgbx(torch.stack(probe)).to(device)
+        precision = str(trainer.precision) if trainer else "32-true"
+        return dict(self.features.datasets(splits, images, self.preprocess, precision, device,
+                                           self.split["seed"], workers))  # fmt: skip
 
     def _loader(self, split: str) -> DataLoader:
+        dataset = self.datasets[split]
         # Cached features are slices of a memory map: worker processes would only add copies.
-        workers = 0 if self.cache == "features" else self.num_workers
+        workers = 0 if self.cache == "features" else self.loader.num_workers
         training = split == "train"
         sampler, generator = None, None
         if training and (self.trainer is None or self.trainer.world_size == 1):
@@ -246,10 +202,10 @@ class FaceDataModule(L.LightningDataModule):
             # says the epoch its checkpoint finished; `processed` counts that one already.
             progress = self.trainer.fit_loop.epoch_progress.current if self.trainer else None
             epoch = progress.processed if progress else 0  # type: ignore[attr-defined]
-            sampler = EpochShuffle(len(self.datasets[split]), self.seed, generator, epoch)  # type: ignore[arg-type]
+            sampler = EpochShuffle(len(dataset), self.seed, generator, epoch)  # type: ignore[arg-type]
         return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
+            dataset,
+            batch_size=self.loader.batch_size,
             shuffle=training and sampler is None,
             sampler=sampler,
             generator=generator,
@@ -258,7 +214,7 @@ class FaceDataModule(L.LightningDataModule):
             # Training workers start afresh every epoch, seeded from (seed, epoch): a resumed run
             # augments as an uninterrupted one would. (Forking 2 workers costs well under a second.)
             persistent_workers=workers > 0 and not training,
-            collate_fn=FeatureDataset.collate if self.cache == "features" else None,
+            collate_fn=getattr(dataset, "collate", None),  # a dataset that batches itself (cached features)
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -9,6 +9,7 @@ here runs offline: its model ships inside a pip package.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +19,9 @@ from PIL import Image
 
 from ffd.data.facts import Box
 from ffd.errors import ConfigError, FfdError
+from ffd.rules import DETECTORS
+
+log = logging.getLogger(__name__)
 
 CASCADE = "haarcascade_frontalface_default.xml"
 OPENCV_PIP = "pip install 'opencv-python-headless<5'"
@@ -123,8 +127,8 @@ class MtcnnDetector:
             from facenet_pytorch import MTCNN
         except ImportError as err:
             raise FfdError(
-                f"The mtcnn face detector needs facenet-pytorch ({err}): {MTCNN_PIP} "
-                "(no deps: its metadata pins an old torch; ffd's torch runs it)."
+                f"The mtcnn face detector (it finds more faces) needs facenet-pytorch ({err}): "
+                f"{MTCNN_PIP} (no deps: its metadata pins an old torch; ffd's torch runs it)."
             ) from err
         self.model = MTCNN(keep_all=True, device="cpu")
         self.min_face, self.detect_side, self.min_score = min_face, detect_side, min_score
@@ -149,10 +153,10 @@ class MtcnnDetector:
 # bench/face_detectors.py's: on generated faces MTCNN finds 92% and Haar 51%, at a similar speed.
 _BUILDERS: dict[str, Callable[[], FaceDetector]] = {"haar": HaarDetector, "mtcnn": MtcnnDetector}
 AUTO_ORDER: tuple[str, ...] = ("mtcnn", "haar")
-DETECTORS: tuple[str, ...] = ("auto", *_BUILDERS)
+assert ("auto", *_BUILDERS) == DETECTORS  # the settings' names (ffd.rules) are the builders
 
 
-def make_detector(name: str = "auto") -> FaceDetector:
+def make_detector(name: str) -> FaceDetector:
     """A face detector by name (one of ``DETECTORS``).
 
     Args:
@@ -167,9 +171,15 @@ def make_detector(name: str = "auto") -> FaceDetector:
         errors = []
         for candidate in AUTO_ORDER:
             try:
-                return _BUILDERS[candidate]()
+                detector = _BUILDERS[candidate]()
             except FfdError as err:
                 errors.append(str(err))
+                continue
+            if errors:  # a fallback: say which, and how to get the better one
+                log.warning("Face detector: %s (auto; %s)", detector.name, " ".join(errors))
+            else:
+                log.info("Face detector: %s (auto)", detector.name)
+            return detector
         raise FfdError("No face detector could be built: " + " ".join(errors))
     if name not in _BUILDERS:
         choices = ", ".join(DETECTORS)
@@ -207,7 +217,7 @@ class FaceCropper:
         detector: A detector name (one of ``DETECTORS``) or a ``FaceDetector``.
     """
 
-    def __init__(self, margin: float, detector: str | FaceDetector = "auto") -> None:
+    def __init__(self, margin: float, detector: str | FaceDetector) -> None:
         self.margin = margin
         self.detector = make_detector(detector) if isinstance(detector, str) else detector
 

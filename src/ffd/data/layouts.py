@@ -10,7 +10,7 @@ from pathlib import Path
 from ffd.data.facts import CIPLAB_FOLDERS, CLASS_NAMES, FAKE, REAL, SPLITS, parse_fake_name
 from ffd.data.io import image_files
 from ffd.data.records import Record
-from ffd.data.video.layouts import discover_videos
+from ffd.data.video.video_layouts import discover_videos
 from ffd.errors import FfdError
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ ffd looks for one of these layouts under the data folder:
   videos (data=video): FaceForensics++ (original_sequences/, manipulated_sequences/),
       Celeb-DF v2 (Celeb-real/, Celeb-synthesis/, YouTube-real/), DFDC (*/metadata.json),
       or <root>/real/*.mp4 and <root>/fake/*.mp4
-Get CIPLAB with `make data` (Kaggle credentials needed), or download
+Get CIPLAB with `ffd data +experiment=seed` (Kaggle credentials needed), or download
 https://www.kaggle.com/datasets/ciplab/real-and-fake-face-detection by hand and
 unzip it into the data folder (default data/ciplab, or set FFD_DATA_DIR)."""
 
@@ -40,7 +40,7 @@ class DataLayoutError(FfdError, ValueError):
         super().__init__(f"{problem}\n{LAYOUT_HELP}")
 
 
-def _record(path: Path, label: int, source: str, split: str = "") -> Record:
+def _record(path: Path, label: int, source: str, split: str) -> Record:
     difficulty, parts = parse_fake_name(path) if label == FAKE else ("", "")
     name = os.path.abspath(path)  # the name as found; a symlink's target goes beside it
     try:
@@ -52,7 +52,7 @@ def _record(path: Path, label: int, source: str, split: str = "") -> Record:
     )
 
 
-def _class_folder(folder: Path, label: int, source: str, split: str = "") -> list[Record]:
+def _class_folder(folder: Path, label: int, source: str, split: str) -> list[Record]:
     files = image_files(folder)
     if not files:
         raise DataLayoutError(f"The {CLASS_NAMES[label]} folder {folder} holds no images.")
@@ -144,7 +144,7 @@ def discover(root: str | Path) -> list[Record]:
                 r
                 for c in ciplab
                 for label, folder in enumerate(CIPLAB_FOLDERS)
-                for r in _class_folder(c / folder, label, "ciplab")
+                for r in _class_folder(c / folder, label, "ciplab", "")
             ]
         )
     split_dirs = ("train", "valid", "val", "test")
@@ -156,7 +156,11 @@ def discover(root: str | Path) -> list[Record]:
             for r in _class_folder(root / d / name, label, "presplit", _SPLIT_NAMES.get(d, d))
         ]
     if (root / "real").is_dir() and (root / "fake").is_dir():
-        return _class_folder(root / "real", REAL, "folders") + _class_folder(root / "fake", FAKE, "folders")
+        return [
+            r
+            for label, name in ((REAL, "real"), (FAKE, "fake"))
+            for r in _class_folder(root / name, label, "folders", "")
+        ]
     raise DataLayoutError(f"No known image layout under {root}. {_what_is_there(root)}")
 
 

@@ -15,12 +15,12 @@ Files follow CIPLAB's layout and names::
     <out>/real_and_fake_face/training_real/real_00001.jpg
     <out>/real_and_fake_face/training_fake/{easy|mid|hard}_{id}_{LRNM}.jpg
 
-Run ``python -m ffd.data.synthetic --out DIR`` or let ``data=synthetic`` make it.
+``ffd data`` (``python -m ffd.datasets``) makes the set ``data=synthetic`` names, or training makes it
+on first use.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing
@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ffd.config import compose_config
 from ffd.data.facts import (
     CIPLAB_FOLDERS,
     CIPLAB_TREE,
@@ -262,7 +261,7 @@ def _render(task: Task) -> None:
     photograph(face, rng).save(path, "JPEG", quality=int(rng.integers(85, 96)))
 
 
-def _plan(out: Path, num_real: int, num_fake: int, seed: int, method: str = "mixed") -> list[Task]:
+def _plan(out: Path, num_real: int, num_fake: int, seed: int, method: str) -> list[Task]:
     real_dir, fake_dir = (out / TREE / folder for folder in CIPLAB_FOLDERS)
     tasks = [(str(real_dir / real_name(i)), seed, "real", "", i, method) for i in range(1, num_real + 1)]
     rng = np.random.default_rng([seed, 2])
@@ -284,8 +283,8 @@ def generate(
     num_real: int,
     num_fake: int,
     seed: int,
+    method: str,
     workers: int | None = None,
-    method: str = "mixed",
 ) -> Path:
     """Write a synthetic CIPLAB-like set under ``out`` and return the CIPLAB tree's path.
 
@@ -354,7 +353,7 @@ def generate_once(
     (out / _PARTIAL).unlink()
 
 
-def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int, method: str = "mixed") -> Path:
+def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int, method: str) -> Path:
     """Generate the set under ``out`` unless an identical complete one is there already.
 
     Refuses to write into a non-empty folder that ffd did not generate, so a
@@ -371,26 +370,6 @@ def ensure_synthetic(out: str | Path, num_real: int, num_fake: int, seed: int, m
         spec["method"] = method
     log_line = f"Generating {num_real} real + {num_fake} fake synthetic images in {out} ..."
     own = "To train on your own images there, use data=ciplab data.root=..."
-    generate_once(out, MARKER, spec, lambda: generate(out, num_real, num_fake, seed, method=method),
+    generate_once(out, MARKER, spec, lambda: generate(out, num_real, num_fake, seed, method),
                   "generator", "For your own data use data=ciplab.", own, log_line)  # fmt: skip
     return out / TREE
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    spec = compose_config("train", ["data=synthetic"]).data.synthetic  # data=synthetic's set
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into")
-    parser.add_argument("--num-real", type=int, default=spec.num_real, help="real images (CIPLAB: 1081)")
-    parser.add_argument("--num-fake", type=int, default=spec.num_fake, help="fake images (CIPLAB: 960)")
-    parser.add_argument("--seed", type=int, default=spec.seed)
-    parser.add_argument("--method", default=spec.method, choices=list(METHODS), help="how fakes are made")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    tree = ensure_synthetic(args.out, args.num_real, args.num_fake, args.seed, args.method)
-    log.info("Synthetic CIPLAB-like set ready: %s", tree)
-
-
-if __name__ == "__main__":
-    main()

@@ -24,12 +24,11 @@ FF++'s official split files keep them. Files::
 Faces are redrawn until OpenCV's Haar cascade finds them in nearly every frame of
 their clip (cartoon faces are not all faces to it), so the detector has something to
 track. The set is seeded and byte-for-byte deterministic for one OpenCV and FFmpeg build.
-Run ``python -m ffd.data.synthetic_video --out DIR`` or let ``data=video`` make it.
+``ffd data data=video`` (``python -m ffd.datasets``) makes it, or training makes it on first use.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -41,7 +40,6 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ffd.config import compose_config
 from ffd.data.faces import FaceDetector, make_detector
 from ffd.data.facts import FACE_SIZE, PART_BOXES, SPLITS
 from ffd.data.synthetic import draw_face, generate_once
@@ -205,8 +203,7 @@ def render_clip(
     motion: Motion,
     frames: int,
     size: int,
-    donor: Image.Image | None = None,
-    method: str = "",
+    swap: tuple[Image.Image, str] | None = None,
     flicker_seed: int = 0,
 ) -> tuple[list[np.ndarray], list[list[float]]]:
     """The frames (uint8 RGB) of a clip and the true face box of each.
@@ -216,8 +213,7 @@ def render_clip(
         motion: Its camera path and blinks.
         frames: Clip length.
         size: Frame side in pixels.
-        donor: The face pasted in (a fake), or None (a real clip).
-        method: How much is pasted (a key of METHODS).
+        swap: The face pasted in and how much of it (a key of METHODS): a fake; None: a real clip.
         flicker_seed: Seed of the paste's frame-to-frame misalignment and colour flicker.
     """
     scale = size / FACE_SIZE
@@ -225,7 +221,8 @@ def render_clip(
     r, g, b = np.median(np.asarray(target)[330:370, 195:235].reshape(-1, 3), axis=0)
     skin = (int(r), int(g), int(b))  # a cheek
     fill = tuple(int(v) for v in base[2, 2])
-    if donor is not None:
+    if swap is not None:
+        donor, method = swap
         mask600 = _mask(method)
         paste600 = _colour_matched(np.asarray(donor, np.float32), np.asarray(target, np.float32), mask600,
                                    METHODS[method][2])  # fmt: skip
@@ -239,7 +236,7 @@ def render_clip(
     out, boxes = [], []
     for t in range(frames):
         face = base
-        if donor is not None:
+        if swap is not None:
             # A per-frame swap: the paste lands a little off (about 1-2 px at 600) and its colour wavers.
             shift = flicker.normal(0, 0.8 * max(1.0, size / 128), 2)
             moved = paste.transform(paste.size, Image.Transform.AFFINE, (1, 0, shift[0], 0, 1, shift[1]),
@@ -274,7 +271,7 @@ def generate(
     frames: int,
     size: int,
     seed: int,
-    splits: bool = False,
+    splits: bool,
 ) -> Path:
     """Write a synthetic FF++-style set under ``out`` (see the module doc) and return ``out``.
 
@@ -306,10 +303,9 @@ def generate(
     for k, (target, source, method) in enumerate(progress(jobs, "Generating synthetic videos", unit="video")):
         name = f"{target:03d}.mp4" if source is None else f"{target:03d}_{source:03d}.mp4"
         rel = REAL_DIR / name if source is None else Path(FAKE_DIR.format(method=method)) / name
-        donor = None if source is None else faces[source]
-        clip, boxes[str(rel)] = render_clip(
-            faces[target], motions[target], frames, size, donor, method, seed * 100003 + k
-        )
+        swap = None if source is None else (faces[source], method)
+        flicker = seed * 100003 + k
+        clip, boxes[str(rel)] = render_clip(faces[target], motions[target], frames, size, swap, flicker)
         _write(out / rel, clip)
     if splits:
         (out / "splits").mkdir()
@@ -335,26 +331,3 @@ def ensure_synthetic_video(out: str | Path, **spec) -> Path:
     generate_once(out, MARKER, spec, lambda: generate(out, **args), "video generator",
                   "For your own videos use data.synthetic=null.", own, log_line)  # fmt: skip
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    spec = compose_config("train", ["data=video"]).data.synthetic
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into")
-    parser.add_argument("--identities", type=int, default=spec.identities, help="people (even)")
-    parser.add_argument("--methods", nargs="+", default=list(spec.methods), choices=list(METHODS))
-    parser.add_argument("--frames", type=int, default=spec.frames, help="frames per clip")
-    parser.add_argument("--size", type=int, default=spec.size, help="frame side in pixels")
-    parser.add_argument("--seed", type=int, default=spec.seed)
-    parser.add_argument("--splits", action="store_true", help="write FF++'s split JSON files too")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    spec = {k: getattr(args, k) for k in ("identities", "methods", "frames", "size", "seed", "splits")}
-    out = ensure_synthetic_video(args.out, **spec)
-    log.info("Synthetic FF++-style video set ready: %s", out)
-
-
-if __name__ == "__main__":
-    main()

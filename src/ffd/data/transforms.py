@@ -95,8 +95,8 @@ def draw_views(
 
 
 def rgbx(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (N, 3, H, W) -> the pixels a backbone runner takes (``ffd.backends.PixelsIn``):
-    uint8 (N, H, W, 4), RGB and a zero byte, so that a pixel is one 4-byte word."""
+    """uint8 images (N, 3, H, W) -> the pixels a backbone runner takes (``PixelsIn`` of
+    ``ffd.engine.runtimes.runner``): uint8 (N, H, W, 4), RGB and a zero byte, a pixel one 4-byte word."""
     n, _, h, w = images.shape
     return _words(images).view(torch.uint8).view(n, h, w, 4)
 
@@ -110,7 +110,7 @@ def _words(images: torch.Tensor) -> torch.Tensor:
     return w.bitwise_or_(images[:, 0])
 
 
-def apply_views(images: torch.Tensor, params: Mapping[str, torch.Tensor], views: int = 1) -> torch.Tensor:
+def apply_views(images: torch.Tensor, params: Mapping[str, torch.Tensor], views: int) -> torch.Tensor:
     """Flip and rotate uint8 images (N, 3, H, W) into N * views views, view j of image j // views by
     its parameters (``draw_views``): as torchvision's flips then ``rotate`` (about the centre,
     counter-clockwise, nearest neighbour, zero fill).
@@ -158,9 +158,9 @@ def batch_views(
     """``views`` augmented views of each resized uint8 image (N, 3, H, W), as tensor ops on the batch.
 
     The views are ``view_transform``'s flips and rotation (drawn per view from ``generator``),
-    made by one gather per view (``apply_views``) instead of a transform per view: on a 2-core
-    CPU per-view transforms held the backbone to ~70 % of its rate. The backbone's runner
-    normalizes them (``ffd.backends.PixelsIn``).
+    made by one gather per view (``apply_views``) instead of a transform per view: per-view
+    transforms held the backbone well below its rate on a small CPU. The backbone's runner
+    normalizes them (``ffd.engine.runtimes.runner.PixelsIn``).
 
     Returns:
         ``rgbx`` pixels (N * views, H, W, 4): image i's views at i * views ... (i + 1) * views - 1.

@@ -7,19 +7,9 @@ from typing import Any
 import torch
 
 from ffd.metrics.calibration import brier, ece
-from ffd.metrics.scores import (
-    OPERATING_FPRS,
-    RANKING_SCORES,
-    at_threshold,
-    bootstrap_cis,
-    ranking,
-)
+from ffd.metrics.resampling import RANKED, bootstrap_intervals
+from ffd.metrics.scores import OPERATING_FPRS, at_threshold, ranking
 from ffd.metrics.tables import markdown_table
-from ffd.metrics.video import grouped_bootstrap_cis
-
-
-def _acc(threshold: float):
-    return lambda p, y: float(((p >= threshold).long() == y).float().mean())
 
 
 def uncalibrated(probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -43,23 +33,21 @@ def build_report(
     ``groups`` (an index per image: its video) makes every interval resample whole groups:
     the frames of a video are not independent samples."""
 
-    def cis(scores: dict[str, Any]) -> dict[str, tuple[float, float]]:
-        if groups is not None:
-            return grouped_bootstrap_cis(probs, labels, groups, scores, n_bootstrap, seed)
-        return bootstrap_cis(probs, labels, scores, n_bootstrap, seed)
-
+    thresholds = {"at_0.5": 0.5, "at_chosen_threshold": threshold}
+    two_classes = bool(labels.min() != labels.max())
+    cis = bootstrap_intervals(probs, labels, [*RANKED, "ece"], n_bootstrap, seed, thresholds, groups)
     report: dict[str, Any] = {
         "n": len(labels),
         "n_real": int((labels == 0).sum()),
         "n_fake": int((labels == 1).sum()),
         **ranking(probs, labels),
     }
-    if report["n_real"] and report["n_fake"] and n_bootstrap:
-        report |= {f"{k}_ci95": v for k, v in cis(RANKING_SCORES).items()}
-    for key, t in (("at_0.5", 0.5), ("at_chosen_threshold", threshold)):
+    if two_classes and n_bootstrap:
+        report |= {f"{k}_ci95": cis[k] for k in RANKED}
+    for key, t in thresholds.items():
         scores: dict[str, Any] = dict(at_threshold(probs, labels, t))
         if n_bootstrap:
-            scores["acc_ci95"] = cis({"acc": _acc(t)})["acc"]
+            scores["acc_ci95"] = cis[key]
         report[key] = scores
     calibration: dict[str, Any] = {
         "temperature": temperature,
@@ -68,7 +56,7 @@ def build_report(
         "brier": brier(probs, labels),
     }
     if n_bootstrap:
-        calibration["ece_ci95"] = cis({"ece": ece})["ece"]
+        calibration["ece_ci95"] = cis["ece"]
     report["calibration"] = calibration
     return report
 

@@ -10,15 +10,23 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from torchmetrics.functional.classification import (
     binary_auroc,
     binary_average_precision,
     binary_roc,
 )
 
-THRESHOLD_METHODS = ("eer", "youden")
+from ffd.rules import THRESHOLD_METHODS
+
 # Operating points reported beside AUROC: TPR (fakes caught) at these false-positive rates.
 OPERATING_FPRS = {"tpr_at_fpr_1": 0.01, "tpr_at_fpr_5": 0.05, "tpr_at_fpr_10": 0.10}
+
+
+def classification_metrics() -> MetricCollection:
+    """Accuracy (at p_fake >= 0.5) and AUROC, fed with (p_fake, label) pairs: cloned per split in training."""
+    return MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC()})
 
 
 def _both_classes(labels: torch.Tensor) -> bool:
@@ -108,44 +116,3 @@ RANKING_SCORES: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
     "eer": lambda p, y: eer(p, y)[0],
     **{name: partial(_tpr, fpr=f) for name, f in OPERATING_FPRS.items()},
 }
-
-
-def bootstrap_ci(
-    probs: torch.Tensor,
-    labels: torch.Tensor,
-    score: Callable[[torch.Tensor, torch.Tensor], float],
-    n: int,
-    seed: int,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of ``score``, resampling images with replacement.
-
-    Resamples that miss a class are redrawn, so AUROC is always defined; with a
-    single class in the data there is nothing to resample and the interval is NaN.
-    """
-    return bootstrap_cis(probs, labels, {"score": score}, n, seed, level)["score"]
-
-
-def bootstrap_cis(
-    probs: torch.Tensor,
-    labels: torch.Tensor,
-    scores: dict[str, Callable[[torch.Tensor, torch.Tensor], float]],
-    n: int,
-    seed: int,
-    level: float = 0.95,
-) -> dict[str, tuple[float, float]]:
-    """``bootstrap_ci`` of several scores, computed on the same resamples."""
-    if not _both_classes(labels):
-        return dict.fromkeys(scores, (float("nan"), float("nan")))
-    g = torch.Generator().manual_seed(seed)
-    values: dict[str, list[float]] = {k: [] for k in scores}
-    drawn = 0
-    while drawn < n:
-        idx = torch.randint(len(labels), (len(labels),), generator=g)
-        if _both_classes(labels[idx]):
-            for k, score in scores.items():
-                values[k].append(score(probs[idx], labels[idx]))
-            drawn += 1
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    cis = {k: torch.quantile(torch.tensor(v, dtype=torch.float64), q).tolist() for k, v in values.items()}
-    return {k: (lo, hi) for k, (lo, hi) in cis.items()}

@@ -14,24 +14,19 @@ from typing import Any
 
 import torch
 
+from ffd import rules
 from ffd.data.facts import FAKE, REAL
 from ffd.data.records import Record
 from ffd.metrics.figures import Figure, plt
-from ffd.metrics.scores import RANKING_SCORES, at_threshold, ranking
+from ffd.metrics.resampling import RANKED, bootstrap_intervals
+from ffd.metrics.scores import at_threshold, ranking
 
 AGGREGATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean": lambda p: p.mean(),
     "median": lambda p: p.median(),  # the lower middle value for an even count
     "max": lambda p: p.max(),
 }
-Score = Callable[[torch.Tensor, torch.Tensor], float]
-
-
-def check_aggregate(name: str) -> None:
-    if name not in AGGREGATES:
-        from ffd.errors import ConfigError
-
-        raise ConfigError(f"video_aggregate={name!r}: use one of {', '.join(AGGREGATES)}.")
+assert tuple(AGGREGATES) == rules.AGGREGATES
 
 
 def video_index(records: Sequence[Record]) -> tuple[list[str], torch.Tensor]:
@@ -43,57 +38,20 @@ def video_index(records: Sequence[Record]) -> tuple[list[str], torch.Tensor]:
 
 def aggregate(probs: torch.Tensor, index: torch.Tensor, n_videos: int, how: str) -> torch.Tensor:
     """Each video's score: ``how`` (a key of AGGREGATES) over its frames' p_fake."""
-    check_aggregate(how)
+    rules.check("video_aggregate", how)
     return torch.stack([AGGREGATES[how](probs[index == v]) for v in range(n_videos)])
-
-
-def grouped_bootstrap_cis(
-    probs: torch.Tensor,
-    labels: torch.Tensor,
-    groups: torch.Tensor,
-    scores: dict[str, Score],
-    n: int,
-    seed: int,
-    level: float = 0.95,
-) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals of ``scores``, resampling groups (videos) with all their rows.
-
-    Resamples that miss a class are redrawn; with one class in the data the intervals are NaN.
-    """
-    nan = (float("nan"), float("nan"))
-    if labels.min() == labels.max() or not n:
-        return dict.fromkeys(scores, nan)
-    members = [torch.nonzero(groups == g).flatten() for g in torch.unique(groups)]
-    g = torch.Generator().manual_seed(seed)
-    values: dict[str, list[float]] = {k: [] for k in scores}
-    while len(next(iter(values.values()))) < n:
-        pick = torch.randint(len(members), (len(members),), generator=g)
-        idx = torch.cat([members[int(i)] for i in pick])
-        y = labels[idx]
-        if y.min() == y.max():
-            continue
-        for k, score in scores.items():
-            values[k].append(score(probs[idx], y))
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    out = {k: torch.quantile(torch.tensor(v, dtype=torch.float64), q).tolist() for k, v in values.items()}
-    return {k: (lo, hi) for k, (lo, hi) in out.items()}
-
-
-def _acc(threshold: float) -> Score:
-    return lambda p, y: float(((p >= threshold).long() == y).float().mean())
 
 
 def _level(probs: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, threshold: float, n_boot: int,
            seed: int) -> dict[str, Any]:  # fmt: skip
     """Ranking scores and accuracy at the threshold, each with its video-resampled interval."""
-    scores: dict[str, Score] = {**RANKING_SCORES, "acc": _acc(threshold)}
     out: dict[str, Any] = {
         "n": len(labels), "n_real": int((labels == REAL).sum()), "n_fake": int((labels == FAKE).sum()),
         **ranking(probs, labels), "acc": at_threshold(probs, labels, threshold)["acc"],
         "balanced_acc": at_threshold(probs, labels, threshold)["balanced_acc"],
     }  # fmt: skip
     if n_boot and out["n_real"] and out["n_fake"]:
-        cis = grouped_bootstrap_cis(probs, labels, groups, scores, n_boot, seed)
+        cis = bootstrap_intervals(probs, labels, RANKED, n_boot, seed, {"acc": threshold}, groups)
         out |= {f"{k}_ci95": v for k, v in cis.items()}
     return out
 

@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 from ffd.errors import ConfigError
-from ffd.models.weights import WeightsUnavailableError, load_state_dict
+from ffd.models.pretrained import WeightsUnavailableError, load_state_dict
 
 TIMM_PREFIX = "timm:"
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ffd.errors import ConfigError
-
-HEADS = ("flatten", "avgpool")
+from ffd import rules
 
 
 def build_head(
@@ -20,10 +18,7 @@ def build_head(
     ``dropout`` > 0 drops features before the linear layer (training only).
     The linear layer is always the last module (``head[-1]``).
     """
-    if kind not in HEADS:
-        raise ConfigError(f"Unknown head {kind!r}; choose one of {HEADS}.")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}.")
+    rules.check_all({"model.head": kind, "model.dropout": dropout})
     pool = [nn.AdaptiveAvgPool2d(1)] if kind == "avgpool" else []
     width_in = channels if kind == "avgpool" else channels * height * width
     drop = [nn.Dropout(dropout)] if dropout else []

@@ -12,18 +12,16 @@ import torch.nn.functional as F
 from hydra.utils import get_class
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ffd.data.cache.features import Encoder, state_fingerprint
+from ffd import rules
 from ffd.data.facts import CLASS_NAMES, FAKE
-from ffd.errors import ConfigError
-from ffd.metrics import classification_metrics
-from ffd.metrics.scores import THRESHOLD_METHODS, choose_threshold
+from ffd.metrics.scores import choose_threshold, classification_metrics
 from ffd.models.backbones import build_backbone
+from ffd.models.encoder import Encoder, state_fingerprint
 from ffd.models.finetune import GradualUnfreeze, build_scheduler
 from ffd.models.heads import build_head
 
 log = logging.getLogger(__name__)
 
-FREEZE_MODES = ("frozen", "full", "gradual")
 # fp32: the precision every consumer and export scores in (README, Speed), recorded with the model.
 INFERENCE_PRECISION = "32-true"
 # (images, labels), or {"features", "label"} from the feature cache.
@@ -100,12 +98,8 @@ class FakeFaceClassifier(L.LightningModule):
         weights_file: str | None,
     ) -> None:
         super().__init__()
-        if freeze not in FREEZE_MODES:
-            raise ConfigError(f"model.freeze must be one of {FREEZE_MODES}, got {freeze!r}.")
-        if threshold_method not in THRESHOLD_METHODS:
-            raise ConfigError(
-                f"model.threshold_method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}."
-            )
+        rules.check_all({"model.freeze": freeze, "model.threshold_method": threshold_method,
+                         "model.dropout": dropout, "model.head": head})  # fmt: skip
         self.save_hyperparameters(ignore=["optimizer", "unfreeze_epochs", "scheduler"])
         # Plain lists and dicts: checkpoints load with weights_only=True.
         self.hparams["optimizer"] = _optimizer_spec(optimizer)
@@ -128,7 +122,7 @@ class FakeFaceClassifier(L.LightningModule):
         self.train_metrics = base.clone(prefix="train/")
         self.val_metrics = base.clone(prefix="val/")
         self.threshold = 0.5  # replaced by the validation-chosen one after each validation epoch
-        # Set after training, on the best checkpoint (ffd.runs.calibration): the temperature fitted on
+        # Set after training, on the best checkpoint (ffd.training.calibrating): the temperature fitted on
         # val, and the val (and test) metrics of the model as it ships.
         self.temperature = 1.0
         self.final_metrics: dict[str, float] = {}

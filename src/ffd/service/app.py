@@ -18,13 +18,14 @@ import hmac
 import io
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -33,19 +34,19 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel
 
-from ffd import __version__
-from ffd.data.batches import Item, decode_item
+from ffd import __version__, rules
+from ffd.data.decoding import Decoder, Item
 from ffd.data.faces import FaceCropper
-from ffd.data.video.settings import crop_settings
-from ffd.inference.predict import result_row
-from ffd.metrics.video import AGGREGATES
+from ffd.data.video.crops import CropSettings
+from ffd.deploy.predicting import result_row
 from ffd.service.batcher import Batcher
-from ffd.service.model import ServedModel
+from ffd.service.served import ServedModel
 from ffd.service.settings import Settings
 from ffd.service.uploads import read_uploads
-from ffd.service.videos import VideoScorer
+from ffd.service.video_uploads import VideoScorer
 
 PREVIEW_SIDE = 256  # face crops are sent back at most this large
+T = TypeVar("T")
 
 
 class Row(BaseModel):
@@ -109,25 +110,69 @@ class RequestLog:
             fh.write(json.dumps({**entry, **kept}) + "\n")
 
 
-def create_app(served: ServedModel, settings: Settings, model_thread: ThreadPoolExecutor) -> FastAPI:
-    """The app for a model loaded in ``model_thread`` (one worker), where all its work runs."""
-    scorer, threshold = served.scorer, served.scorer.threshold
-    cropper = FaceCropper(settings.face_margin, settings.face_detector)
-    crop_lock = threading.Lock()  # one face detector, used from the decode threads
-    request_log = RequestLog(Path(settings.log_dir)) if settings.log_dir else None
-    page = files("ffd.service").joinpath("page.html").read_text()
-    state: dict[str, Batcher] = {}
+@dataclass
+class Service:
+    """What the routes share: the model, the settings, the batcher (started with the app), the decoders."""
+
+    served: ServedModel
+    settings: Settings
+    model_thread: ThreadPoolExecutor
+    video_crops: CropSettings
+    batcher: Batcher | None = None
+    videos: VideoScorer | None = None  # built on the first video: its face detector loads then
+    crop_lock: threading.Lock = field(default_factory=threading.Lock)  # one face detector, many threads
+
+    def __post_init__(self) -> None:
+        size, limit = self.served.size, self.settings.max_pixels
+        self.plain = Decoder(size, max_pixels=limit)
+        self.cropping = Decoder(size, FaceCropper(self.settings.face_margin, self.settings.face_detector),
+                                max_pixels=limit)  # fmt: skip
+        self.log = RequestLog(Path(self.settings.log_dir)) if self.settings.log_dir else None
+
+    def decode(self, name: str, data: bytes, face_crop: bool) -> Item:
+        path = Path(name)  # shown back to the client only; never opened
+        if not face_crop:
+            return self.plain.decode(path, data)
+        with self.crop_lock:
+            return self.cropping.decode(path, data)
+
+    async def within_budget(self, work: Awaitable[T], what: str) -> T:
+        """``work``'s result, or HTTP 503 once ``serve.timeout_s`` has passed."""
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                return await work
+        except TimeoutError:
+            raise HTTPException(
+                503, f"{what} took longer than serve.timeout_s={self.settings.timeout_s:g} s: the service is "
+                "busy; retry, send less per request, or raise serve.timeout_s",
+            ) from None  # fmt: skip
+
+
+def create_app(served: ServedModel, settings: Settings, model_thread: ThreadPoolExecutor,
+               video_crops: CropSettings) -> FastAPI:  # fmt: skip
+    """The app for a model loaded in ``model_thread`` (one worker), where all its work runs.
+
+    ``video_crops``: how uploaded videos are sampled and their faces cropped.
+    """
+    service = Service(served, settings, model_thread, video_crops)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        wait_s = settings.max_wait_ms / 1000
-        state["batcher"] = Batcher(scorer.p_fake, settings.max_batch, wait_s, model_thread)
-        state["batcher"].start()
+        service.batcher = Batcher(served.scorer.p_fake, settings.max_batch, settings.max_wait_ms / 1000,
+                                  model_thread)  # fmt: skip
+        service.batcher.start()
         yield
-        await state["batcher"].stop()
+        await service.batcher.stop()
 
     app = FastAPIOffline(title="ffd", version=__version__, lifespan=lifespan, summary=__doc__.split("\n")[0])
+    authorized = _authorization(settings)
+    _info_routes(app, service, authorized)
+    _image_routes(app, service, authorized)
+    _video_routes(app, service, authorized)
+    return app
 
+
+def _authorization(settings: Settings) -> Callable[[Request], None]:
     def authorized(request: Request) -> None:
         if settings.token is None:
             return
@@ -138,12 +183,11 @@ def create_app(served: ServedModel, settings: Settings, model_thread: ThreadPool
                 headers={"WWW-Authenticate": "Bearer"},
             )  # fmt: skip
 
-    def decode(name: str, data: bytes, face_crop: bool) -> Item:
-        path = Path(name)  # shown back to the client only; never opened
-        if not face_crop:
-            return decode_item(path, data, served.size, None, settings.max_pixels)
-        with crop_lock:
-            return decode_item(path, data, served.size, cropper, settings.max_pixels)
+    return authorized
+
+
+def _info_routes(app: FastAPI, service: Service, authorized: Callable) -> None:
+    page = files("ffd.service").joinpath("page.html").read_text()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
@@ -152,12 +196,18 @@ def create_app(served: ServedModel, settings: Settings, model_thread: ThreadPool
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         """Liveness, and how many images and forward passes the service has run (batching at work)."""
-        return {"status": "ok", **state["batcher"].stats}
+        assert service.batcher is not None
+        return {"status": "ok", **service.batcher.stats}
 
     @app.get("/v1/model", dependencies=[Depends(authorized)])
     async def model_card() -> dict[str, Any]:
         """The model card: input, threshold, temperature, metrics, training run; whether heatmaps work."""
-        return {**served.card, "explain_note": served.explain_note}
+        return {**service.served.card, "explain_note": service.served.explain_note}
+
+
+def _image_routes(app: FastAPI, service: Service, authorized: Callable) -> None:
+    served, settings = service.served, service.settings
+    threshold = served.scorer.threshold
 
     @app.post(
         "/v1/predict", dependencies=[Depends(authorized)], response_model=Predictions,
@@ -168,21 +218,19 @@ def create_app(served: ServedModel, settings: Settings, model_thread: ThreadPool
         if explain and served.explainer is None:
             raise HTTPException(409, f"explain=true is not available here. {served.explain_note}")
         uploads = await read_uploads(request, settings.max_upload_bytes, settings.max_files)
-        items = [await to_thread.run_sync(decode, name, data, face_crop) for name, data in uploads]
+        items = [await to_thread.run_sync(service.decode, name, data, face_crop) for name, data in uploads]
         ok = [it for it in items if it.image is not None]
-        batcher = state["batcher"]
-        try:
-            async with asyncio.timeout(settings.timeout_s):
-                scores = await asyncio.gather(*(batcher.score(it.image) for it in ok))  # type: ignore[arg-type]
-                heatmaps = (
-                    await batcher.in_model_thread(served.explainer.overlays, [it.image for it in ok])  # type: ignore[union-attr]
-                    if explain else []
-                )  # fmt: skip
-        except TimeoutError:
-            raise HTTPException(
-                503, f"scoring took longer than serve.timeout_s={settings.timeout_s:g} s: the service is "
-                "busy; retry, send fewer images, or raise serve.timeout_s",
-            ) from None  # fmt: skip
+        batcher = service.batcher
+        assert batcher is not None
+
+        async def scored() -> tuple[list[float], list[Image.Image]]:
+            scores = await asyncio.gather(*(batcher.score(it) for it in ok))
+            if not explain:
+                return list(scores), []
+            images = [it.image for it in ok]
+            return list(scores), await batcher.in_model_thread(served.explainer.overlays, images)  # type: ignore[union-attr]
+
+        scores, heatmaps = await service.within_budget(scored(), "scoring")
         p_fake = dict(zip(map(id, ok), scores, strict=True))
         overlays = dict(zip(map(id, ok), heatmaps, strict=False))
         rows = []
@@ -192,32 +240,25 @@ def create_app(served: ServedModel, settings: Settings, model_thread: ThreadPool
                 row["face_crop_png"] = png(preview(item.crop)) if item.crop is not None else None
             if explain:
                 row["heatmap_png"] = png(overlays[id(item)]) if id(item) in overlays else None
-            if request_log:
-                request_log.write(data, row)
+            if service.log:
+                service.log.write(data, row)
             rows.append(row)
         return JSONResponse({"threshold": threshold, "results": rows}, status_code=200 if ok else 422)
 
-    videos: dict[str, VideoScorer] = {}  # built on the first video: its face detector loads then
+
+def _video_routes(app: FastAPI, service: Service, authorized: Callable) -> None:
+    settings, threshold = service.settings, service.served.scorer.threshold
 
     @app.post("/v1/predict_video", dependencies=[Depends(authorized)], openapi_extra=MULTIPART)
     async def predict_video(request: Request, aggregate: str = "mean") -> Any:
         """Score one uploaded video: its row (p_fake, label, frames used, frames without a face) and
         ``frame_results`` (each sampled frame's p_fake), as ``ffd.predict`` scores a video."""
-        if aggregate not in AGGREGATES:
-            raise HTTPException(400, f"aggregate={aggregate!r}: use one of {', '.join(AGGREGATES)}")
+        if problem := rules.problem("video_aggregate", aggregate):
+            raise HTTPException(400, problem.replace("video_aggregate", "aggregate"))
         uploads = await read_uploads(request, settings.max_upload_bytes, 1)
-        if "scorer" not in videos:
-            crops = crop_settings(None, scorer.training_run)
-            videos["scorer"] = VideoScorer(crops, state["batcher"].score, threshold)
-        try:
-            async with asyncio.timeout(settings.timeout_s):
-                row = await videos["scorer"](*uploads[0], aggregate)
-        except TimeoutError:
-            raise HTTPException(
-                503, f"the video took longer than serve.timeout_s={settings.timeout_s:g} s to score: send "
-                "a shorter one, or raise serve.timeout_s",
-            ) from None  # fmt: skip
+        assert service.batcher is not None
+        if service.videos is None:
+            service.videos = VideoScorer(service.video_crops, service.batcher.score, threshold)
+        row = await service.within_budget(service.videos(*uploads[0], aggregate), "the video")
         status = 200 if row["p_fake"] is not None else 422  # 422: nothing could be scored (the row says why)
         return JSONResponse({"threshold": threshold, "result": row}, status_code=status)
-
-    return app

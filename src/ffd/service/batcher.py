@@ -8,9 +8,7 @@ in ``ffd.predict``). The event loop never waits on the model.
 
 All of the model's work, loading included, belongs in that one thread: torch
 runs a team of OpenMP threads per calling thread, and with two (the main
-thread's and the model thread's) the forward pass took twice as long on 2 cores
-(a 224 px MobileNetV2 image: 14 ms loaded and run in one thread, 30-45 ms
-loaded in the main thread and run in another).
+thread's and the model thread's) the forward pass ran far slower on a small CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
+
+from ffd.data.decoding import Item
+from ffd.engine.scoring import score_files
 
 T = TypeVar("T")
 
@@ -36,7 +37,7 @@ class Batcher:
     ):
         self._score, self.max_batch, self.max_wait_s = score, max_batch, max_wait_s
         self._pool = model_thread  # one worker: the thread the model was loaded in
-        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[float]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[float]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.stats = {"images": 0, "forward_passes": 0, "largest_batch": 0}
 
@@ -49,20 +50,21 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def score(self, image: torch.Tensor) -> float:
-        """p_fake of one decoded uint8 image (H, W, 3), scored in a batch with others."""
+    async def score(self, item: Item) -> float:
+        """p_fake of one decoded item (its uint8 image (H, W, 3)), scored in a batch with others."""
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((image, future))
+        self._queue.put_nowait((item, future))
         return await future
 
     async def in_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run other work on the model (Grad-CAM) in its thread, between batches."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def _stack_and_score(self, images: list[torch.Tensor]) -> list[float]:
-        return self._score(torch.stack(images))  # a parallel copy: in the model thread too
+    def _score_items(self, items: list[Item]) -> list[tuple[int, list[float]]]:
+        """(batch size, p_fake) of each forward pass over the items, in order (one image size a pass)."""
+        return [(len(b.ok), b.output or []) for b in score_files(items, self._score, self.max_batch)]
 
-    async def _gather(self) -> list[tuple[torch.Tensor, asyncio.Future[float]]]:
+    async def _gather(self) -> list[tuple[Item, asyncio.Future[float]]]:
         pending = [await self._queue.get()]
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while len(pending) < self.max_batch:
@@ -83,20 +85,18 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             pending = await self._gather()
-            by_shape: dict[torch.Size, list[tuple[torch.Tensor, asyncio.Future[float]]]] = {}
-            for image, future in pending:
-                by_shape.setdefault(image.shape, []).append((image, future))
-            for group in by_shape.values():
-                try:
-                    scores = await self.in_model_thread(self._stack_and_score, [im for im, _ in group])
-                except Exception as err:  # the requests see the error; the service goes on
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(err)
-                    continue
-                self.stats["images"] += len(group)
-                self.stats["forward_passes"] += 1
-                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
-                for (_, future), p in zip(group, scores, strict=True):
+            pending.sort(key=lambda p: tuple(p[0].image.shape))  # type: ignore[union-attr]  # a size per pass
+            try:
+                passes = await self.in_model_thread(self._score_items, [item for item, _ in pending])
+            except Exception as err:  # the requests see the error; the service goes on
+                for _, future in pending:
                     if not future.done():
-                        future.set_result(p)
+                        future.set_exception(err)
+                continue
+            scores = [p for _, batch in passes for p in batch]
+            self.stats["images"] += len(scores)
+            self.stats["forward_passes"] += len(passes)
+            self.stats["largest_batch"] = max([self.stats["largest_batch"], *(n for n, _ in passes)])
+            for (_, future), p in zip(pending, scores, strict=True):
+                if not future.done():
+                    future.set_result(p)

@@ -10,9 +10,10 @@ from pathlib import Path
 import uvicorn
 from omegaconf import DictConfig
 
+from ffd.data.video.crops import model_crop_settings
 from ffd.errors import FfdError
 from ffd.service.app import create_app
-from ffd.service.model import ServedModel
+from ffd.service.served import ServedModel
 from ffd.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def serve(cfg: DictConfig) -> None:
     served = model_thread.submit(
         ServedModel, cfg.ckpt_path, settings.cam_method, cfg.runtime, runtimes, settings.max_batch
     ).result()
-    app = create_app(served, settings, model_thread)
+    video_crops = model_crop_settings(cfg.video, cfg.video_as_trained, served.scorer.training_run)
+    app = create_app(served, settings, model_thread, video_crops)
     sock = listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"

@@ -7,8 +7,7 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ffd.analysis.gradcam import check_method
-from ffd.data.faces import DETECTORS
+from ffd import rules
 from ffd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,23 +38,7 @@ class Settings:
         values = dict(node)
         if unknown := set(values) - {f.name for f in fields(cls)}:
             raise ConfigError(f"serve: unknown settings {sorted(unknown)}; see conf/serve.yaml.")
-        at_least = {"port": 0, "max_batch": 1, "max_files": 1, "max_pixels": 1}
-        for key, low in at_least.items():
-            if not isinstance(values[key], int) or values[key] < low:
-                raise ConfigError(f"serve.{key}={values[key]!r}: use a whole number >= {low}.")
-        for key in ("max_wait_ms", "max_upload_mb", "timeout_s", "face_margin"):
-            value = values[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"serve.{key}={value!r}: use a number >= 0.")
-        if values["port"] > 65535:
-            raise ConfigError(f"serve.port={values['port']}: use 0 (any free port) to 65535.")
-        for key in ("max_upload_mb", "timeout_s"):
-            if values[key] == 0:
-                raise ConfigError(f"serve.{key}=0: use a number > 0.")
-        check_method(values["cam_method"], "serve.cam_method")
-        if values["face_detector"] not in DETECTORS:
-            choices = ", ".join(DETECTORS)
-            raise ConfigError(f"serve.face_detector={values['face_detector']!r}: use one of {choices}.")
+        rules.check_all({f"serve.{k}": v for k, v in values.items() if f"serve.{k}" in rules.RULES})
         if values["token"] is not None:
             values["token"] = str(values["token"])
             if not values["token"].strip():

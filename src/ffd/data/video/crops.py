@@ -12,6 +12,7 @@ trusts.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -81,6 +82,31 @@ class VideoCrops:
     crops: dict[int, Path]
     no_face: list[int]
     seconds: float = 0.0
+
+
+def run_crop_settings(training_run: Path) -> CropSettings | None:
+    """The settings the crops of a training run's manifest were made with (each crop folder's index
+    records them), or None for a run on images (or one whose manifest is gone)."""
+    manifest = training_run / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    with manifest.open(newline="") as fh:
+        row = next((r for r in csv.DictReader(fh) if r.get("video") and r.get("frame")), None)
+    index = Path(row["path"]).parent / INDEX if row else None
+    if index is None or not index.is_file():
+        return None
+    return CropSettings.from_config(json.loads(index.read_text())["settings"])
+
+
+def model_crop_settings(
+    configured: Mapping[str, Any], as_trained: bool, training_run: Path | None
+) -> CropSettings:
+    """How a model's videos are cropped: as its training run did when ``as_trained`` and the model was
+    trained on videos (so its numbers reproduce), else ``configured`` (``video:`` of the task's config)."""
+    if as_trained and training_run is not None and (settings := run_crop_settings(training_run)) is not None:
+        log.info("Video frames and face crops as in the model's training run: %s", settings)
+        return settings
+    return CropSettings.from_config(configured)
 
 
 def resolve_detector(settings: CropSettings) -> tuple[CropSettings, FaceDetector]:

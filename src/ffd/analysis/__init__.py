@@ -1,1 +1,0 @@
-"""Analysis: evaluation, Grad-CAM explanations and localization, the metadata baseline."""

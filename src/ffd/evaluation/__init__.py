@@ -1,0 +1,1 @@
+"""Evaluation: scores with intervals, breakdowns, the robustness sweep, report.html, Grad-CAM explanations."""

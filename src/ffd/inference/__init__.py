@@ -1,1 +1,0 @@
-"""Inference: scorers (checkpoint, ONNX), predicting on files, exporting a model."""

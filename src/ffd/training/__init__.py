@@ -1,0 +1,1 @@
+"""Training runs: fit, calibrate and test; their callbacks, resume, cross-validation, sweeps, SLURM, DDP."""

@@ -1,0 +1,99 @@
+"""After training: the best checkpoint as it ships, calibrated on val and scored on val and test.
+
+Training validates on whatever the fit ran (cached features of a bf16 backbone on CPU,
+augmentation-free views), which is not the model a user ships. This step scores the
+best checkpoint's val and test images the way eval, predict and every export do
+(``ffd.engine.scorers.CheckpointScorer``: decoded pixels, fp32), fits the
+temperature on val, chooses the decision threshold on the calibrated val scores,
+and writes temperature, threshold and the resulting metrics into the checkpoint.
+Every figure a run reports is then that of the file it ships.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ffd.data.decoding import Decoder
+from ffd.data.facts import FAKE
+from ffd.data.records import Record
+from ffd.engine.scorers import CheckpointScorer
+from ffd.engine.scoring import score_files
+from ffd.metrics.calibration import brier, ece, fit_temperature
+from ffd.metrics.scores import at_threshold, choose_threshold, ranking
+from ffd.models.module import FakeFaceClassifier
+from ffd.models.shipped import INFERENCE_PRECISION
+
+log = logging.getLogger(__name__)
+
+
+def scored_logits(scorer: CheckpointScorer, records: Sequence[Record], batch_size: int) -> torch.Tensor:
+    """The shipped model's uncalibrated logits (N, 2) for records, in order."""
+    decode = Decoder(int(scorer.preprocess["size"]))
+    batches = score_files([r.path for r in records], scorer.logits, batch_size, decode)
+    return torch.cat([batch.all_ok("An image became unreadable during training") for batch in batches])
+
+
+def split_metrics(split: str, logits: torch.Tensor, labels: torch.Tensor, t: float, threshold: float) -> dict:
+    """A split's scores at temperature t: ranking, accuracy at the threshold and at 0.5, calibration."""
+    probs = (logits / t).softmax(-1)[:, FAKE]
+    scores = {
+        **ranking(probs, labels),
+        "acc": at_threshold(probs, labels, threshold)["acc"],
+        "acc_at_0.5": at_threshold(probs, labels, 0.5)["acc"],
+        "loss": float(F.cross_entropy(logits / t, labels)),
+        "ece": ece(probs, labels),
+        "ece_uncalibrated": ece(logits.softmax(-1)[:, FAKE], labels),
+        "brier": brier(probs, labels),
+    }
+    return {f"{split}/{k}": v for k, v in scores.items()}
+
+
+def calibrate(
+    model: FakeFaceClassifier,
+    rows: Mapping[str, Sequence[Record]],
+    method: str,
+    batch_size: int,
+    test: bool,
+    runtime: str,
+    runtime_dir: Path | None,
+) -> dict[str, float]:
+    """Calibrate a model on ``rows["val"]`` and score it there (and on ``rows["test"]`` with ``test``);
+    the model gets the temperature, threshold and metrics (see ``store``). ``runtime``: where the
+    backbone runs, as in ``CheckpointScorer`` (its choice kept in ``runtime_dir``)."""
+    scorer = CheckpointScorer(model, runtime, runtime_dir)
+    labels = {s: torch.tensor([r.label for r in rows[s]]) for s in ("val", "test")}
+    logits = scored_logits(scorer, rows["val"], batch_size)
+    t = fit_temperature(logits, labels["val"])
+    threshold = choose_threshold((logits / t).softmax(-1)[:, FAKE], labels["val"], method)
+    metrics = {
+        "val/temperature": t,
+        "val/threshold": threshold,
+        **split_metrics("val", logits, labels["val"], t, threshold),
+    }
+    if test:
+        metrics |= split_metrics(
+            "test", scored_logits(scorer, rows["test"], batch_size), labels["test"], t, threshold
+        )
+    model.temperature, model.threshold, model.final_metrics = t, threshold, metrics
+    log.info("Calibrated on val: temperature %.3g, threshold %.4g", t, threshold)
+    return metrics
+
+
+def store(model: FakeFaceClassifier, ckpt_path: str | Path) -> None:
+    """Write a calibrated model's temperature, threshold and metrics into its checkpoint (atomically)."""
+    raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    raw["ffd"] |= {
+        "temperature": model.temperature,
+        "threshold": model.threshold,
+        "metrics": model.final_metrics,
+        "precision": INFERENCE_PRECISION,
+    }
+    tmp = Path(f"{ckpt_path}.tmp")
+    torch.save(raw, tmp)
+    os.replace(tmp, ckpt_path)

@@ -1,0 +1,27 @@
+"""The data of a training config, made or fetched before training (``ffd data``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from ffd.data.kaggle import download_ciplab
+from ffd.data.synthetic import ensure_synthetic
+from ffd.data.synthetic_video import ensure_synthetic_video
+from ffd.data.video_datamodule import VideoDataModule
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data(cfg: DictConfig) -> Path:
+    """The folder ``cfg.data`` trains on, generated (a synthetic set) or downloaded (CIPLAB) if needed."""
+    root = Path(cfg.data.root)
+    if not cfg.data.synthetic:
+        return download_ciplab(root)
+    videos = issubclass(get_class(cfg.data._target_), VideoDataModule)
+    made = (ensure_synthetic_video if videos else ensure_synthetic)(root, **cfg.data.synthetic)
+    log.info("Synthetic %s set ready: %s", "video" if videos else "CIPLAB-like", made)
+    return made

@@ -108,3 +108,30 @@ def test_a_run_prints_no_noise(trained_run) -> None:
     assert all(f"Epoch {e}/3: val/loss=" in output for e in (1, 2, 3)) and "\r" not in output
     for noise in ("Tip:", "Warning", "warn(", "`Trainer.fit` stopped", "LeafSpec", "No positive samples"):
         assert noise not in output, noise
+
+
+def test_tensorboard_curves_by_epoch_and_hparams_with_shipped_metrics(trained_run) -> None:
+    """The run's TensorBoard events: per-epoch curves with the epoch as x-axis, and an HPARAMS entry (the
+    run's settings with the shipped model's figures) that a sweep's runs are compared by."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = trained_run.ckpt.parents[1]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/auroc")] == [0, 1, 2]  # 3 epochs, whatever the batch count
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1, 2]
+    assert events.Scalars("test/auroc")[-1].value == pytest.approx(trained_run.metrics["test/auroc"])
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    settings = start.session_start_info.hparams
+    assert settings["model/backbone"].string_value == "mobilenet_v2" and settings["views"].number_value == 4
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    shipped = {m.name.tag for m in experiment.metric_infos}
+    assert {
+        "shipped/test/auroc",
+        "shipped/val/auroc",
+        "shipped/test/tpr_at_fpr_1",
+        "shipped/test/ece",
+    } <= shipped
+    assert events.Scalars("shipped/val/auroc")[0].value == pytest.approx(trained_run.metrics["val/auroc"])

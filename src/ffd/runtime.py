@@ -96,7 +96,7 @@ def mixed_precision(accelerator: str) -> str:
     fast (``fast_cpu_bf16``), else fp32.
 
     Where bf16 is fast, autocast with channels-last runs the backbone well ahead of fp32 and keeps
-    the seed recipe's accuracy (measured: see the README's performance page).
+    the seed recipe's accuracy (measured: see docs/performance.md).
     """
     import torch
 

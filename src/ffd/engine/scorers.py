@@ -108,7 +108,7 @@ class OnnxScorer:
         try:
             options = ort.SessionOptions()
             # Idle intra-op threads sleep instead of spinning: the service's decoding and HTTP threads
-            # need the cores between batches (measured: see the README's service figures).
+            # need the cores between batches (measured: see docs/serve.md).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
         except Exception as err:  # onnxruntime raises its own exception types per failure

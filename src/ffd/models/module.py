@@ -22,7 +22,7 @@ from ffd.models.heads import build_head
 
 log = logging.getLogger(__name__)
 
-# fp32: the precision every consumer and export scores in (README, Speed), recorded with the model.
+# fp32: the precision every consumer and export scores in (docs/performance.md), recorded with the model.
 INFERENCE_PRECISION = "32-true"
 # (images, labels), or {"features", "label"} from the feature cache.
 Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]

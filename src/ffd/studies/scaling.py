@@ -1,4 +1,4 @@
-"""What the seed recipe costs as the data grows (``python -m ffd.bench --scaling``).
+"""What the seed recipe costs as the data grows (``ffd bench mode=scaling``).
 
 At 1x, 5x and 10x CIPLAB's size, each step of ffd's default path is timed in one
 training run per size (``ffd.studies.training_runs``): the manifest scan, the

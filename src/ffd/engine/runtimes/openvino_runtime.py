@@ -14,7 +14,7 @@ import torch
 from ffd.engine.runtimes.runner import Runner, as_array
 
 # Images per OpenVINO request: a batch's requests are shared among the streams as each one frees up,
-# so a stream slowed by other work takes fewer of them (the size is measured: see the README).
+# so a stream slowed by other work takes fewer of them (the size is measured: see docs/performance.md).
 PART = 4
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import split_settings
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from ffd.data.facts import PART_BOXES, PARTS
 from ffd.data.manifest import build_manifest
@@ -30,6 +30,8 @@ def test_layout_names_and_format(tiny_synthetic: Path) -> None:
 
 
 def test_deterministic_across_worker_counts(tmp_path: Path) -> None:
+    # workers=1 first: OpenCV's threads then exist in this process when the pool forks (a child
+    # that touched the thread pool it inherited without its threads hung).
     a = generate(tmp_path / "a", 3, 3, seed=5, method="mixed", workers=1)
     b = generate(tmp_path / "b", 3, 3, seed=5, method="mixed", workers=2)
     files_a = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
@@ -54,6 +56,32 @@ def test_swap_changes_only_the_chosen_parts(difficulty: str) -> None:
             inside[y0 : y1 + 1, x0 : x1 + 1] = True
             assert changed[y0:y1, x0:x1].mean() > 0.2, part
     assert not changed[~inside].any()
+
+
+@pytest.mark.parametrize("difficulty", ["easy", "mid", "hard"])
+def test_swap_matches_a_whole_canvas_blend(difficulty: str) -> None:
+    """The box-local swap blends as the plain recipe does on the whole canvas: easy pastes the box,
+    mid a feathered ellipse (blur 4 px) half colour-matched, hard a soft one (10 px) fully matched."""
+    radius, match = {"easy": (0, 0.0), "mid": (4, 0.5), "hard": (10, 1.0)}[difficulty]
+    rng = np.random.default_rng(1)
+    target, donor = draw_face(rng), draw_face(rng)
+    want, src = np.asarray(target, dtype=np.float64), np.asarray(donor, dtype=np.float64)
+    for x0, y0, x1, y1 in PART_BOXES.values():
+        canvas = Image.new("L", want.shape[1::-1], 0)
+        if radius:
+            inset = 2 * radius
+            ImageDraw.Draw(canvas).ellipse((x0 + inset, y0 + inset, x1 - inset, y1 - inset), fill=255)
+            canvas = canvas.filter(ImageFilter.GaussianBlur(radius))
+        else:
+            canvas.paste(255, (x0, y0, x1, y1))
+        weights = np.zeros((*want.shape[:2], 1))
+        weights[y0:y1, x0:x1, 0] = np.asarray(canvas)[y0:y1, x0:x1] / 255  # never outside the box
+        t, s = want[y0:y1, x0:x1].reshape(-1, 3), src[y0:y1, x0:x1].reshape(-1, 3)
+        scale = 1 + match * (t.std(0) / (s.std(0) + 1e-3) - 1)
+        patch = (src - s.mean(0)) * scale + s.mean(0) + match * (t.mean(0) - s.mean(0))
+        want = want * (1 - weights) + patch * weights
+    got = np.asarray(swap_parts(target, donor, "1111", difficulty), dtype=np.float64)
+    assert np.abs(got - np.clip(want, 0, 255)).max() <= 1  # rounding only
 
 
 def test_no_global_colour_cue(tiny_synthetic: Path) -> None:

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import lightning as L
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -24,6 +26,7 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 from ffd.config import CONF_MODULE, compose_config, register_resolvers
+from ffd.data.settings import Limits
 from ffd.data.synthetic import ensure_synthetic
 from ffd.errors import FfdError
 from ffd.models.module import FakeFaceClassifier
@@ -40,9 +43,14 @@ TINY = [
 ]
 
 
+# What an input may be, as every task's config sets it (conf/common.yaml).
+LIMITS = Limits.from_config(compose_config("train").limits)
+
+
 def split_settings(**overrides: float) -> dict:
-    """``build_manifest``'s split arguments as conf/data/ciplab.yaml sets them, with overrides."""
-    return {**compose_config("train").data.split, **overrides}
+    """``build_manifest``'s split arguments as conf/data/ciplab.yaml sets them, and the limits, with
+    overrides."""
+    return {**compose_config("train").data.split, "limits": LIMITS, **overrides}
 
 
 def build(node: DictConfig, **kwargs):
@@ -76,7 +84,8 @@ def build_datamodule(root: Path, model: FakeFaceClassifier, *overrides: str, **k
     )
     cache, encoder = build(cfg.data.cache), model.encoder()
     features = FeatureCache(encoder, cache) if encoder is not None else None
-    settings = {"root": str(root), "preprocess": model.preprocess, "cache": cache, "features": features}
+    settings = {"root": str(root), "preprocess": model.preprocess, "cache": cache, "features": features,
+                "limits": LIMITS}  # fmt: skip
     return build(cfg.data, **{**settings, **kwargs})
 
 
@@ -207,3 +216,16 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
 def trained(trained_run: TrainedRun) -> tuple[Path, dict]:
     """The shared tiny run: (best checkpoint, metrics)."""
     return trained_run.ckpt, trained_run.metrics
+
+
+class OverconfidentHead(L.Callback):
+    """Multiplies the head's weights by ``factor`` as training starts: logits ``factor`` times too large,
+    where float32 softmax saturates (``+callbacks.overconfident._target_=conftest.OverconfidentHead``)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with torch.no_grad():
+            for p in pl_module.head.parameters():
+                p.mul_(self.factor)

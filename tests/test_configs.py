@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 import pytest
-from conftest import build
+from conftest import LIMITS, build
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
@@ -60,7 +60,7 @@ def test_every_task_has_its_config_and_entry_point() -> None:
 
 def check(cfg) -> None:
     model = instantiate(cfg.model, pretrained=False, input_size=64)
-    data = build(cfg.data, preprocess=model.preprocess)
+    data = build(cfg.data, preprocess=model.preprocess, limits=LIMITS)
     assert isinstance(data, FaceDataModule)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
@@ -139,7 +139,7 @@ def test_data_dir_from_environment(make_cfg, monkeypatch: pytest.MonkeyPatch, tm
 
 # Settings the code passes when it builds the object, never set in YAML.
 PASSED_BY_CODE = {
-    f"ffd.data.{m}": {"preprocess", "features", "fold"}
+    f"ffd.data.{m}": {"preprocess", "limits", "features", "fold"}
     for m in ("datamodule.FaceDataModule", "video_datamodule.VideoDataModule")
 }
 # Parameters named like a setting that are not that setting (each with what it is instead).

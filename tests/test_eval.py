@@ -32,6 +32,8 @@ def test_eval_reproduces_the_training_test_metrics(make_cfg, trained, tmp_path: 
     assert lo <= calibration["ece"] <= hi
     raw = torch.load(ckpt, weights_only=True)
     assert report["at_chosen_threshold"]["threshold"] == raw["ffd"]["threshold"] == metrics["val/threshold"]
+    chosen = report["at_chosen_threshold"]["threshold_logit"]
+    assert chosen == raw["ffd"]["threshold_logit"] == metrics["val/threshold_logit"]
     assert 0 < raw["ffd"]["threshold"] < 1 and raw["ffd"]["temperature"] == metrics["val/temperature"] > 0
     out = tmp_path / "eval"
     assert json.loads((out / "metrics.json").read_text())["n"] == 24

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, tiny_model
+from conftest import LIMITS, TINY, tiny_model
 
 from ffd.data.facts import PART_BOXES, part_boxes
 from ffd.data.io import load_rgb
@@ -63,14 +63,14 @@ def planted_model() -> FakeFaceClassifier:
 def test_grad_cam_maps(tiny_synthetic: Path) -> None:
     model = planted_model()
     paths = sorted(tiny_synthetic.rglob("*.jpg"))[:6]
-    x = torch.stack([build_transform(model.preprocess)(load_rgb(p, 64)) for p in paths])
+    x = torch.stack([build_transform(model.preprocess)(load_rgb(p, 64, LIMITS)) for p in paths])
     for method in ("gradcam", "hirescam"):
-        cams, p_fake = grad_cam(model, x, method)
+        cams, logit = grad_cam(model, x, method)
         assert cams.shape == (6, 64, 64) and cams.min() >= 0
         torch.testing.assert_close(cams.amax((1, 2)), torch.ones(6))  # each scaled to [0, 1]
         assert (cams.flatten(1).std(1) > 0.01).all()  # not constant
         with torch.no_grad():
-            torch.testing.assert_close(p_fake, model(x).softmax(-1)[:, 1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(logit, model(x) @ torch.tensor([-1.0, 1.0]), atol=1e-5, rtol=0)
     # With the flatten head each cell has its own weights: Grad-CAM's averaged gradient
     # and HiResCAM's cell-by-cell one differ. With an average-pooled head they agree.
     assert not torch.allclose(grad_cam(model, x, "gradcam")[0], grad_cam(model, x, "hirescam")[0])

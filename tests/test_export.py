@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import LIMITS
 from safetensors.torch import load_file
 
 from ffd.deploy.exporting import export, parity_batch
@@ -37,8 +38,12 @@ def exported(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
     return out, json.loads((out / "model.json").read_text())
 
 
-def csv_p_fake(text: str) -> dict[str, float]:
-    return {r["path"]: float(r["p_fake"]) for r in csv.DictReader(io.StringIO(text))}
+def csv_scores(text: str) -> dict[str, tuple[float, str]]:
+    """Each path's p_fake and label (eval's predictions.csv calls it ``predicted``)."""
+    return {
+        r["path"]: (float(r["p_fake"]), r.get("label") or r["predicted"])
+        for r in csv.DictReader(io.StringIO(text))
+    }
 
 
 TORCHSCRIPT = """
@@ -46,8 +51,10 @@ import sys, torch
 sys.path.insert(0, sys.argv[1])
 from predict_onnx import decode
 model = torch.jit.load(sys.argv[1] + "/model.torchscript.pt")
-for path in sys.argv[3:]:
-    print(path + "," + repr(float(model(torch.from_numpy(decode(path, int(sys.argv[2])))[None])[0, 1])))
+threshold_logit = float(sys.argv[3])
+for path in sys.argv[4:]:
+    probs, logit = model(torch.from_numpy(decode(path, int(sys.argv[2])))[None])
+    print(f"{path},{float(probs[0, 1])!r},{'fake' if float(logit[0]) >= threshold_logit else 'real'}")
 """
 
 
@@ -59,7 +66,7 @@ def test_every_consumer_gives_evals_p_fake(make_cfg, trained, exported, tmp_path
     ckpt, _ = trained
     out, card = exported
     evaluate(make_cfg(f"ckpt_path={ckpt}", "bootstrap=0", config="eval"))
-    expected = csv_p_fake((tmp_path / "eval" / "predictions.csv").read_text())
+    expected = csv_scores((tmp_path / "eval" / "predictions.csv").read_text())
     paths = sorted(expected)
     listing = tmp_path / "test.txt"
     listing.write_text("\n".join(paths))
@@ -68,30 +75,32 @@ def test_every_consumer_gives_evals_p_fake(make_cfg, trained, exported, tmp_path
         cmd = [sys.executable, "-m", "ffd.predict", f"ckpt_path={model}", f"input={listing}",
                f"output={tmp_path / name}.csv", f"hydra.run.dir={tmp_path / name}"]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path)
-        got[name] = csv_p_fake((tmp_path / f"{name}.csv").read_text())
+        got[name] = csv_scores((tmp_path / f"{name}.csv").read_text())
     consumer = [sys.executable, str(out / "predict_onnx.py"), *paths]
-    got["predict_onnx.py"] = csv_p_fake(
+    got["predict_onnx.py"] = csv_scores(
         subprocess.run(consumer, check=True, capture_output=True, text=True).stdout
     )
     size = str(card["preprocess"]["size"])
-    script = [sys.executable, "-c", TORCHSCRIPT, str(out), size, *paths]
+    script = [sys.executable, "-c", TORCHSCRIPT, str(out), size, str(card["threshold_logit"]), *paths]
     lines = subprocess.run(script, check=True, capture_output=True, text=True).stdout
-    got["torchscript"] = csv_p_fake("path,p_fake\n" + lines)
+    got["torchscript"] = csv_scores("path,p_fake,label\n" + lines)
     with running_service(out, f"hydra.run.dir={tmp_path / 'serve'}", log=tmp_path / "serve.log") as url:
         got["service on the export folder"] = {}
         for path in paths:
             answer = httpx.post(f"{url}/v1/predict", files={"file": (path, Path(path).read_bytes())})
-            got["service on the export folder"][path] = answer.json()["results"][0]["p_fake"]
+            row = answer.json()["results"][0]
+            got["service on the export folder"][path] = (row["p_fake"], row["label"])
         assert httpx.get(f"{url}/v1/model").json()["explain"]  # heatmaps from the training checkpoint
     service, onnx = got["service on the export folder"], got["predict onnx"]
-    assert max(abs(service[p] - onnx[p]) for p in paths) <= 1e-6  # the same runtime: the same numbers
-    reference = torch.tensor([expected[p] for p in paths], dtype=torch.float64)
+    assert max(abs(service[p][0] - onnx[p][0]) for p in paths) <= 1e-6  # the same runtime: the same numbers
+    reference = torch.tensor([expected[p][0] for p in paths], dtype=torch.float64)
     assert reference.std() > 1e-3  # scores that differ from image to image, by far more than the tolerance
-    threshold = card["threshold"]
+    labels = [expected[p][1] for p in paths]
+    assert len(set(labels)) == 2  # both labels given: a flipped decision would show
     for name, scores in got.items():
-        p_fake = torch.tensor([scores[p] for p in paths], dtype=torch.float64)
+        p_fake = torch.tensor([scores[p][0] for p in paths], dtype=torch.float64)
         torch.testing.assert_close(p_fake, reference, atol=1e-4, rtol=0, msg=name)
-        assert torch.equal(p_fake >= threshold, reference >= threshold), name
+        assert [scores[p][1] for p in paths] == labels, name
 
 
 def test_export_files_and_safetensors(trained, exported) -> None:
@@ -99,13 +108,14 @@ def test_export_files_and_safetensors(trained, exported) -> None:
     out, card = exported
     onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
     scorer = CheckpointScorer(load_checkpoint(ckpt), "torch", None)
-    x, p_fake, source = parity_batch(scorer, ckpt, 12)
+    x, logit, source = parity_batch(scorer, ckpt, 12, LIMITS)
     assert source == "test images" and x.dtype == torch.uint8 and x.shape[0] == 12 and x.shape[-1] == 3
     expected = scorer.net.cpu()(x)
-    torch.testing.assert_close(expected[:, 1], p_fake, atol=1e-6, rtol=0)
+    torch.testing.assert_close(expected[1], logit, atol=1e-6, rtol=0)
+    torch.testing.assert_close(expected[0][:, 1], torch.sigmoid(logit), atol=1e-6, rtol=0)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    (five,) = session.run(None, {"image": x[:5, :-7].numpy()})  # another batch and image size
-    assert five.shape == (5, 2)
+    probs, logits = session.run(None, {"image": x[:5, :-7].numpy()})  # another batch and image size
+    assert probs.shape == (5, 2) and logits.shape == (5,)
     # The safetensors weights rebuild the same model from a fresh, randomly initialised one.
     fresh = Probabilities(load_checkpoint(ckpt)).eval()
     for p in fresh.parameters():
@@ -123,9 +133,13 @@ def test_model_card(trained, exported) -> None:
     assert card["backbone"] == "mobilenet_v2" and card["head"] == "flatten"
     assert card["preprocess"] == raw["ffd"]["preprocess"] and card["precision"] == "32-true"
     assert card["input"]["name"] == "image" and card["input"]["dtype"] == "uint8"
-    assert card["input"]["shape"] == ["batch", "height", "width", 3] and card["output"]["name"] == "probs"
+    assert card["input"]["shape"] == ["batch", "height", "width", 3] and card["output"]["names"] == [
+        "probs",
+        "logit",
+    ]
     assert card["class_names"] == ["real", "fake"]
     assert card["threshold"] == raw["ffd"]["threshold"] and card["temperature"] == raw["ffd"]["temperature"]
+    assert card["threshold_logit"] == raw["ffd"]["threshold_logit"]
     run = ckpt.parent.parent
     assert card["manifest_sha256"] == sha256_file(run / "manifest.csv")
     # The exported checkpoint's own figures: those metrics.json reports for the run's best checkpoint.

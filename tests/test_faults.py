@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, build_datamodule, kill_group, run_train, start_train, tiny_model, write_jpegs
+from conftest import (
+    LIMITS,
+    TINY,
+    build_datamodule,
+    kill_group,
+    run_train,
+    start_train,
+    tiny_model,
+    write_jpegs,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -269,7 +278,7 @@ def test_symlinks_and_odd_names_get_rows_with_reasons(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     tree = odd_tree(tmp_path)
-    rows = {Path(r.path).name: r for r in scan(tmp_path)}
+    rows = {Path(r.path).name: r for r in scan(tmp_path, LIMITS)}
     assert len(rows) == 7
     assert rows["broken.jpg"].status == "unreadable" and "broken symlink" in rows["broken.jpg"].reason
     assert rows["loop.jpg"].status == "unreadable" and "symlink loop" in rows["loop.jpg"].reason

@@ -5,7 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import split_settings, write_jpegs
+from conftest import LIMITS, split_settings, write_jpegs
 
 from ffd.data.facts import FAKE, REAL, parse_fake_name
 from ffd.data.layouts import CsvError, DataLayoutError, discover
@@ -66,9 +66,9 @@ def test_discovers_nested_archive_and_drops_duplicate_tree(tmp_path: Path) -> No
 
 def test_split_is_stratified_disjoint_and_deterministic(tmp_path: Path) -> None:
     ciplab_tree(tmp_path, n_real=40)
-    a = build_manifest(tmp_path, 0.15, 0.15, seed=3)
-    b = build_manifest(tmp_path, 0.15, 0.15, seed=3)
-    c = build_manifest(tmp_path, 0.15, 0.15, seed=4)
+    a = build_manifest(tmp_path, 0.15, 0.15, seed=3, limits=LIMITS)
+    b = build_manifest(tmp_path, 0.15, 0.15, seed=3, limits=LIMITS)
+    c = build_manifest(tmp_path, 0.15, 0.15, seed=4, limits=LIMITS)
     assert [r.split for r in a] == [r.split for r in b]
     assert [r.split for r in a] != [r.split for r in c]
     counts = Counter((r.label, r.split) for r in a)
@@ -186,4 +186,4 @@ def test_csv_split_column(tmp_path: Path) -> None:
 def test_bad_fractions_are_config_errors(tmp_path: Path) -> None:
     ciplab_tree(tmp_path)
     with pytest.raises(ConfigError, match="test_fraction .* must be >= 0 and sum below 1"):
-        build_manifest(tmp_path, 0.6, 0.5, seed=0)
+        build_manifest(tmp_path, 0.6, 0.5, seed=0, limits=LIMITS)

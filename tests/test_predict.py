@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_jpegs
+from conftest import LIMITS, write_jpegs
 from PIL import Image, ImageOps
 from torchvision.transforms import v2 as TV
 
@@ -51,11 +51,11 @@ def test_image_modes_are_converted(tmp_path: Path) -> None:
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif)
     for name in ("grey.png", "rgba.png", "cmyk.jpg", "deep.png"):
-        img = load_rgb(tmp_path / name, None)
+        img = load_rgb(tmp_path / name, None, LIMITS)
         assert img.mode == "RGB" and img.size == (60, 40), name
-    deep = np.asarray(load_rgb(tmp_path / "deep.png", None))
+    deep = np.asarray(load_rgb(tmp_path / "deep.png", None, LIMITS))
     assert deep.max() > 200 and deep.min() < 50  # scaled from 16 bits, not clipped to white
-    assert load_rgb(tmp_path / "rotated.jpg", None).size == (40, 60)  # upright
+    assert load_rgb(tmp_path / "rotated.jpg", None, LIMITS).size == (40, 60)  # upright
 
 
 def test_bad_files_get_a_status_and_the_run_goes_on(trained, tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_bad_files_get_a_status_and_the_run_goes_on(trained, tmp_path: Path) -> 
     (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:300])
     Image.new("1", (14000, 14000)).save(tmp_path / "bomb.png")  # 196 M pixels: a decompression bomb
     files = [good] + [tmp_path / n for n in ("empty.jpg", "text.jpg", "cut.jpg", "bomb.png", "gone.jpg")]
-    rows = {Path(r["path"]).name: r for r in predict(load_scorer(ckpt, "torch", None), files, batch_size=32)}
+    rows = {Path(r["path"]).name: r for r in predict(load_scorer(ckpt, "torch", None), files, 32, LIMITS)}
     assert rows["good.jpg"]["status"] == "ok" and 0 <= rows["good.jpg"]["p_fake"] <= 1
     assert rows["empty.jpg"]["message"] == "empty file (0 bytes)"
     assert "DecompressionBomb" in rows["bomb.png"]["message"]
@@ -77,8 +77,9 @@ def test_bad_files_get_a_status_and_the_run_goes_on(trained, tmp_path: Path) -> 
 
 def independent_p_fake(ckpt: Path, paths: list[str]) -> torch.Tensor:
     """p_fake computed here, sharing no code with ffd's inference path: PIL decodes (JPEGs at the DCT
-    scale that still covers the input size, as ffd documents), torchvision resizes and normalizes with
-    the checkpoint's own preprocessing, then the model's forward in fp32 and its temperature."""
+    scale that still covers the input size, as ffd documents), torchvision resizes (rounded to whole
+    pixel values, as ffd documents) and normalizes with the checkpoint's own preprocessing, then the
+    model's forward in fp32 and its temperature."""
     ffd = torch.load(ckpt, map_location="cpu", weights_only=True)["ffd"]
     pre = ffd["preprocess"]
     size = pre["size"]
@@ -88,7 +89,8 @@ def independent_p_fake(ckpt: Path, paths: list[str]) -> torch.Tensor:
         with Image.open(path) as img:
             img.draft("RGB", (size, size))
             pixels = TV.functional.pil_to_tensor(ImageOps.exif_transpose(img).convert("RGB"))
-        images.append(TV.functional.normalize(resize(pixels.float()) / 255, pre["mean"], pre["std"]))
+        resized = resize(pixels.float()).round().clamp(0, 255)  # whole pixel values, as training's views
+        images.append(TV.functional.normalize(resized / 255, pre["mean"], pre["std"]))
     with torch.no_grad():
         logits = load_checkpoint(ckpt)(torch.stack(images)).double()
     return (logits / ffd["temperature"]).softmax(-1)[:, 1].float()
@@ -120,7 +122,7 @@ def test_eval_and_predict_score_what_the_model_sees(make_cfg, trained, tmp_path:
         rows[runtime] = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
     expected = independent_p_fake(ckpt, paths)
     assert expected.std() > 1e-3  # outputs that differ from image to image, by far more than atol
-    threshold = torch.load(ckpt, weights_only=True)["ffd"]["threshold"]
+    threshold = torch.load(ckpt, weights_only=True)["ffd"]["threshold_logit"]
     scores = {"eval": from_eval, **{k: {p: r["p_fake"] for p, r in v.items()} for k, v in rows.items()}}
     for name, got in scores.items():
         assert sorted(got) == paths, name
@@ -131,7 +133,7 @@ def test_eval_and_predict_score_what_the_model_sees(make_cfg, trained, tmp_path:
         )
     for name, predicted in rows.items():
         assert all(
-            r["label"] == ("fake" if r["p_fake"] >= threshold else "real") for r in predicted.values()
+            r["label"] == ("fake" if r["logit"] >= threshold else "real") for r in predicted.values()
         ), name
 
 
@@ -172,7 +174,8 @@ def test_face_crop(trained, tmp_path: Path) -> None:
         predict(
             load_scorer(ckpt, "torch", None),
             files,
-            batch_size=32,
+            32,
+            LIMITS,
             cropper=FaceCropper(margin=0.25, detector="auto"),
             crops_dir=crops,
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, chromium, compose_run, run_train
+from conftest import LIMITS, TINY, chromium, compose_run, run_train
 from PIL import Image
 from sklearn.metrics import roc_curve
 
@@ -79,8 +79,8 @@ def test_tpr_at_fpr_matches_scikit_learn() -> None:
 def test_sweep_scores_each_perturbed_image_once(trained, tmp_path: Path, monkeypatch) -> None:
     ckpt, _ = trained
     calls: list[int] = []
-    original = CheckpointScorer.p_fake
-    monkeypatch.setattr(CheckpointScorer, "p_fake", lambda self, x: calls.append(len(x)) or original(self, x))
+    original = CheckpointScorer.logit
+    monkeypatch.setattr(CheckpointScorer, "logit", lambda self, x: calls.append(len(x)) or original(self, x))
     cfg = compose_run(
         "eval",
         [f"ckpt_path={ckpt}", "bootstrap=50", "runtime=torch", *SMALL_SWEEP],
@@ -98,13 +98,13 @@ def test_sweep_scores_each_perturbed_image_once(trained, tmp_path: Path, monkeyp
     # Blur 0 is the image as decoded at full size: its flips are those of the full decode against
     # eval's (draft-decoded) clean scores, image by image.
     clean = {
-        r["path"]: float(r["p_fake"]) for r in csv.DictReader((tmp_path / "eval" / "predictions.csv").open())
+        r["path"]: float(r["logit"]) for r in csv.DictReader((tmp_path / "eval" / "predictions.csv").open())
     }
     scorer = load_scorer(ckpt, "torch", None)
-    full = [pixels(decode_rgb(read_file(p), None))[None] for p in clean]
-    threshold = scorer.threshold
+    full = [pixels(decode_rgb(read_file(p), None, LIMITS))[None] for p in clean]
+    threshold = scorer.threshold_logit
     flips = [
-        (scorer.p_fake(x)[0] >= threshold) != (c >= threshold)
+        (float(scorer.logit(x)[0]) >= threshold) != (c >= threshold)
         for x, c in zip(full, clean.values(), strict=True)
     ]
     assert none["flip_rate"] == pytest.approx(sum(flips) / len(flips))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from conftest import LIMITS
 from PIL import Image
 
 from ffd.data.facts import parse_fake_name
@@ -15,7 +16,7 @@ from ffd.studies.scaling import SOURCE_SIDE, scaled_set
 def test_scaled_set_holds_distinct_copies_in_ciplabs_scheme(tiny_synthetic: Path, tmp_path: Path) -> None:
     tree = tiny_synthetic / "real_and_fake_face"
     out = scaled_set(tree, tmp_path / "x3", 3)
-    records = scan(out)
+    records = scan(out, LIMITS)
     assert len(records) == 3 * 32 and sum(r.label for r in records) == 3 * 16
     hashes = {hashlib.sha256(Path(r.path).read_bytes()).hexdigest() for r in records}
     assert len(hashes) == len(records)  # nothing the manifest would drop as a duplicate

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jpegs
+from conftest import LIMITS, write_jpegs
 
 from ffd.data.decoding import Decoder, Item
 from ffd.data.records import read_manifest
@@ -53,7 +53,7 @@ def test_score_files_keeps_order_and_failures(tmp_path: Path, passes: Counter) -
         seen.append(tuple(x.shape))
         return list(range(len(x)))
 
-    out = list(scoring.score_files(files, run, 2, Decoder(32)))
+    out = list(scoring.score_files(files, run, 2, Decoder(32, LIMITS)))
     assert [it.path.name for b in out for it in b.items] == [f.name for f in files]
     assert [it.status for b in out for it in b.items].count("unreadable") == 1
     assert seen == [(2, 40, 40, 3), (1, 50, 50, 3), (1, 40, 40, 3)]  # a batch closes before another size
@@ -95,11 +95,11 @@ def test_every_caller_scores_through_it(
     records = [r for r in read_manifest(run_folder(ckpt) / "manifest.csv") if r.ok and r.split == "test"]
 
     callers: dict[str, tuple[Callable[[], object], int]] = {
-        "calibration": (lambda: scored_logits(scorer, records, 8), n),
-        "eval": (lambda: score(scorer, records, 8, DecodedImages(pixels, 64), "gradcam"), n),
-        "predict": (lambda: list(predict(load_scorer(ckpt, "torch", None), test_files, 8)), n),
-        "Grad-CAM": (lambda: list(explain_files(scorer.model, test_files, "gradcam", 8)), n),
-        "export parity": (lambda: parity_batch(scorer, ckpt, 4), None),
+        "calibration": (lambda: scored_logits(scorer, records, 8, Decoder(64, LIMITS)), n),
+        "eval": (lambda: score(scorer, records, 8, DecodedImages(pixels, 64, LIMITS), "gradcam"), n),
+        "predict": (lambda: list(predict(load_scorer(ckpt, "torch", None), test_files, 8, LIMITS)), n),
+        "Grad-CAM": (lambda: list(explain_files(scorer.model, test_files, "gradcam", 8, LIMITS)), n),
+        "export parity": (lambda: parity_batch(scorer, ckpt, 4, LIMITS), None),
     }
     for name, (call, expected) in callers.items():
         passes.clear()
@@ -110,13 +110,13 @@ def test_every_caller_scores_through_it(
             check(passes, expected, name)
 
     # Decoded already: the robustness sweep's perturbed images and the service's uploads.
-    images = [Decoder(64)(f).image for f in test_files[:6]]
+    images = [Decoder(64, LIMITS)(f).image for f in test_files[:6]]
     passes.clear()
     _score(scorer, [im.permute(2, 0, 1) for im in images], [str(f) for f in test_files[:6]], 4)
     assert passes["calls"] == 1 and passes["scored"] == 6 and passes["decoded"] == 0
 
     async def serve() -> list[float]:
-        batcher = Batcher(scorer.p_fake, 4, 0.05, ThreadPoolExecutor(1))
+        batcher = Batcher(scorer.logit, 4, 0.05, ThreadPoolExecutor(1))
         batcher.start()
         items = [Item(f, "ok", image=im) for f, im in zip(test_files, images, strict=False)]
         scores = await asyncio.gather(*(batcher.score(it) for it in items))

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import chromium, write_jpegs
+from conftest import LIMITS, chromium, write_jpegs
 from fastapi import HTTPException
 from hypothesis import given
 from hypothesis import strategies as st
@@ -46,7 +46,7 @@ def service(trained, tmp_path_factory: pytest.TempPathFactory):
     ckpt, _ = trained
     root = tmp_path_factory.mktemp("serve")
     overrides = [f"hydra.run.dir={root / 'run'}", "serve.max_files=4", "serve.max_upload_mb=4",
-                 "serve.max_pixels=1000000"]  # fmt: skip
+                 "limits.max_pixels=1000000"]  # fmt: skip
     with running_service(ckpt, *overrides, log=root / "serve.log") as url:
         yield url, root
 
@@ -138,7 +138,7 @@ def test_bad_input_is_a_4xx_with_a_message(trained, service, tmp_path: Path) -> 
     bomb = io.BytesIO()
     Image.new("1", (14000, 14000)).save(bomb, "PNG")  # 196 M pixels in 30 kB
     big = io.BytesIO()
-    Image.new("RGB", (1100, 1000)).save(big, "PNG")  # 1.1 M pixels > serve.max_pixels
+    Image.new("RGB", (1100, 1000)).save(big, "PNG")  # 1.1 M pixels > limits.max_pixels
     cases = {
         "empty.jpg": (b"", "empty file"),
         "text.jpg": (b"not an image", "not an image"),
@@ -247,7 +247,7 @@ def settings(**overrides) -> Settings:
 
 def test_settings_checks() -> None:
     assert settings().max_upload_bytes == 20 * 2**20 and settings().loopback
-    for key, value in (("max_files", -1), ("max_wait_ms", "abc"), ("timeout_s", 0), ("max_pixels", 1.5)):
+    for key, value in (("max_files", -1), ("max_wait_ms", "abc"), ("timeout_s", 0), ("max_batch", 1.5)):
         with pytest.raises(ConfigError, match=f"serve.{key}="):
             settings(**{key: value})
     with pytest.raises(ConfigError, match="serve.token is empty"):
@@ -276,11 +276,11 @@ def test_display_names_are_never_paths(filename: str | None, index: int) -> None
 def test_batcher_gathers_concurrent_images_and_keeps_going_after_an_error() -> None:
     calls: list[tuple[int, ...]] = []
 
-    def score(x: torch.Tensor) -> list[float]:
+    def score(x: torch.Tensor) -> torch.Tensor:
         calls.append(tuple(x.shape))
         if x.shape[1] == 13:
             raise RuntimeError("model failure")
-        return x.float().mean((1, 2, 3)).tolist()
+        return x.float().mean((1, 2, 3))
 
     async def scenario() -> tuple[list[float], str]:
         batcher = Batcher(score, max_batch=4, max_wait_s=0.05, model_thread=ThreadPoolExecutor(1))
@@ -360,16 +360,16 @@ def test_a_request_not_scored_in_time_is_a_503() -> None:
 
     from ffd.service.app import create_app
 
-    def slow(x: torch.Tensor) -> list[float]:
+    def slow(x: torch.Tensor) -> torch.Tensor:
         time.sleep(0.5)
-        return [0.5] * len(x)
+        return torch.zeros(len(x))
 
-    scorer = SimpleNamespace(p_fake=slow, threshold=0.5, preprocess={"size": 32})
+    scorer = SimpleNamespace(logit=slow, threshold=0.5, threshold_logit=0.0, preprocess={"size": 32})
     served = SimpleNamespace(scorer=scorer, size=32, explainer=None, explain_note="No heatmaps.", card={})
     image = io.BytesIO()
     Image.new("RGB", (40, 40)).save(image, "PNG")
     crops = CropSettings(frames=4, stride=None, scale=1.3, size=32, detector="haar")
-    app = create_app(served, settings(timeout_s=0.1), ThreadPoolExecutor(1), crops)  # type: ignore[arg-type]
+    app = create_app(served, settings(timeout_s=0.1), ThreadPoolExecutor(1), crops, LIMITS)  # type: ignore[arg-type]
     with TestClient(app) as client:
         answer = client.post("/v1/predict", files={"file": ("a.png", image.getvalue())})
         assert answer.status_code == 503 and "serve.timeout_s=0.1" in answer.json()["detail"]

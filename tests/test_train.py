@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_train
+import torch
+from conftest import LIMITS, TINY, run_train
 
 from ffd.data.records import read_manifest
 from ffd.training.fitting import train
@@ -135,3 +136,36 @@ def test_tensorboard_curves_by_epoch_and_hparams_with_shipped_metrics(trained_ru
         "shipped/test/ece",
     } <= shipped
     assert events.Scalars("shipped/val/auroc")[0].value == pytest.approx(trained_run.metrics["val/auroc"])
+
+
+def test_the_monitor_is_the_shipped_val_auroc_where_softmax_saturates(make_cfg, tmp_path: Path) -> None:
+    """A deliberately overconfident head (its weights x300 as training starts) gives logits in the
+    hundreds, where fp32 softmax gives most images p_fake of exactly 0 or 1 and an AUROC of those ties
+    them. The checkpoint monitor ranks logits of the pixels the shipped model sees: it equals the
+    shipped model's val AUROC within one (real, fake) pair (the fit's val runs on float16-stored
+    features; fp32 training, as on a CPU without fast bf16), and the checkpoint is named by it."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    from ffd.data.decoding import Decoder
+    from ffd.engine.scorers import load_scorer
+    from ffd.training.calibrating import scored_logits
+
+    cfg = make_cfg(
+        "+experiment=demo", f"data.root={tmp_path / 'synthetic'}", "data.synthetic.num_real=40",
+        "data.synthetic.num_fake=40", "data.split.val_fraction=0.3", "data.split.test_fraction=0.3",
+        "model.input_size=64", "trainer.max_epochs=3", "trainer.accelerator=cpu", "trainer.precision=32-true",
+        "callbacks.progress_bar.refresh_rate=0", "bootstrap=0",
+        "+callbacks.overconfident._target_=conftest.OverconfidentHead", "+callbacks.overconfident.factor=300",
+    )  # fmt: skip
+    metrics = train(cfg)
+    run = tmp_path / "train"
+    val = [r for r in read_manifest(run / "manifest.csv") if r.ok and r.split == "val"]
+    labels = torch.tensor([r.label for r in val])
+    pair = 1 / (int((labels == 0).sum()) * int((labels == 1).sum()))
+    assert abs(metrics["val/auroc_best"] - metrics["val/auroc"]) <= pair + 1e-6, metrics
+    (ckpt,) = (run / "checkpoints").glob("epoch*.ckpt")
+    assert f"auroc{metrics['val/auroc_best']:.4f}" in ckpt.name
+    scorer = load_scorer(ckpt, "torch", None)
+    p_fake = scored_logits(scorer, val, 16, Decoder(64, LIMITS)).softmax(-1)[:, 1]  # as the monitor was
+    assert int(((p_fake == 0) | (p_fake == 1)).sum()) >= len(val) // 2  # saturated
+    assert float(binary_auroc(p_fake, labels)) != pytest.approx(metrics["val/auroc"], abs=1e-6)  # ties

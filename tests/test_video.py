@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LIMITS
 
 from ffd.data.faces import Face, iou
 from ffd.data.manifest import build_manifest
@@ -76,7 +77,7 @@ def test_generation_is_deterministic_and_refuses_foreign_folders(videos: Path, t
 def test_tracker_follows_the_true_face(videos: Path, tmp_path: Path) -> None:
     truth = json.loads((videos / "boxes.json").read_text())
     rel = "manipulated_sequences/FaceSwap/c23/videos/001_000.mp4"
-    crops = extract(videos / rel, CropSettings(None, None, 1.3, 48, "haar"), tmp_path)
+    crops = extract(videos / rel, CropSettings(None, None, 1.3, 48, "haar"), tmp_path, LIMITS)
     index = json.loads(next((tmp_path / "video-crops").glob("*/" + INDEX)).read_text())
     overlaps = [iou(tuple(box), tuple(truth[rel][int(i)])) for i, box in index["boxes"].items()]
     assert len(crops.crops) >= 6 and np.median(overlaps) > 0.6, overlaps
@@ -92,25 +93,25 @@ def test_tracker_keeps_the_first_face_when_another_grows() -> None:
 
 def test_crop_cache_is_reused_keyed_and_never_half_trusted(videos: Path, tmp_path: Path) -> None:
     clip = videos / "original_sequences/youtube/c23/videos/001.mp4"
-    first = extract(clip, SETTINGS, tmp_path)
+    first = extract(clip, SETTINGS, tmp_path, LIMITS)
     assert first.seconds > 0 and sorted(first.crops) == first.sampled == [1, 3, 5, 7]
-    assert extract(clip, SETTINGS, tmp_path).seconds == 0  # from the cache
-    other = extract(clip, CropSettings(2, None, 1.3, 48, "haar"), tmp_path)
+    assert extract(clip, SETTINGS, tmp_path, LIMITS).seconds == 0  # from the cache
+    other = extract(clip, CropSettings(2, None, 1.3, 48, "haar"), tmp_path, LIMITS)
     assert other.crops[2].parent != first.crops[1].parent  # other settings, other key
     folder = first.crops[1].parent
     # A killed extraction: a partial folder and a folder without its index are both redone.
     (folder / INDEX).unlink()
     (folder.parent / f"{folder.name}.partial-999").mkdir()
-    redone = extract(clip, SETTINGS, tmp_path)
+    redone = extract(clip, SETTINGS, tmp_path, LIMITS)
     assert redone.seconds > 0 and (folder / INDEX).exists()
     assert not list(folder.parent.glob("*.partial-*"))
     with pytest.raises(VideoDecodeError, match="not a readable video"):
         (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
-        extract(tmp_path / "broken.mp4", SETTINGS, tmp_path)
+        extract(tmp_path / "broken.mp4", SETTINGS, tmp_path, LIMITS)
 
 
 def test_ffpp_manifest_splits_by_pair_never_by_frame(videos: Path, tmp_path: Path) -> None:
-    rows = build_manifest(videos, 0.25, 0.25, 0, video=SETTINGS, cache_dir=tmp_path)
+    rows = build_manifest(videos, 0.25, 0.25, 0, LIMITS, video=SETTINGS, cache_dir=tmp_path)
     ok = [r for r in rows if r.ok]
     assert len(ok) == 12 * 4 and {r.method for r in ok} == {"original", "Deepfakes", "FaceSwap"}
     assert {r.frame for r in ok} == {1, 3, 5, 7} and all(Path(r.path).suffix == ".png" for r in ok)
@@ -133,7 +134,7 @@ def test_ffpp_manifest_splits_by_pair_never_by_frame(videos: Path, tmp_path: Pat
 def test_group_split_without_official_lists(videos: Path, tmp_path: Path) -> None:
     root = tmp_path / "ffpp"
     shutil.copytree(videos, root, ignore=shutil.ignore_patterns("splits", "*.json"))
-    rows = [r for r in build_manifest(root, 0.0, 0.5, 0, video=SETTINGS, cache_dir=tmp_path) if r.ok]
+    rows = [r for r in build_manifest(root, 0.0, 0.5, 0, LIMITS, video=SETTINGS, cache_dir=tmp_path) if r.ok]
     splits = defaultdict(set)
     for r in rows:
         splits[r.video].add(r.split)
@@ -192,6 +193,6 @@ def test_celebdf_dfdc_and_plain_folders(videos: Path, tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     _copy(real, plain / "real" / "a.mp4")
     _copy(fake, plain / "fake" / "b.mp4")
-    rows = build_manifest(plain, 0.0, 0.0, 0, video=SETTINGS, cache_dir=tmp_path)
+    rows = build_manifest(plain, 0.0, 0.0, 0, LIMITS, video=SETTINGS, cache_dir=tmp_path)
     assert sorted({(Path(r.video).name, r.label) for r in rows}) == [("a.mp4", 0), ("b.mp4", 1)]
     assert discover_videos(tmp_path / "nothing") is None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_run, run_train, write_jpegs
+from conftest import LIMITS, compose_run, run_train, write_jpegs
 
 from ffd.data.records import read_manifest
 from ffd.deploy.predicting import predict_files
@@ -45,10 +45,9 @@ def test_intervals_resample_videos_not_frames() -> None:
     by_frame = bootstrap_intervals(probs, frame_y, ["auroc"], 300, 0)["auroc"]
     assert by_video[1] - by_video[0] > 3 * (by_frame[1] - by_frame[0])
     idx = torch.tensor([0, 0, 0, 1, 1])
-    p = torch.tensor([0.1, 0.2, 0.9, 0.4, 0.6])
-    assert aggregate(p, idx, 2, "mean").tolist() == pytest.approx([0.4, 0.5])
-    assert aggregate(p, idx, 2, "median").tolist() == pytest.approx([0.2, 0.4])
-    assert aggregate(p, idx, 2, "max").tolist() == pytest.approx([0.9, 0.6])
+    logit = torch.logit(torch.tensor([0.1, 0.2, 0.9, 0.4, 0.6], dtype=torch.float64))  # frames' p_fake
+    for how, expected in (("mean", [0.4, 0.5]), ("median", [0.2, 0.4]), ("max", [0.9, 0.6])):
+        assert torch.sigmoid(aggregate(logit, idx, 2, how)).tolist() == pytest.approx(expected), how
 
 
 def test_eval_reports_frame_and_video_levels(video_run, tmp_path: Path) -> None:
@@ -136,18 +135,22 @@ def test_the_service_scores_an_uploaded_video(video_run) -> None:
 
     root, _, _ = video_run
 
-    def brightness(x: torch.Tensor) -> list[float]:  # a stand-in model: how bright each crop is
-        return (x.float().mean(dim=(1, 2, 3)) / 255).tolist()
+    def brightness(x: torch.Tensor) -> torch.Tensor:  # a stand-in model: how bright each crop is
+        return torch.logit(x.double().mean(dim=(1, 2, 3)) / 255)
 
     scorer = SimpleNamespace(
-        p_fake=brightness, threshold=0.5, preprocess={"size": 64}, training_run=root / "run"
+        logit=brightness,
+        threshold=0.5,
+        threshold_logit=0.0,
+        preprocess={"size": 64},
+        training_run=root / "run",
     )
     served = SimpleNamespace(scorer=scorer, size=64, explainer=None, explain_note="No heatmaps.", card={})
     cfg = compose_config("serve")
     settings = Settings.from_config(OmegaConf.to_container(cfg.serve, resolve=True))
     crops = model_crop_settings(cfg.video, cfg.video_as_trained, scorer.training_run)  # as ffd.serve does
     clip = next((root / "data").rglob("001_000.mp4"))
-    app = create_app(served, settings, ThreadPoolExecutor(1), crops)  # type: ignore[arg-type]
+    app = create_app(served, settings, ThreadPoolExecutor(1), crops, LIMITS)  # type: ignore[arg-type]
     with TestClient(app) as client:
         answer = client.post("/v1/predict_video", files={"file": ("clip.mp4", clip.read_bytes())})
         assert answer.status_code == 200, answer.text

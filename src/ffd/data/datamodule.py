@@ -26,7 +26,7 @@ from ffd.data.layouts import DataLayoutError
 from ffd.data.manifest import build_manifest
 from ffd.data.pixel_cache import PixelDataset
 from ffd.data.records import Record, write_manifest
-from ffd.data.settings import CacheSettings, LoaderSettings
+from ffd.data.settings import CacheSettings, Limits, LoaderSettings
 from ffd.data.splits import Fold, split_rows
 from ffd.data.synthetic import ensure_synthetic
 from ffd.data.transforms import build_transform, resize_transform, view_transform
@@ -96,6 +96,7 @@ class FaceDataModule(L.LightningDataModule):
             None for image data.
         preprocess: The model's preprocessing (size, mean, std, interpolation); the
             model owns it so that checkpoints carry it.
+        limits: What a file may be (``limits:`` of conf/common.yaml; the training task passes it).
         features: What computes the feature cache: the model's frozen backbone, or None if it
             trains (the training task passes it).
         fold: ``(k, i)``: cross-validation fold i of k is the validation split
@@ -115,6 +116,7 @@ class FaceDataModule(L.LightningDataModule):
         seed: int,
         video: Mapping[str, Any] | None,
         preprocess: Mapping[str, Any],
+        limits: Limits,
         features: FeatureSource | None = None,
         fold: Fold | None = None,
     ) -> None:
@@ -126,7 +128,7 @@ class FaceDataModule(L.LightningDataModule):
         self.loader, self.cache_settings, self.features = loader, cache, features
         self.cache = cache.resolved(frozen=features is not None)
         self.split, self.fold = dict(split), fold
-        self.preprocess, self.augment = dict(preprocess), dict(augment)
+        self.preprocess, self.augment, self.limits = dict(preprocess), dict(augment), limits
         self.pin_memory = torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory
         self.decode_size = int(self.preprocess["size"]) if loader.decode_draft else None
         self.manifest_path = manifest_path
@@ -150,10 +152,11 @@ class FaceDataModule(L.LightningDataModule):
         start = time.perf_counter()
         # The scan decodes every file to check it; a cache keeps the images for its build.
         keep = self.cache != "none"
-        images = DecodedImages(resize_transform(self.preprocess), self.decode_size)
+        images = DecodedImages(resize_transform(self.preprocess), self.decode_size, self.limits)
         s = self.split
         self.records = build_manifest(
-            self.root, s["val_fraction"], s["test_fraction"], s["seed"], self.fold, images if keep else None,
+            self.root, s["val_fraction"], s["test_fraction"], s["seed"], self.limits, self.fold,
+            images if keep else None,
             CropSettings.from_config(self.video) if self.video else None, self.cache_settings.dir,
         )  # fmt: skip
         if self.manifest_path and (self.trainer is None or self.trainer.is_global_zero):  # one writes it
@@ -171,7 +174,9 @@ class FaceDataModule(L.LightningDataModule):
             }
         if self.cache == "none":
             return {
-                s: ImageDataset(rows[s], build_transform(self.preprocess, augment[s]), self.decode_size)
+                s: ImageDataset(
+                    rows[s], build_transform(self.preprocess, augment[s]), self.decode_size, self.limits
+                )
                 for s in SPLITS
             }
         assert self.features is not None  # resolved() gives "features" only with a frozen backbone

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from ffd.data.io import load_rgb
 from ffd.data.records import Record
+from ffd.data.settings import Limits
 
 
 class ImageDataset(Dataset):
@@ -19,16 +20,19 @@ class ImageDataset(Dataset):
         transform: Image -> tensor.
         decode_size: Smallest side the decoder must keep (the model's input size);
             None decodes at full size.
+        limits: What a file may be (``ffd.data.settings.Limits``).
     """
 
-    def __init__(self, records: Sequence[Record], transform: Callable, decode_size: int | None) -> None:
+    def __init__(
+        self, records: Sequence[Record], transform: Callable, decode_size: int | None, limits: Limits
+    ) -> None:
         self.records = list(records)
         self.transform = transform
-        self.decode_size = decode_size
+        self.decode_size, self.limits = decode_size, limits
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         r = self.records[index]
-        return self.transform(load_rgb(r.path, self.decode_size)), r.label
+        return self.transform(load_rgb(r.path, self.decode_size, self.limits)), r.label

@@ -1,9 +1,10 @@
 """Input files -> decoded pixels: every file becomes an ``Item``, its uint8 RGB pixels or why there are none.
 
 ``Decoder`` is the one place a file (or an upload's bytes) becomes the pixels a model takes:
-JPEGs are decoded at the smallest DCT scale that still covers the model's input size
-(``ffd.data.io.decode_rgb``), a face cropper can crop the largest face first, and images a run
-decoded already (``DecodedImages``) are taken from there. Resizing and normalization belong to
+JPEGs are decoded at the smallest DCT scale that still covers the model's input size, other formats
+reduced by the integer factor that still covers it (``ffd.data.io.decode_rgb``; files outside the
+limits, or in other formats, are refused), a face cropper can crop the largest face first, and images
+a run decoded already (``DecodedImages``) are taken from there. Resizing and normalization belong to
 the model (``ffd.models.shipped.Preprocess``), so an exported model gets the same input.
 """
 
@@ -18,6 +19,7 @@ from PIL import Image
 from ffd.data.faces import FaceCropper
 from ffd.data.images import DecodedImages
 from ffd.data.io import ImageDecodeError, decode_rgb, read_file
+from ffd.data.settings import Limits
 
 
 def pixels(image: Image.Image) -> torch.Tensor:
@@ -52,17 +54,17 @@ class Decoder:
     """How files become Items for a model of input side ``size``.
 
     Attributes:
-        size: The model's input side: JPEGs are decoded at the smallest DCT scale that covers it.
+        size: The model's input side: files are decoded no larger than covers it (``decode_rgb``).
+        limits: What a file may be (``limits:`` of conf/common.yaml): beyond, an ``unreadable`` item.
         cropper: Crop each photo to its largest face first (status ``no_face`` if none); the photo
-            is decoded at full size, as the face may be a small part of it.
+            is decoded at full size (within ``limits``), as the face may be a small part of it.
         kept: Images this run decoded already (the manifest scan's), taken from there.
-        max_pixels: Larger images are refused before they are decoded.
     """
 
     size: int
+    limits: Limits
     cropper: FaceCropper | None = None
     kept: DecodedImages | None = None
-    max_pixels: int | None = None
 
     def __call__(self, file: str | Path) -> Item:
         """The Item of a file on disk (read errors become ``unreadable`` items)."""
@@ -79,8 +81,8 @@ class Decoder:
         """The Item of a file's bytes (``path``: its name, shown in the results)."""
         try:
             if self.cropper is None:
-                return Item(path, "ok", image=pixels(decode_rgb(data, self.size, self.max_pixels)))
-            if (face := self.cropper(decode_rgb(data, None, self.max_pixels))) is None:
+                return Item(path, "ok", image=pixels(decode_rgb(data, self.size, self.limits)))
+            if (face := self.cropper(decode_rgb(data, None, self.limits))) is None:
                 return Item(path, "no_face", f"no face found ({self.cropper.detector.name} face detector)")
             return Item(path, "ok", image=pixels(face), crop=face)
         except ImageDecodeError as err:

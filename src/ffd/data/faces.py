@@ -66,11 +66,13 @@ class FaceDetector(Protocol):
 
 
 def _shrunk(img: Image.Image, side: int, mode: str) -> tuple[Image.Image, float]:
-    """A copy of ``img`` in ``mode`` whose longer side is at most ``side``, and the scale used."""
+    """``img`` in ``mode`` with its longer side at most ``side`` (no side under 1 pixel), and the scale
+    used (``img`` itself where nothing changes: detectors only read it)."""
     scale = min(1.0, side / max(img.size))
-    small = img.convert(mode)
+    small = img if img.mode == mode else img.convert(mode)
     if scale < 1:
-        small = small.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        small = small.resize(size, Image.Resampling.BILINEAR)
     return small, scale
 
 
@@ -137,6 +139,8 @@ class MtcnnDetector:
         small, scale = _shrunk(img, self.detect_side, "RGB")
         # A larger smallest face means fewer pyramid levels: most of MTCNN's time.
         self.model.min_face_size = max(20, round(self.min_face * min(small.size)))
+        if min(small.size) * (12.0 / self.model.min_face_size) < 12:  # facenet-pytorch's own test
+            return []  # no face fits: no pyramid level, and facenet-pytorch would raise (torch.cat of none)
         boxes, scores = self.model.detect(small)
         if boxes is None:
             return []
@@ -229,4 +233,6 @@ class FaceCropper:
     def __call__(self, img: Image.Image) -> Image.Image | None:
         """The face crop, or None if no face was found."""
         box = self.box(img)
-        return None if box is None else img.crop(box)
+        if box is None or box[2] <= box[0] or box[3] <= box[1]:  # none, or a box outside the image
+            return None
+        return img.crop(box)

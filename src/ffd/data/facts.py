@@ -12,11 +12,13 @@ Grad-CAM localization, eval's breakdowns, predict's labels) imports it from here
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-# Labels: "positive" means fake; p_fake is the probability of class FAKE.
+# Labels: "positive" means fake; p_fake is the probability of class FAKE, the sigmoid of the model's
+# logit (its calibrated log-odds of fake), which ranks and decides: it never saturates as p_fake does.
 REAL, FAKE = 0, 1
 CLASS_NAMES = ("real", "fake")
 SPLITS = ("train", "val", "test")
@@ -41,9 +43,19 @@ PART_BOXES: dict[str, tuple[int, int, int, int]] = {
 Box = tuple[float, float, float, float]
 
 
-def label_name(p_fake: float, threshold: float) -> str:
-    """The class name a score gets at a decision threshold: ``p_fake >= threshold`` means fake."""
-    return CLASS_NAMES[int(p_fake >= threshold)]
+def label_name(logit: float, threshold_logit: float) -> str:
+    """The class name a logit gets at a decision threshold on logits: ``logit >= threshold`` means fake."""
+    return CLASS_NAMES[int(logit >= threshold_logit)]
+
+
+def p_fake(logit: float) -> float:
+    """The probability of fake a logit (log-odds of fake) stands for, in float64."""
+    return 1 / (1 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1 + math.exp(logit))
+
+
+def logit_of(p: float) -> float:
+    """The logit of a probability (a threshold saved before ffd kept logits), +-inf at 0 and 1."""
+    return math.log(p) - math.log1p(-p) if 0 < p < 1 else math.copysign(math.inf, p - 0.5)
 
 
 def real_name(index: int) -> str:

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ffd.data.io import load_rgb
+from ffd.data.settings import Limits
 
 # Kept images stop here (a resized 224 px image is 150 KB, a 300 px draft decode 270 KB: CIPLAB's
 # 2,041 take 0.3 or 0.55 GiB);
@@ -27,10 +28,13 @@ class DecodedImages:
     Args:
         resize: Decoded image -> the tensor kept (resized for training, raw pixels for eval).
         decode_size: The JPEG draft size the consumer decodes at (None: full size).
+        limits: What a file may be (``ffd.data.settings.Limits``).
     """
 
-    def __init__(self, resize: Callable[[Image.Image], torch.Tensor], decode_size: int | None) -> None:
-        self.resize, self.decode_size = resize, decode_size
+    def __init__(
+        self, resize: Callable[[Image.Image], torch.Tensor], decode_size: int | None, limits: Limits
+    ) -> None:
+        self.resize, self.decode_size, self.limits = resize, decode_size, limits
         self.kept: dict[str, torch.Tensor] = {}
         self.bytes = 0
 
@@ -44,4 +48,4 @@ class DecodedImages:
     def get(self, path: str | Path) -> torch.Tensor:
         """The resized image of a file: kept, or read and decoded now."""
         kept = self.kept.get(str(path))
-        return kept if kept is not None else self.resize(load_rgb(path, self.decode_size))
+        return kept if kept is not None else self.resize(load_rgb(path, self.decode_size, self.limits))

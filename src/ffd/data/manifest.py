@@ -23,6 +23,7 @@ from ffd.data.images import DecodedImages
 from ffd.data.io import ImageDecodeError, decode_rgb, read_file
 from ffd.data.layouts import DataLayoutError, discover
 from ffd.data.records import Record
+from ffd.data.settings import Limits
 from ffd.data.splits import Fold, assign_splits
 from ffd.data.video.crops import CropSettings
 from ffd.data.video.frames import expand_videos
@@ -38,18 +39,18 @@ class LeakageError(FfdError, RuntimeError):
     """The same image content appears in more than one split."""
 
 
-def _check(record: Record, images: DecodedImages | None) -> None:
+def _check(record: Record, images: DecodedImages | None, limits: Limits) -> None:
     try:
         data = read_file(record.path)
         record.sha256 = hashlib.sha256(data).hexdigest()
-        image = decode_rgb(data, images.decode_size if images else CHECK_SIZE)
+        image = decode_rgb(data, images.decode_size if images else CHECK_SIZE, limits)
         if images is not None:
             images.add(record.path, image)
     except ImageDecodeError as err:
         record.status, record.reason = "unreadable", str(err)
 
 
-def check_files(records: Sequence[Record], images: DecodedImages | None) -> None:
+def check_files(records: Sequence[Record], images: DecodedImages | None, limits: Limits) -> None:
     """Hash every file and mark unreadable ones (missing, empty, corrupt, truncated, not an image).
 
     Each file is read once: its bytes are hashed and decoded, so a bad file can't crash
@@ -58,7 +59,7 @@ def check_files(records: Sequence[Record], images: DecodedImages | None) -> None
     workers = min(8, len(os.sched_getaffinity(0)))  # PIL and hashlib release the GIL
     records = [r for r in records if r.ok]  # a video without a face has its status already
     with ThreadPoolExecutor(workers) as pool:
-        jobs = pool.map(lambda r: _check(r, images), records)
+        jobs = pool.map(lambda r: _check(r, images, limits), records)
         for _ in progress(jobs, "Hashing and checking files", total=len(records), unit="file"):
             pass
     for r in records:
@@ -100,6 +101,7 @@ def check_no_leakage(records: Iterable[Record]) -> None:
 
 def scan(
     root: str | Path,
+    limits: Limits,
     images: DecodedImages | None = None,
     video: CropSettings | None = None,
     cache_dir: str | Path | None = None,
@@ -108,6 +110,7 @@ def scan(
 
     Args:
         root: The data folder (or CSV).
+        limits: What a file may be: beyond, its row is ``unreadable`` with the reason.
         images: Keep the decoded images there (for a cache's build).
         video: How a video data set's videos become face crops; needed when root holds videos.
         cache_dir: Where the face crops are cached (``<cache_dir>/video-crops/``).
@@ -121,8 +124,8 @@ def scan(
             raise DataLayoutError(
                 f"{root} holds videos: train with data=video (or pass the video settings and a cache folder)."
             )
-        records = expand_videos(records, video, cache_dir)
-    check_files(records, images)
+        records = expand_videos(records, video, cache_dir, limits)
+    check_files(records, images, limits)
     if dropped := drop_duplicates(records):
         log.warning(
             "Dropped %d exact duplicate files (same sha256); see the manifest's reason column.", dropped
@@ -135,14 +138,16 @@ def build_manifest(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    limits: Limits,
     fold: Fold | None = None,
     images: DecodedImages | None = None,
     video: CropSettings | None = None,
     cache_dir: str | Path | None = None,
 ) -> list[Record]:
-    """Scan and split the images under root (``fold``: see ``ffd.data.splits.assign_splits``; ``video``,
-    ``cache_dir``: see ``scan``). The crops of a video, and rows sharing a person, share a split."""
-    records = scan(root, images, video, cache_dir)
+    """Scan and split the images under root (``fold``: see ``ffd.data.splits.assign_splits``; ``limits``,
+    ``video``, ``cache_dir``: see ``scan``). The crops of a video, and rows sharing a person, share a
+    split."""
+    records = scan(root, limits, images, video, cache_dir)
     for label, name in enumerate(CLASS_NAMES):
         if not any(r.ok and r.label == label for r in records):
             raise DataLayoutError(f"No readable {name} image under {root}.")

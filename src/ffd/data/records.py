@@ -7,6 +7,8 @@ import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
+from ffd.files import atomic_text, read_text_lines
+
 
 @dataclasses.dataclass
 class Record:
@@ -55,9 +57,11 @@ COLUMNS = [f.name for f in dataclasses.fields(Record)]
 
 
 def write_manifest(records: Iterable[Record], path: str | Path) -> None:
+    """The manifest, in place of the old one once complete (``ffd.files.atomic_text``: a file name that is
+    not UTF-8 keeps its bytes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
+    with atomic_text(path) as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(dataclasses.asdict(r) for r in records)
@@ -65,7 +69,7 @@ def write_manifest(records: Iterable[Record], path: str | Path) -> None:
 
 def read_manifest(path: str | Path) -> list[Record]:
     """A manifest's rows (one written before a column existed gets its default)."""
-    with Path(path).open(newline="") as fh:
+    with read_text_lines(path) as fh:
         rows = list(csv.DictReader(fh))
     return [Record(**{k: _value(k, v) for k, v in row.items()}) for row in rows]  # type: ignore[arg-type]
 

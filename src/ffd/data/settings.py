@@ -1,12 +1,45 @@
-"""Typed settings of the data module: how its loaders read, and which cache takes repeated work out
-of the epoch loop (``conf/data/ciplab.yaml``'s ``loader:`` and ``cache:``)."""
+"""Typed settings of the data: what an input may be (``limits:`` of conf/common.yaml), how the data
+module's loaders read, and which cache takes repeated work out of the epoch loop (``conf/data/ciplab.yaml``'s
+``loader:`` and ``cache:``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 from ffd import rules
 from ffd.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What ffd accepts from an input file or an upload (``limits:`` in conf/common.yaml): beyond these a
+    file is refused with the reason, before it takes the memory or time it would need.
+
+    Attributes:
+        max_pixels: An image (or a video frame) with more pixels is refused before it is decoded.
+        min_side: An image with a shorter side is refused.
+        max_aspect: An image whose longer side is more than this times its shorter side is refused.
+        max_video_seconds: A longer video is refused before any frame is decoded.
+        max_video_frames: A video with more frames is refused.
+        max_video_pixels: A video whose frames have more pixels is refused.
+    """
+
+    max_pixels: int
+    min_side: int
+    max_aspect: float
+    max_video_seconds: float
+    max_video_frames: int
+    max_video_pixels: int
+
+    def __post_init__(self) -> None:
+        rules.check_all({f"limits.{f.name}": getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> Limits:
+        """The limits of a task's config (its ``limits`` node)."""
+        return cls(**{f.name: node[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)

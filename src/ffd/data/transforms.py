@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
@@ -21,11 +22,33 @@ FORENSIC_JPEG_QUALITY = (30, 95)
 FORENSIC_BLUR_SIGMA = (0.1, 3.0)
 
 
+def resize_pixels(images: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Pixel values (N, 3, H, W; float, 0-255) -> (N, 3, size, size), resized as torchvision's ``Resize``
+    (bilinear and bicubic antialiased) and rounded to whole values in 0-255.
+
+    The one resize of training (its uint8 views) and of every shipped model (``ffd.models.shipped``):
+    the pixels the model is validated on while it trains are those it is shipped with, so the
+    checkpoint monitor scores what the shipped model scores."""
+    smooth = mode in ("bilinear", "bicubic")
+    x = F.interpolate(
+        images, size=(size, size), mode=mode, antialias=smooth, align_corners=False if smooth else None
+    )
+    return x.round_().clamp_(0, 255)
+
+
+class ResizePixels:
+    """uint8 image (3, H, W) -> uint8 (3, size, size) by ``resize_pixels``."""
+
+    def __init__(self, size: int, mode: str) -> None:
+        self.size, self.mode = size, InterpolationMode(mode).value
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return resize_pixels(image[None].float(), self.size, self.mode)[0].to(torch.uint8)
+
+
 def resize_transform(preprocess: Mapping[str, Any]) -> T.Compose:
-    """Image -> uint8 tensor of the model's input size."""
-    size = int(preprocess["size"])
-    interpolation = InterpolationMode(preprocess["interpolation"])
-    return T.Compose([T.ToImage(), T.Resize((size, size), interpolation=interpolation, antialias=True)])
+    """Image -> uint8 tensor of the model's input size (``resize_pixels``)."""
+    return T.Compose([T.ToImage(), ResizePixels(int(preprocess["size"]), str(preprocess["interpolation"]))])
 
 
 def augment_steps(augment: Mapping[str, float] | None) -> list[Any]:

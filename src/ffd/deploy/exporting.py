@@ -5,7 +5,8 @@ checked with onnx.checker), ``model.torchscript.pt``, ``model.safetensors``,
 ``model.json`` (the model card) and ``predict_onnx.py`` (a reference consumer that
 needs only onnxruntime, numpy and Pillow). Each graph is the shipped model
 (``ffd.models.shipped.Probabilities``): decoded uint8 RGB images (N, H, W, 3) ->
-calibrated class probabilities (real, fake), with resizing and normalization inside.
+calibrated class probabilities (real, fake) and the logit of fake (which decides), with
+resizing and normalization inside.
 Every export is run on test images of the training run and compared with the scores
 eval and predict give them; a difference above ``parity_atol`` or a changed label is
 an error, and the measured differences go into the model card.
@@ -27,8 +28,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ffd.data.decoding import Decoder
-from ffd.data.facts import CLASS_NAMES, FAKE
+from ffd.data.facts import CLASS_NAMES, FAKE, p_fake
 from ffd.data.records import read_manifest
+from ffd.data.settings import Limits
 from ffd.engine.scorers import ONNX_METADATA_KEY, CheckpointScorer, OnnxScorer
 from ffd.engine.scoring import score_files
 from ffd.errors import ConfigError, FfdError
@@ -42,8 +44,10 @@ FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetenso
 CONSUMER = Path(__file__).with_name("predict_onnx.py")
 
 
-def parity_batch(scorer: CheckpointScorer, ckpt_path: Path, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """n decoded test images of the checkpoint's run (uint8, N x H x W x 3) and their p_fake as eval and
+def parity_batch(
+    scorer: CheckpointScorer, ckpt_path: Path, n: int, limits: Limits
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """n decoded test images of the checkpoint's run (uint8, N x H x W x 3) and their logits as eval and
     predict score them; random pixels if the run has too few left."""
     manifest = run_folder(ckpt_path) / "manifest.csv"
     test = (
@@ -51,15 +55,15 @@ def parity_batch(scorer: CheckpointScorer, ckpt_path: Path, n: int) -> tuple[tor
     )
     # Files moved or deleted since training come as items without an image; a batch holds images of
     # one decoded size: the first full one is taken.
-    for batch in score_files(test, scorer.p_fake, n, Decoder(int(scorer.preprocess["size"]))):
-        if batch.images is not None and len(batch.images) == n:
-            return batch.images, torch.tensor(batch.output), "test images"
+    for batch in score_files(test, scorer.logit, n, Decoder(int(scorer.preprocess["size"]), limits)):
+        if batch.images is not None and batch.output is not None and len(batch.images) == n:
+            return batch.images, batch.output, "test images"
     log.warning("No %d readable same-size test images next to %s: checking on random pixels.", n, ckpt_path)
     size = int(scorer.preprocess["size"])
     x = torch.randint(
         0, 256, (n, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
-    return x, torch.tensor(scorer.p_fake(x)), "random pixels"
+    return x, scorer.logit(x), "random pixels"
 
 
 def export_onnx(net: nn.Module, x: torch.Tensor, path: Path, metadata: str, opset: int) -> OnnxScorer:
@@ -73,7 +77,7 @@ def export_onnx(net: nn.Module, x: torch.Tensor, path: Path, metadata: str, opse
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
         program = torch.onnx.export(
-            net, (x,), input_names=["image"], output_names=["probs"],
+            net, (x,), input_names=["image"], output_names=["probs", "logit"],
             dynamic_shapes=(dict(enumerate(dims)),), opset_version=opset, dynamo=True, verbose=False,
         )  # fmt: skip
     assert program is not None  # no file name given: the exporter returns the program
@@ -99,24 +103,31 @@ def export_safetensors(net: nn.Module, path: Path, metadata: str) -> None:
     save_file(state, str(path), metadata={ONNX_METADATA_KEY: metadata})
 
 
-Consumer = Callable[[torch.Tensor], torch.Tensor]  # an exported file run on uint8 images
+# An exported file run on uint8 images: (probabilities (N, 2), logit of fake (N,)).
+Consumer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def check_parity(
-    name: str, run: Consumer, x: torch.Tensor, reference: torch.Tensor, threshold: float, atol: float
+    name: str, run: Consumer, x: torch.Tensor, reference: torch.Tensor, threshold_logit: float, atol: float
 ) -> float:
-    """Max |p_fake difference| from eval's and predict's scores; an error above atol, for a changed
-    label, or for a fixed batch or image size."""
+    """Max |p_fake difference| (of both outputs: probs[:, 1] and sigmoid(logit)) from eval's and
+    predict's scores (``reference``: their logits); an error above atol, for a changed label, or for a
+    fixed batch or image size."""
     with torch.no_grad():
-        p_fake = run(x)[:, FAKE]
+        probs, logit = run(x)
         odd = run(x[:3, : x.shape[1] - 5])  # another batch and image size: both must be dynamic
-    if odd.shape != (3, len(CLASS_NAMES)):
-        raise FfdError(f"{name} returned shape {tuple(odd.shape)} for a batch of 3 images.")
-    diff = float((p_fake - reference).abs().max())
+    if (shapes := tuple(tuple(t.shape) for t in odd)) != ((3, len(CLASS_NAMES)), (3,)):
+        raise FfdError(f"{name} returned shapes {shapes} for a batch of 3 images.")
+    expected = torch.sigmoid(reference.double())
+    diff = max(
+        float((p.double() - expected).abs().max()) for p in (probs[:, FAKE], torch.sigmoid(logit.double()))
+    )
     if diff > atol:
         raise FfdError(f"{name} differs from the checkpoint's scores by {diff:.2e} (> parity_atol={atol}).")
-    if flips := int(((p_fake >= threshold) != (reference >= threshold)).sum()):
-        raise FfdError(f"{name} changes the label of {flips} images at the threshold {threshold:.4g}.")
+    if flips := int(((logit >= threshold_logit) != (reference >= threshold_logit)).sum()):
+        raise FfdError(
+            f"{name} changes the label of {flips} images at the threshold (logit {threshold_logit:.4g})."
+        )
     return diff
 
 
@@ -127,25 +138,49 @@ def card_io(model: Any) -> dict[str, Any]:
         "decode": {
             "library": "Pillow (reference: predict_onnx.py)",
             "steps": [
-                "Image.open(path)",
-                f"JPEG only: img.draft('RGB', ({size}, {size})): libjpeg decodes at the smallest DCT "
-                f"scale (1/2, 1/4, 1/8) that keeps both sides >= {size}",
-                "ImageOps.exif_transpose (upright, as the camera held it)",
-                "16-bit greyscale: point(v / 256) -> 'L'; then convert('RGB')",
+                "Image.open(path, formats=['JPEG', 'PNG', 'WEBP', 'BMP', 'TIFF', 'GIF']): other formats "
+                "are refused; an MPO opens as the JPEG it is; an animated GIF, WebP or TIFF is read as "
+                "its first frame (no seek)",
+                f"JPEG (and MPO) only: img.draft('RGB', ({size}, {size})): libjpeg decodes at the smallest"
+                f" DCT scale (1/2, 1/4, 1/8) that keeps both sides >= {size}",
+                "img.load(); orientation = img.getexif().get(0x0112, 1), taken as 1 if getexif() raises "
+                "or the value is not an int from 1 to 8",
+                f"Other formats: k = min(width, height) // {size} if min(width, height) >= {2 * size}, "
+                "else 1",
+                "Modes reduce() cannot average as they are, converted first: '1', 'LA' -> 'L'; 'La' -> "
+                "'LA' -> 'L'; 'P', 'PA', 'RGBA', 'RGBa' -> 'RGB' (alpha dropped); 'I;16', 'I;16L', "
+                "'I;16B', 'I;16N' -> 'I'",
+                "k > 1: img.reduce(k): the mean of each k x k box, ceil(width / k) x ceil(height / k)",
+                "8 bits: 16-bit greyscale (decoded as 'I;16*'): point(lambda v: v * (1 / 256)) -> "
+                "convert('L'); 32-bit 'I' and float 'F': lo, hi = getextrema() of the decoded image "
+                "(before reduce), s = 255 / (hi - lo) (0 if hi == lo), point(lambda v: v * s - lo * s) ->"
+                " convert('L'); NaN or infinite lo/hi: refused",
+                "convert('RGB')",
+                "Where a mode is converted or scaled, the three steps above run on bands of k * max(1, "
+                "1048576 // (width * k)) rows pasted into one RGB image: the same pixels as on the whole "
+                "image",
+                "Upright: transpose by the orientation: 2 FLIP_LEFT_RIGHT, 3 ROTATE_180, 4 "
+                "FLIP_TOP_BOTTOM, 5 TRANSPOSE, 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90 (as "
+                "ImageOps.exif_transpose)",
                 "numpy.asarray(img, uint8): (height, width, 3), RGB",
             ],
         },
         "input": {
             "name": "image", "dtype": "uint8", "shape": ["batch", "height", "width", 3], "layout": "NHWC RGB",
-            "note": "any size (one size per batch): the graph resizes to the model's input and normalizes",
+            "note": "any size (one size per batch): the graph resizes to the model's input as training "
+            "does (antialiased, rounded to whole pixel values) and normalizes",
         },
         "output": {
-            "name": "probs", "dtype": "float32", "shape": ["batch", 2], "classes": list(CLASS_NAMES),
+            "names": ["probs", "logit"], "dtype": "float32", "classes": list(CLASS_NAMES),
+            "shapes": {"probs": ["batch", 2], "logit": ["batch"]},
             "p_fake": "probs[:, 1], temperature-scaled (calibrated on the training run's val split)",
+            "logit": "the calibrated log-odds of fake, (fake logit - real logit) / temperature: "
+                     "label = fake when logit >= threshold_logit (it never saturates as p_fake does)",
         },
         "preprocess": model.preprocess,  # inside the graph: resize (antialiased) to size, then mean/std
         "class_names": list(CLASS_NAMES),
-        "threshold": model.threshold,
+        "threshold": p_fake(model.threshold_logit),  # as p_fake, for people
+        "threshold_logit": model.threshold_logit,
         "temperature": model.temperature,
         "precision": INFERENCE_PRECISION,
     }  # fmt: skip
@@ -163,7 +198,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     model = load_checkpoint(ckpt_path)
     model.backbone.to(memory_format=torch.contiguous_format)  # plain NCHW for every runtime
     scorer = CheckpointScorer(model, cfg.runtime, Path(cfg.paths.cache_dir) / "runtimes")  # as eval, predict
-    x, reference, source = parity_batch(scorer, ckpt_path, cfg.parity_images)
+    x, reference, source = parity_batch(scorer, ckpt_path, cfg.parity_images, Limits.from_config(cfg.limits))
     net = scorer.net.cpu()
     io, run = card_io(model), run_folder(ckpt_path)
     metadata = json.dumps({**io, "training_run": str(run)})
@@ -174,12 +209,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     for fmt in cfg.formats:
         path = out / FILES[fmt]
         if fmt == "onnx":
-            checks[fmt] = export_onnx(net, x, path, metadata, cfg.opset).probs
+            checks[fmt] = export_onnx(net, x, path, metadata, cfg.opset)
         elif fmt == "torchscript":
             checks[fmt] = export_torchscript(net, x, path, metadata)
         else:
             export_safetensors(net, path, metadata)
-    threshold, atol = model.threshold, cfg.parity_atol
+    threshold, atol = model.threshold_logit, cfg.parity_atol
     parity = {f: check_parity(FILES[f], run, x, reference, threshold, atol) for f, run in checks.items()}
     log.info("Max |p_fake - p_fake of eval/predict| on %d %s: %s", len(x), source, parity)
     shutil.copyfile(CONSUMER, out / CONSUMER.name)

@@ -1,9 +1,7 @@
-"""Scoring image files: one row per file (path, p_fake, label, status, message), in input order."""
+"""Scoring image files: one row per file (``ffd.deploy.rows``), in input order."""
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -13,10 +11,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ffd.data.decoding import Decoder, Item
+from ffd.data.decoding import Decoder
 from ffd.data.faces import FaceCropper
-from ffd.data.facts import label_name
+from ffd.data.settings import Limits
 from ffd.data.video.decode import is_video
+from ffd.deploy.rows import FIELDS, result_row, write_rows
 from ffd.deploy.video_predicting import expand_media, predict_media
 from ffd.engine.scorers import Scorer, load_scorer
 from ffd.engine.scoring import score_files
@@ -25,19 +24,12 @@ from ffd.progress import progress
 
 log = logging.getLogger(__name__)
 
-FIELDS = ["path", "p_fake", "label", "status", "message"]
-
-
-def result_row(path: str, item: Item, p_fake: float | None, threshold: float) -> dict[str, Any]:
-    """The row ffd reports for an input (``FIELDS``): its score and label, or why it has none."""
-    label = label_name(p_fake, threshold) if p_fake is not None else ""
-    return {"path": path, "p_fake": p_fake, "label": label, "status": item.status, "message": item.message}
-
 
 def predict(
     scorer: Scorer,
     files: Sequence[Path],
     batch_size: int,
+    limits: Limits,
     cropper: FaceCropper | None = None,
     crops_dir: Path | None = None,
 ) -> Iterator[dict[str, Any]]:
@@ -47,18 +39,21 @@ def predict(
         scorer: A checkpoint or ONNX model (``ffd.engine.scorers.load_scorer``).
         files: Image files.
         batch_size: Images per forward pass.
+        limits: What a file may be (beyond: an ``unreadable`` row).
         cropper: Crop each photo to its largest face first (status ``no_face`` if none).
         crops_dir: Save each face crop there, as ``<index>_<name>.png``.
     """
     index = 0
-    decode = Decoder(int(scorer.preprocess["size"]), cropper)
-    for batch in score_files(files, scorer.p_fake, batch_size, decode):
-        probs = dict(zip(map(id, batch.ok), batch.output or [], strict=True))
+    decode = Decoder(int(scorer.preprocess["size"]), limits, cropper)
+    for batch in score_files(files, scorer.logit, batch_size, decode):
+        logits = dict(zip(map(id, batch.ok), batch.output.tolist() if batch.output is not None else [],
+                          strict=True))  # fmt: skip
         for item in batch.items:
-            p = probs.get(id(item))
             if item.crop is not None and crops_dir is not None:
                 item.crop.save(crops_dir / f"{index:05d}_{item.path.stem}.png")
-            yield result_row(str(item.path), item, p, scorer.threshold)
+            yield result_row(
+                str(item.path), item.status, item.message, logits.get(id(item)), scorer.threshold_logit
+            )
             index += 1
 
 
@@ -91,20 +86,13 @@ def predict_files(cfg: DictConfig) -> Counter:
         raise ConfigError(f"output={output} must end in .csv or .jsonl.")
     crops_dir = _crops_dir(cfg.crops_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
-    if any(
-        map(is_video, files)
-    ):  # per-frame rows, a video row and a timeline each (ffd.deploy.video_predicting)
-        images = partial(predict, scorer, batch_size=cfg.batch_size, cropper=cropper, crops_dir=crops_dir)
-        return predict_media(cfg, scorer, files, images)
-    counts: Counter = Counter()
-    with output.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS) if output.suffix == ".csv" else None
-        if writer:
-            writer.writeheader()
-        rows = predict(scorer, files, cfg.batch_size, cropper, crops_dir)
-        for row in progress(rows, "Scoring", total=len(files), unit="img"):
-            writer.writerow(row) if writer else fh.write(json.dumps(row) + "\n")
-            counts[row["label"] or row["status"]] += 1
+    limits = Limits.from_config(cfg.limits)
+    if any(map(is_video, files)):  # per-frame rows, a video row and a timeline each (video_predicting)
+        images = partial(predict, scorer, batch_size=cfg.batch_size, limits=limits, cropper=cropper,
+                         crops_dir=crops_dir)  # fmt: skip
+        return predict_media(cfg, scorer, files, images, limits)
+    rows = predict(scorer, files, cfg.batch_size, limits, cropper, crops_dir)
+    counts = write_rows(output, FIELDS, progress(rows, "Scoring", total=len(files), unit="img"))
     log.info(
         "%d files: %d real, %d fake, %d unreadable, %d without a face (threshold %.3g) -> %s",
         len(files), counts["real"], counts["fake"], counts["unreadable"], counts["no_face"],

@@ -10,9 +10,7 @@ face at all gets a ``no_face`` video row. Images in the same input are scored as
 
 from __future__ import annotations
 
-import csv
 import glob
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,20 +23,17 @@ from omegaconf import DictConfig
 from ffd import rules
 from ffd.data.decoding import Decoder
 from ffd.data.faces import FaceDetector
-from ffd.data.facts import label_name
 from ffd.data.io import expand_input, image_files, is_file_entry
+from ffd.data.settings import Limits
 from ffd.data.video.crops import CropSettings, extract, model_crop_settings, resolve_detector
 from ffd.data.video.decode import VideoDecodeError, is_video, video_files
+from ffd.deploy.rows import VIDEO_FIELDS, result_row, write_rows
 from ffd.engine.scorers import Scorer
 from ffd.engine.scoring import score_files
 from ffd.errors import FfdError
 from ffd.metrics.video import AGGREGATES, timeline_figure
 
 log = logging.getLogger(__name__)
-
-# Image rows have the first five; video rows add the frame (empty on the video's own row), the face
-# crops scored and the sampled frames without a face (on the video's row).
-FIELDS = ["path", "p_fake", "label", "status", "message", "frame", "frames", "no_face"]
 
 
 def expand_media(spec: str) -> list[Path]:
@@ -63,40 +58,40 @@ def score_video(
     cache_dir: Path,
     batch_size: int,
     aggregate: str,
+    limits: Limits,
     detector: FaceDetector | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The video's row and its frame rows (sampled frames in order; those without a face ``no_face``)."""
     try:
-        crops = extract(path, settings, cache_dir, detector)
+        crops = extract(path, settings, cache_dir, limits, detector)
     except VideoDecodeError as err:
-        return _row(path, None, 0.5, "unreadable", str(err)), []
+        return _row(path, None, 0.0, "unreadable", str(err)), []
     frames = sorted(crops.crops)
-    probs: list[float] = []
-    decode = Decoder(int(scorer.preprocess["size"]))
-    for batch in score_files([crops.crops[i] for i in frames], scorer.p_fake, batch_size, decode):
-        probs += batch.all_ok(f"A face crop of {path} in the cache became unreadable")
-    by_frame = dict(zip(frames, probs, strict=True))
+    logits: list[float] = []
+    decode = Decoder(int(scorer.preprocess["size"]), limits)
+    for batch in score_files([crops.crops[i] for i in frames], scorer.logit, batch_size, decode):
+        logits += batch.all_ok(f"A face crop of {path} in the cache became unreadable").tolist()
+    by_frame = dict(zip(frames, logits, strict=True))
     no_face = "no face found (or not the tracked one)"
     rows = [
-        _row(path, by_frame.get(i), scorer.threshold, "ok" if i in by_frame else "no_face",
+        _row(path, by_frame.get(i), scorer.threshold_logit, "ok" if i in by_frame else "no_face",
              "" if i in by_frame else no_face, frame=i)
         for i in crops.sampled
     ]  # fmt: skip
-    if not probs:
-        video = _row(path, None, 0.5, "no_face", f"no face in any of the {len(crops.sampled)} sampled frames")
+    if not logits:
+        video = _row(path, None, 0.0, "no_face", f"no face in any of the {len(crops.sampled)} sampled frames")
     else:
-        score = float(AGGREGATES[aggregate](torch.tensor(probs, dtype=torch.float64)))
-        message = f"{aggregate} of {len(probs)} frames"
-        video = _row(path, score, scorer.threshold, "ok", message)
-    video |= {"frames": len(probs), "no_face": len(crops.sampled) - len(frames)}
+        score = float(AGGREGATES[aggregate](torch.tensor(logits)))
+        message = f"{aggregate} of {len(logits)} frames"
+        video = _row(path, score, scorer.threshold_logit, "ok", message)
+    video |= {"frames": len(logits), "no_face": len(crops.sampled) - len(frames)}
     return video, rows
 
 
-def _row(path: Path, p_fake: float | None, threshold: float, status: str, message: str,
+def _row(path: Path, logit: float | None, threshold_logit: float, status: str, message: str,
          frame: int | str = "") -> dict[str, Any]:  # fmt: skip
-    label = label_name(p_fake, threshold) if p_fake is not None else ""
-    return {"path": str(path), "p_fake": p_fake, "label": label, "status": status, "message": message,
-            "frame": frame, "frames": "", "no_face": ""}  # fmt: skip
+    return result_row(str(path), status, message, logit, threshold_logit) | {
+        "frame": frame, "frames": "", "no_face": ""}  # fmt: skip
 
 
 def write_timeline(
@@ -115,6 +110,7 @@ def predict_media(
     scorer: Scorer,
     files: Sequence[Path],
     score_images: Callable[[list[Path]], Iterable[dict]],
+    limits: Limits,
 ) -> Counter:
     """``ffd.predict`` on an input with videos: ``cfg.output`` gets every image's row (``score_images``)
     and every video's frame rows and video row, in input order; a timeline PNG per video goes into
@@ -134,15 +130,8 @@ def predict_media(
     timelines = output.with_name(output.stem + "_timelines")
     timelines.mkdir(parents=True, exist_ok=True)
     images = iter(score_images([f for f in files if not is_video(f)]))
-    counts: Counter = Counter()
-    with output.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS, restval="") if output.suffix == ".csv" else None
-        if writer:
-            writer.writeheader()
-        for row in _rows(files, images, scorer, (settings, detector), cache_dir, cfg, timelines):
-            writer.writerow(row) if writer else fh.write(json.dumps(row) + "\n")
-            if row.get("frame", "") == "":  # an image's or a video's own row
-                counts[row["label"] or row["status"]] += 1
+    rows = _rows(files, images, scorer, (settings, detector), cache_dir, cfg, timelines, limits)
+    counts = write_rows(output, VIDEO_FIELDS, rows)
     log.info(
         "%d inputs (%d videos): %d real, %d fake, %d unreadable, %d without a face (threshold %.3g) -> %s; "
         "timelines in %s",
@@ -156,13 +145,13 @@ def predict_media(
 
 def _rows(files: Sequence[Path], images: Iterator[dict], scorer: Scorer,
           crops: tuple[CropSettings, FaceDetector], cache_dir: Path, cfg: DictConfig,
-          timelines: Path) -> Iterator[dict[str, Any]]:  # fmt: skip
+          timelines: Path, limits: Limits) -> Iterator[dict[str, Any]]:  # fmt: skip
     for n, file in enumerate(files):
         if not is_video(file):
-            yield dict.fromkeys(FIELDS, "") | next(images)  # the video columns empty
+            yield dict.fromkeys(VIDEO_FIELDS, "") | next(images)  # the video columns empty
             continue
         video, frames = score_video(scorer, file, crops[0], cache_dir, cfg.batch_size, cfg.video_aggregate,
-                                    crops[1])  # fmt: skip
+                                    limits, crops[1])  # fmt: skip
         if frames:
             write_timeline(timelines / f"{n:04d}_{file.stem}.png", video, frames, scorer.threshold)
         log.info("%s: p_fake %s (%s), %s frames, %s without a face", file, video["p_fake"], video["label"] or

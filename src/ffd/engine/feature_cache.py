@@ -45,6 +45,7 @@ from ffd.engine.runtimes.chooser import choose_runtime
 from ffd.engine.runtimes.runner import Runner, rate
 from ffd.engine.scoring import prefetched
 from ffd.errors import ConfigError, FfdError
+from ffd.files import publish_folder
 from ffd.models.encoder import Encoder
 from ffd.progress import progress
 
@@ -224,7 +225,7 @@ def _build_atomically(folder: Path, compute: Callable[[Path], None]) -> None:
     try:
         tmp.mkdir()
         compute(tmp)
-        tmp.rename(folder)
+        publish_folder(tmp, folder)  # every file on disk first: a crash never leaves a short cache
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
@@ -304,6 +305,8 @@ class _Build:
                     bar.update(b * views)
                     if largest is None or len(x) > len(largest):
                         largest = x
+        if n_views != total:  # a runner that dropped a batch: never mark such a cache complete
+            raise FfdError(f"The feature cache build computed {n_views} of {total} views; nothing was kept.")
         seconds = time.perf_counter() - start
         # The backbone alone on one of the build's batches, fed back to back (nothing else running, no
         # storing): the best of a few short windows, as the disk's write-back of the cache shares the cores.

@@ -21,10 +21,11 @@ from PIL import Image, ImageDraw
 from ffd import rules
 from ffd.data.decoding import Decoder
 from ffd.data.facts import FAKE, REAL, Box
+from ffd.data.settings import Limits
 from ffd.data.transforms import resize_transform
 from ffd.engine.scoring import score_files
 from ffd.models.module import FakeFaceClassifier
-from ffd.models.shipped import Preprocess
+from ffd.models.shipped import Preprocess, calibrated
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def grad_cam(model: FakeFaceClassifier, x: torch.Tensor, method: str) -> tuple[t
         x: Normalized images (N, 3, H, W).
 
     Returns:
-        Heatmaps (N, H, W), and p_fake (N,), temperature-scaled as the shipped model's.
+        Heatmaps (N, H, W), and the logit of fake (N,), temperature-scaled as the shipped model's.
     """
     rules.check("method", method)
     with torch.no_grad():
@@ -57,27 +58,27 @@ def grad_cam(model: FakeFaceClassifier, x: torch.Tensor, method: str) -> tuple[t
     cam = F.relu((weights * feats).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
-    return (cam / peak).detach(), (logits / model.temperature).softmax(-1)[:, FAKE].detach()
+    return (cam / peak).detach(), calibrated(logits, model.temperature)[1].detach()
 
 
 def explain_files(
-    model: FakeFaceClassifier, files: Sequence[Path], method: str, batch_size: int
+    model: FakeFaceClassifier, files: Sequence[Path], method: str, batch_size: int, limits: Limits
 ) -> Iterator[tuple[Path, torch.Tensor, torch.Tensor, float]]:
-    """(path, image at the input size (3, size, size) uint8, heatmap, p_fake) for each readable file;
+    """(path, image at the input size (3, size, size) uint8, heatmap, logit) for each readable file;
     unreadable ones are logged. The images go through the shipped model's own preprocessing."""
     preprocess, shown = Preprocess(model.preprocess).to(model.device), resize_transform(model.preprocess)
 
     def cams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return grad_cam(model, preprocess(x.to(model.device)), method)
 
-    for batch in score_files(files, cams, batch_size, Decoder(int(model.preprocess["size"]))):
+    for batch in score_files(files, cams, batch_size, Decoder(int(model.preprocess["size"]), limits)):
         for item in batch.items:
             if item.image is None:
                 log.warning("Skipped %s: %s", item.path, item.message)
         if batch.output is not None:
-            maps, probs = batch.output
-            for item, cam, p in zip(batch.ok, maps.cpu(), probs.tolist(), strict=True):
-                yield item.path, shown(item.image.permute(2, 0, 1)), cam, p  # type: ignore[union-attr]
+            maps, logits = batch.output
+            for item, cam, logit in zip(batch.ok, maps.cpu(), logits.tolist(), strict=True):
+                yield item.path, shown(item.image.permute(2, 0, 1)), cam, logit  # type: ignore[union-attr]
 
 
 def overlay(

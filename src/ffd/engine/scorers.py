@@ -2,9 +2,10 @@
 
 Both take decoded uint8 RGB images (N, H, W, 3) and run the same graph
 (``ffd.models.shipped.Probabilities``: resize, normalize, model, temperature, in
-fp32), and carry the decision threshold chosen on validation, so every consumer
-(predict, eval, explain, bench) gets the same p_fake for the same file. The ONNX
-scorer needs onnxruntime only, not Lightning.
+fp32) to each image's logit of fake (calibrated log-odds; p_fake is its sigmoid), and
+carry the decision threshold on it chosen on validation, so every consumer (predict,
+eval, explain, bench) gets the same logit, p_fake and label for the same file. The
+ONNX scorer needs onnxruntime only, not Lightning.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ffd.data.facts import FAKE
+from ffd.data.facts import p_fake
 from ffd.engine.runtimes.chooser import candidates, choose_runtime
 from ffd.engine.runtimes.runner import Runner
 from ffd.errors import FfdError
@@ -25,12 +26,13 @@ ONNX_METADATA_KEY = "ffd"  # metadata_props entry: the card's input facts (see e
 
 class Scorer(Protocol):
     preprocess: dict[str, Any]
-    threshold: float
+    threshold_logit: float  # logit >= threshold_logit: fake
+    threshold: float  # the same threshold as p_fake, for people
     temperature: float
     training_run: Path | None  # the training run folder the model came from (its manifest.csv)
 
-    def p_fake(self, images: torch.Tensor) -> list[float]:
-        """Decoded uint8 RGB images (N, H, W, 3) -> the probability that each is fake."""
+    def logit(self, images: torch.Tensor) -> torch.Tensor:
+        """Decoded uint8 RGB images (N, H, W, 3) -> each one's calibrated logit of fake (N,), fp32."""
         ...
 
 
@@ -54,11 +56,9 @@ class CheckpointScorer:
         if self.device.type == "cuda":  # fp32 means fp32: TF32 matmuls would not match the CPU exports
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         self.net = Probabilities(model.float()).to(self.device).eval()
-        self.preprocess, self.threshold, self.temperature = (
-            model.preprocess,
-            model.threshold,
-            model.temperature,
-        )
+        self.preprocess, self.temperature = model.preprocess, model.temperature
+        self.threshold_logit = model.threshold_logit
+        self.threshold = p_fake(self.threshold_logit)
         self.training_run: Path | None = None
         self.runtime, self.runtime_dir = runtime, runtime_dir
         self.precision = str(model.inference_precision)  # what the model was calibrated in (fp32)
@@ -66,7 +66,7 @@ class CheckpointScorer:
         self.runner: Runner | None = None  # chosen on the first batch
         self.runtime_report: dict[str, Any] | None = None
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
+    def raw_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Decoded uint8 RGB (N, H, W, 3) -> uncalibrated fp32 logits (N, 2), on the CPU."""
         with torch.no_grad():
             images = images.to(self.device, non_blocking=True)
@@ -77,15 +77,16 @@ class CheckpointScorer:
                 self.runner = self._choose(x)
             return self.net.head(self.runner(x).to(self.device)).float().cpu()
 
-    def p_fake(self, images: torch.Tensor) -> list[float]:
-        return (self.logits(images) / self.net.temperature.cpu()).softmax(-1)[:, FAKE].tolist()
+    def logit(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net.calibrated(self.raw_logits(images).to(self.device))[1].cpu()
 
     def warm_up(self, batch: int) -> str:
         """Choose the backbone's runtime now (else the first batch does), on ``batch`` random images
         of the input size; where the backbone runs (``onnxruntime 32-true``)."""
         size = int(self.preprocess["size"])
         noise = torch.Generator().manual_seed(0)
-        self.logits(torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=noise))
+        self.raw_logits(torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=noise))
         return self.runtime_report["chosen"] if self.runtime_report else f"torch {self.precision}"
 
     def _choose(self, probe: torch.Tensor) -> Runner:
@@ -119,20 +120,21 @@ class OnnxScorer:
                 f"{path} is not an ffd export (no '{ONNX_METADATA_KEY}' metadata): use ffd.export."
             )
         card = json.loads(meta[ONNX_METADATA_KEY])
-        if "temperature" not in card:
-            raise FfdError(f"{path} was exported by an older ffd (normalized float input): export it again.")
-        self.preprocess, self.threshold = card["preprocess"], float(card["threshold"])
+        if "threshold_logit" not in card:
+            raise FfdError(f"{path} was exported by an older ffd (no logit output): export it again.")
+        self.preprocess, self.threshold_logit = card["preprocess"], float(card["threshold_logit"])
+        self.threshold = p_fake(self.threshold_logit)
         self.temperature = float(card["temperature"])
         self.training_run = Path(card["training_run"]) if card.get("training_run") else None
         self.input_name = self.session.get_inputs()[0].name
 
-    def probs(self, images: torch.Tensor) -> torch.Tensor:
-        """Decoded uint8 RGB images (N, H, W, 3) -> class probabilities (N, 2)."""
-        (probs,) = self.session.run(None, {self.input_name: images.numpy()})
-        return torch.from_numpy(probs)
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoded uint8 RGB images (N, H, W, 3) -> the graph's (probabilities (N, 2), logit of fake (N,))."""
+        probs, logit = self.session.run(None, {self.input_name: images.numpy()})
+        return torch.from_numpy(probs), torch.from_numpy(logit)
 
-    def p_fake(self, images: torch.Tensor) -> list[float]:
-        return self.probs(images)[:, FAKE].tolist()
+    def logit(self, images: torch.Tensor) -> torch.Tensor:
+        return self(images)[1]
 
 
 def load_scorer(path: str | Path, runtime: str, runtime_dir: Path | None) -> Scorer:

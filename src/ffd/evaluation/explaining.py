@@ -11,11 +11,13 @@ import torch
 from omegaconf import DictConfig
 
 from ffd import rules
-from ffd.data.facts import label_name, parse_fake_name, part_boxes, replaced_parts
+from ffd.data.facts import label_name, p_fake, parse_fake_name, part_boxes, replaced_parts
 from ffd.data.io import expand_input
+from ffd.data.settings import Limits
 from ffd.engine.gradcam import explain_files, overlay
 from ffd.errors import FfdError
 from ffd.evaluation.localization import localization, localization_report
+from ffd.files import atomic_text
 from ffd.models.checkpoint import load_checkpoint
 from ffd.models.shipped import inference_settings
 
@@ -36,18 +38,21 @@ def explain(cfg: DictConfig) -> dict[str, dict[str, float]]:
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     parts, cams = [], []
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    with (out / "explain.csv").open("w", newline="") as fh, autocast:
+    with atomic_text(out / "explain.csv") as fh, autocast:
         writer = csv.writer(fh)
-        writer.writerow(["path", "p_fake", "label", "parts", "mass_inside", "area_share", "overlay"])
-        for i, (path, img, cam, p) in enumerate(explain_files(model, files, cfg.method, cfg.batch_size)):
+        writer.writerow(["path", "p_fake", "logit", "label", "parts", "mass_inside", "area_share", "overlay"])
+        for i, (path, img, cam, logit) in enumerate(
+            explain_files(model, files, cfg.method, cfg.batch_size, Limits.from_config(cfg.limits))
+        ):
             bits = parse_fake_name(path)[1]  # CIPLAB fake names carry the replaced parts
             names = replaced_parts(bits)
             boxes = part_boxes(names, cam.shape[-1])
             inside, share = localization(cam, boxes) if boxes else (None, None)
             png = out / "overlays" / f"{i:05d}_{path.stem}.png"
             overlay(img, cam, boxes).save(png)
-            label = label_name(p, model.threshold)
-            writer.writerow([path, repr(p), label, "+".join(names), inside, share, png.name])
+            label = label_name(logit, model.threshold_logit)
+            row = [path, repr(p_fake(logit)), repr(logit), label, "+".join(names), inside, share, png.name]
+            writer.writerow(row)
             parts.append(bits)
             cams.append(cam)
     if not cams:

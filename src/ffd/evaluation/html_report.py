@@ -21,6 +21,7 @@ from torchvision.utils import make_grid
 
 from ffd.data.facts import CLASS_NAMES, part_boxes, replaced_parts
 from ffd.data.records import Record
+from ffd.data.settings import Limits
 from ffd.engine.gradcam import explain_files, overlay
 from ffd.engine.scorers import CheckpointScorer, Scorer
 from ffd.metrics.scores import OPERATING_FPRS
@@ -87,21 +88,23 @@ def headline_rows(report: Mapping[str, Any]) -> tuple[list[list[Any]], list[str]
 
 
 def confident_errors(
-    scorer: Scorer, records: Sequence[Record], probs: torch.Tensor, threshold: float, method: str, k: int = 8
+    scorer: Scorer, records: Sequence[Record], logits: torch.Tensor, method: str, limits: Limits, k: int = 8
 ) -> Image.Image | None:
-    """A Grad-CAM grid of the k most confidently wrong images (checkpoints only: ONNX has no gradients)."""
+    """A Grad-CAM grid of the k most confidently wrong images at the model's threshold (checkpoints only:
+    ONNX has no gradients)."""
     if not isinstance(scorer, CheckpointScorer):
         return None
+    threshold = scorer.threshold_logit
     labels = torch.tensor([r.label for r in records])
-    wrong = ((probs >= threshold).long() != labels).nonzero().flatten()
+    wrong = ((logits >= threshold).long() != labels).nonzero().flatten()
     if not len(wrong):
         return None
-    confidence = (probs[wrong] - threshold).abs()
+    confidence = (logits[wrong] - threshold).abs()
     picked = [records[int(i)] for i in wrong[confidence.argsort(descending=True)[:k]]]
     tiles = []
     model = scorer.model.to(scorer.device)
     for (_, img, cam, _), r in zip(
-        explain_files(model, [Path(r.path) for r in picked], method, k), picked, strict=True
+        explain_files(model, [Path(r.path) for r in picked], method, k, limits), picked, strict=True
     ):
         boxes = part_boxes(replaced_parts(r.parts), cam.shape[-1])
         tiles.append(pil_to_tensor(overlay(img, cam, boxes)))
@@ -167,5 +170,6 @@ def write_html_report(
     out: Path, report: Mapping[str, Any], robustness: Mapping[str, Any] | None, errors: Image.Image | None
 ) -> Path:
     path = out / "report.html"
-    path.write_text(render(out, report, robustness, errors))
+    # UTF-8: a file name that is not UTF-8 is shown by its bytes' escapes (\\xff)
+    path.write_text(render(out, report, robustness, errors), encoding="utf-8", errors="backslashreplace")
     return path

@@ -21,6 +21,7 @@ from ffd.data.decoding import Item, pixels
 from ffd.data.io import decode_rgb, read_file
 from ffd.data.perturbations import op, severity_name
 from ffd.data.records import Record
+from ffd.data.settings import Limits
 from ffd.engine.scorers import Scorer
 from ffd.engine.scoring import score_files
 from ffd.metrics.calibration import ece
@@ -36,26 +37,30 @@ CI_SCORES = ("auroc", "ap", "eer", "tpr_at_fpr_1")
 
 
 def condition_scores(
-    probs: torch.Tensor, labels: torch.Tensor, threshold: float, clean: torch.Tensor, n_boot: int, seed: int
+    logits: torch.Tensor, labels: torch.Tensor, threshold: float, clean: torch.Tensor, n_boot: int, seed: int
 ) -> dict[str, Any]:
-    """One condition's figures (see the module doc), CIs over the same bootstrap resamples."""
-
-    acc = float(((probs >= threshold).long() == labels).float().mean())
-    row: dict[str, Any] = {**ranking(probs, labels), "acc": acc, "ece": ece(probs, labels)}
+    """One condition's figures (see the module doc) from the logits of fake, at a threshold on them; CIs
+    over the same bootstrap resamples."""
+    probs = torch.sigmoid(logits.double()).float()
+    acc = float(((logits >= threshold).long() == labels).float().mean())
+    row: dict[str, Any] = {**ranking(logits, labels), "acc": acc, "ece": ece(probs, labels)}
     if n_boot:
-        cis = bootstrap_intervals(probs, labels, [*CI_SCORES, "ece"], n_boot, seed, {"acc": threshold})
+        names = [*CI_SCORES, "ece"]
+        cis = bootstrap_intervals(logits, labels, names, n_boot, seed, {"acc": threshold}, probs=probs)
         row |= {f"{k}_ci95": v for k, v in cis.items()}
-    row["flip_rate"] = float(((probs >= threshold) != (clean >= threshold)).float().mean())
+    row["flip_rate"] = float(((logits >= threshold) != (clean >= threshold)).float().mean())
     return row
 
 
 def _score(
     scorer: Scorer, images: Sequence[torch.Tensor], paths: Sequence[str], batch_size: int
-) -> list[float]:
+) -> torch.Tensor:
     items = [
         Item(Path(p), "ok", image=x.permute(1, 2, 0).contiguous()) for p, x in zip(paths, images, strict=True)
     ]
-    return [p for batch in score_files(items, scorer.p_fake, batch_size) for p in batch.output or []]
+    return torch.cat(
+        [batch.all_ok("A perturbed image") for batch in score_files(items, scorer.logit, batch_size)]
+    )
 
 
 def sweep(
@@ -64,20 +69,21 @@ def sweep(
     clean: torch.Tensor,
     settings: Mapping[str, Any],
     batch_size: int,
+    limits: Limits,
 ) -> dict[str, Any]:
     """Score ``records`` under every family and severity of ``settings`` (a ``conf/robustness/``
-    config as a plain dict); ``clean``: their p_fake as eval scored them."""
+    config as a plain dict); ``clean``: their logits as eval scored them."""
     start = time.perf_counter()
     families = settings["families"]
     data = [read_file(r.path) for r in records]  # the eval decoded them already: they are readable
-    full = [pixels(decode_rgb(d, None)).permute(2, 0, 1) for d in data]  # (3, H, W), full size
+    full = [pixels(decode_rgb(d, None, limits)).permute(2, 0, 1) for d in data]  # (3, H, W), full size
     labels = torch.tensor([r.label for r in records])
     paths = [r.path for r in records]
     n_boot, seed = int(settings["bootstrap"]), int(settings["seed"])
     total = sum(len(f["severities"]) for f in families.values()) * len(records)
     bar = progress(None, "Robustness sweep", total=total, unit="img")
     out: dict[str, Any] = {"n": len(records), "threshold": scorer.threshold, "families": {}}
-    out["clean"] = condition_scores(clean, labels, scorer.threshold, clean, n_boot, seed)
+    out["clean"] = condition_scores(clean, labels, scorer.threshold_logit, clean, n_boot, seed)
     for f_i, (name, family) in enumerate(families.items()):
         fn = op(family["op"])
         rows = []
@@ -85,9 +91,9 @@ def sweep(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed * 1_000_003 + f_i * 1_000 + s_i)  # noise draws: seeded per condition
                 images = [fn(x, value, d) for x, d in zip(full, data, strict=True)]
-            probs = torch.tensor(_score(scorer, images, paths, batch_size))
+            logits = _score(scorer, images, paths, batch_size)
             bar.update(len(records))
-            row = condition_scores(probs, labels, scorer.threshold, clean, n_boot, seed)
+            row = condition_scores(logits, labels, scorer.threshold_logit, clean, n_boot, seed)
             rows.append({"severity": severity_name(value), **row})
         out["families"][name] = rows
     bar.close()

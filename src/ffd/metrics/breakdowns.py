@@ -17,10 +17,12 @@ from ffd.data.records import Record
 from ffd.metrics.scores import ranking
 
 
-def breakdowns(records: Sequence[Record], probs: torch.Tensor, threshold: float) -> dict[str, dict[str, Any]]:
+def breakdowns(
+    records: Sequence[Record], logits: torch.Tensor, threshold: float
+) -> dict[str, dict[str, Any]]:
     """``{"difficulty": {...}, "part": {...}, "num_parts": {...}}``, each group with n, AUROC, recall.
 
-    ``recall`` is the share of that group's fakes called fake at ``threshold``.
+    ``recall`` is the share of that group's fakes called fake at ``threshold`` (on the logits' scale).
     """
     labels = torch.tensor([r.label for r in records])
     real = labels == REAL
@@ -48,7 +50,7 @@ def breakdowns(records: Sequence[Record], probs: torch.Tensor, threshold: float)
             mask[idx] = True
             out[kind][name] = {
                 "n_fake": len(idx),
-                "auroc": ranking(probs[mask], labels[mask])["auroc"],
-                "recall": float((probs[idx] >= threshold).float().mean()),
+                "auroc": ranking(logits[mask], labels[mask])["auroc"],
+                "recall": float((logits[idx] >= threshold).float().mean()),
             }
     return out

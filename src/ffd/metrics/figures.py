@@ -14,9 +14,9 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
 
-from ffd.data.facts import CLASS_NAMES  # noqa: E402
+from ffd.data.facts import CLASS_NAMES, p_fake  # noqa: E402
+from ffd.metrics.roc import roc_counts  # noqa: E402
 
 
 def curves_figure(history: Mapping[str, Sequence[float]], metrics: Sequence[str]) -> Figure:
@@ -39,20 +39,28 @@ def save(fig: Figure, path: Any) -> None:
     plt.close(fig)
 
 
-def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> Figure:
-    fpr, tpr, thresholds = binary_roc(probs, labels.long())
+def _curve(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(FPR, TPR, threshold) at each distinct logit, from the highest (``ffd.metrics.roc``)."""
+    tp, fp, thresholds = roc_counts(logits, labels, torch.ones(1, len(labels), dtype=torch.float64))
+    return fp[0] / fp[0, -1], tp[0] / tp[0, -1], thresholds
+
+
+def roc_figure(logits: torch.Tensor, labels: torch.Tensor, threshold_logit: float) -> Figure:
+    fpr, tpr, thresholds = _curve(logits, labels)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, label="ROC")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-    i = int(torch.argmin((thresholds - threshold).abs()))
-    ax.scatter([fpr[i]], [tpr[i]], c="red", zorder=3, label=f"threshold {threshold:.3f}")
+    i = int((thresholds >= threshold_logit).sum()) - 1  # the point the threshold reaches
+    label = f"threshold {p_fake(threshold_logit):.3f}"
+    ax.scatter([fpr[i]], [tpr[i]], c="red", zorder=3, label=label)
     ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate", title="ROC")
     ax.legend(loc="lower right")
     return fig
 
 
-def pr_figure(probs: torch.Tensor, labels: torch.Tensor) -> Figure:
-    precision, recall, _ = binary_precision_recall_curve(probs, labels.long())
+def pr_figure(logits: torch.Tensor, labels: torch.Tensor) -> Figure:
+    tp, fp, _ = roc_counts(logits, labels, torch.ones(1, len(labels), dtype=torch.float64))
+    recall, precision = tp[0, 1:] / tp[0, -1], tp[0, 1:] / (tp[0, 1:] + fp[0, 1:])
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(recall, precision)
     ax.axhline(float(labels.float().mean()), ls="--", c="grey", lw=0.8, label="chance")
@@ -134,17 +142,18 @@ def matrix_figure(values: Sequence[Sequence[float]], rows: Sequence[str], column
     return fig
 
 
-def all_figures(probs: torch.Tensor, labels: torch.Tensor, report: dict[str, Any]) -> dict[str, Figure]:
-    """Every figure, by file stem (curves only when both classes are present)."""
+def all_figures(logits: torch.Tensor, labels: torch.Tensor, report: dict[str, Any]) -> dict[str, Figure]:
+    """Every figure of the logits of fake, by file stem (curves only when both classes are present)."""
     chosen = report["at_chosen_threshold"]
+    probs = torch.sigmoid(logits.double()).float()
     figures = {
         "confusion": confusion_figure(chosen["confusion"]),
         "scores": histogram_figure(probs, labels, chosen["threshold"]),
     }
     if report["n_real"] and report["n_fake"]:
         figures |= {
-            "roc": roc_figure(probs, labels, chosen["threshold"]),
-            "pr": pr_figure(probs, labels),
+            "roc": roc_figure(logits, labels, chosen["threshold_logit"]),
+            "pr": pr_figure(logits, labels),
             "reliability": reliability_figure(probs, labels),
         }
     return figures

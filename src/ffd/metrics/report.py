@@ -6,53 +6,53 @@ from typing import Any
 
 import torch
 
+from ffd.data.facts import p_fake
 from ffd.metrics.calibration import brier, ece
 from ffd.metrics.resampling import RANKED, bootstrap_intervals
 from ffd.metrics.scores import OPERATING_FPRS, at_threshold, ranking
 from ffd.metrics.tables import markdown_table
 
 
-def uncalibrated(probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """p_fake before temperature scaling: the logit odds times the temperature."""
-    p = probs.double().clamp(1e-300, 1 - 1e-16)
-    return torch.sigmoid(torch.logit(p) * temperature).to(probs.dtype)
-
-
 def build_report(
-    probs: torch.Tensor,
+    logits: torch.Tensor,
     labels: torch.Tensor,
-    threshold: float,
+    threshold_logit: float,
     n_bootstrap: int,
     seed: int,
     temperature: float,
     groups: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Scores at the default 0.5 and at the checkpoint's validation-chosen threshold, and calibration
-    (ECE before and after the model's temperature scaling, Brier score), with 95 % CIs.
+    """Scores of the logits of fake: ranking, at p_fake 0.5 and at the checkpoint's validation-chosen
+    threshold (``threshold`` as p_fake, ``threshold_logit`` as a logit), and calibration (ECE before
+    and after the model's temperature scaling, Brier score), with 95 % CIs.
 
     ``groups`` (an index per image: its video) makes every interval resample whole groups:
     the frames of a video are not independent samples."""
 
-    thresholds = {"at_0.5": 0.5, "at_chosen_threshold": threshold}
+    thresholds = {"at_0.5": 0.0, "at_chosen_threshold": threshold_logit}
     two_classes = bool(labels.min() != labels.max())
-    cis = bootstrap_intervals(probs, labels, [*RANKED, "ece"], n_bootstrap, seed, thresholds, groups)
+    probs = torch.sigmoid(logits.double()).float()  # p_fake, for calibration (torchmetrics' fp32 ECE)
+    cis = bootstrap_intervals(logits, labels, [*RANKED, "ece"], n_bootstrap, seed, thresholds, groups, probs)
     report: dict[str, Any] = {
         "n": len(labels),
         "n_real": int((labels == 0).sum()),
         "n_fake": int((labels == 1).sum()),
-        **ranking(probs, labels),
+        **ranking(logits, labels),
     }
     if two_classes and n_bootstrap:
         report |= {f"{k}_ci95": cis[k] for k in RANKED}
     for key, t in thresholds.items():
-        scores: dict[str, Any] = dict(at_threshold(probs, labels, t))
+        scores: dict[str, Any] = at_threshold(logits, labels, t) | {
+            "threshold": p_fake(t),
+            "threshold_logit": t,
+        }
         if n_bootstrap:
             scores["acc_ci95"] = cis[key]
         report[key] = scores
     calibration: dict[str, Any] = {
         "temperature": temperature,
         "ece": ece(probs, labels),
-        "ece_uncalibrated": ece(uncalibrated(probs, temperature), labels),
+        "ece_uncalibrated": ece(torch.sigmoid(logits.double() * temperature).float(), labels),
         "brier": brier(probs, labels),
     }
     if n_bootstrap:

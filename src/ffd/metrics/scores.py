@@ -1,39 +1,74 @@
-"""Scores of a binary real/fake classifier from (p_fake, label) pairs.
+"""Scores of a binary real/fake classifier from (score, label) pairs.
 
-Every function takes 1-D float ``probs`` (p_fake) and 0/1 ``labels`` (1 = fake,
-the positive class) and returns plain Python numbers, ready for JSON.
+Every function takes 1-D float ``scores`` and 0/1 ``labels`` (1 = fake, the positive class) and
+returns plain Python numbers, ready for JSON. ffd's scores are logits (log-odds of fake): the ranking
+scores (AUROC, AP, EER, TPR at a false-positive rate) depend only on the order, and logits never
+saturate where float probabilities of a confident model tie at exactly 0 or 1. Thresholds are on
+the scores' own scale.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    binary_roc,
-)
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import BinaryAccuracy
+from torchmetrics.utilities import dim_zero_cat
 
+from ffd.metrics.roc import OPERATING_FPRS, RANKED, eer_crossing, ranked_scores, roc_counts
 from ffd.rules import THRESHOLD_METHODS
 
-# Operating points reported beside AUROC: TPR (fakes caught) at these false-positive rates.
-OPERATING_FPRS = {"tpr_at_fpr_1": 0.01, "tpr_at_fpr_5": 0.05, "tpr_at_fpr_10": 0.10}
+__all__ = ["OPERATING_FPRS", "RANKED"]
+
+
+class RankAUROC(Metric):
+    """AUROC of any real-valued scores (torchmetrics' BinaryAUROC squashes scores outside [0, 1] through
+    a sigmoid, which ties large logits again); accumulated over an epoch, across ranks."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+
+    scores: list[torch.Tensor]
+    labels: list[torch.Tensor]
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        self.scores.append(scores.detach().double())
+        self.labels.append(labels.detach())
+
+    def compute(self) -> torch.Tensor:
+        scores, labels = dim_zero_cat(self.scores), dim_zero_cat(self.labels)
+        return torch.tensor(ranking(scores.cpu(), labels.cpu())["auroc"])
+
+
+class LogitAccuracy(BinaryAccuracy):
+    """Accuracy of logits (log-odds of fake) at 0, i.e. p_fake >= 0.5. BinaryAccuracy alone would take
+    a batch whose logits all lie in [0, 1] for probabilities and threshold them at 0.5."""
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        super().update((logits >= 0).long(), labels)
 
 
 def classification_metrics() -> MetricCollection:
-    """Accuracy (at p_fake >= 0.5) and AUROC, fed with (p_fake, label) pairs: cloned per split in training."""
-    return MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC()})
+    """Accuracy (at logit >= 0, i.e. p_fake >= 0.5) and AUROC, fed with (logit, label) pairs: cloned
+    per split in training."""
+    return MetricCollection({"acc": LogitAccuracy(), "auroc": RankAUROC()}, compute_groups=False)
 
 
 def _both_classes(labels: torch.Tensor) -> bool:
     return bool(labels.min() != labels.max())
 
 
-def eer(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+def _roc(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    tp, fp, thresholds = roc_counts(scores, labels, torch.ones(1, len(labels), dtype=torch.float64))
+    return fp[0] / fp[0, -1], tp[0] / tp[0, -1], thresholds
+
+
+def eer(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Equal error rate and the threshold where it is reached.
 
     The EER is the operating point where the false-positive rate (reals called
@@ -42,35 +77,32 @@ def eer(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     linearly along the ROC curve; the threshold is that of the ROC point nearer
     the crossing (a threshold can only reach ROC points).
     """
-    fpr, tpr, thresholds = (t.double() for t in binary_roc(probs, labels.long()))
-    gap = fpr - (1 - tpr)  # FPR - FNR: rises from -1 to 1 along the curve
-    j = int(torch.nonzero(gap >= 0)[0])
-    if j == 0 or gap[j] == 0:
-        return float(fpr[j]), float(thresholds[j].clamp(0, 1))
-    w = float(-gap[j - 1] / (gap[j] - gap[j - 1]))  # where the crossing lies between points j-1 and j
-    rate = (1 - w) * fpr[j - 1] + w * fpr[j]
-    return float(rate), float(thresholds[j if w >= 0.5 else j - 1].clamp(0, 1))
+    fpr, tpr, thresholds = _roc(scores, labels)
+    rate, after, share = eer_crossing(fpr[None], tpr[None])
+    j = int(after[0])
+    return float(rate[0]), float(thresholds[j if share[0] >= 0.5 else j - 1])
 
 
-def choose_threshold(probs: torch.Tensor, labels: torch.Tensor, method: str) -> float:
-    """Decision threshold on p_fake: the EER point, or the point maximising Youden's J = TPR - FPR."""
+def choose_threshold(scores: torch.Tensor, labels: torch.Tensor, method: str) -> float:
+    """Decision threshold on the scores (``score >= threshold`` is fake): the EER point, or the point
+    maximising Youden's J = TPR - FPR. Without both classes: 0 (p_fake 0.5 on logits)."""
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {method!r}.")
     if not _both_classes(labels):
-        return 0.5
+        return 0.0
     if method == "eer":
-        return eer(probs, labels)[1]
-    fpr, tpr, thresholds = binary_roc(probs, labels.long())
-    return float(thresholds[int(torch.argmax(tpr - fpr))].clamp(0, 1))
+        return eer(scores, labels)[1]
+    fpr, tpr, thresholds = _roc(scores, labels)
+    return float(thresholds[max(1, int(torch.argmax(tpr - fpr)))])  # not +inf: at least the top score
 
 
-def at_threshold(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float | list]:
+def at_threshold(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float | list]:
     """Threshold-dependent scores: accuracy, balanced accuracy, precision/recall/F1 for fake, confusion.
 
-    An image is called fake when ``p_fake >= threshold``: the ROC convention, so a
+    An image is called fake when ``score >= threshold``: the ROC convention, so a
     threshold taken from the ROC curve reproduces that curve's operating point.
     """
-    called, fake = probs >= threshold, labels == 1
+    called, fake = scores >= threshold, labels == 1
     tp, fp = int((called & fake).sum()), int((called & ~fake).sum())
     fn, tn = int((~called & fake).sum()), int((~called & ~fake).sum())
     nan = float("nan")
@@ -88,31 +120,23 @@ def at_threshold(probs: torch.Tensor, labels: torch.Tensor, threshold: float) ->
     }
 
 
-def tpr_at_fpr(probs: torch.Tensor, labels: torch.Tensor, fpr: float) -> float:
+def tpr_at_fpr(scores: torch.Tensor, labels: torch.Tensor, fpr: float) -> float:
     """The share of fakes caught at the lowest threshold whose false-positive rate is <= ``fpr``.
 
     No interpolation: a threshold reaches only ROC points, so this is what a deployment at
     that threshold gets on this data (a conservative figure on small sets).
     """
-    roc_fpr, roc_tpr, _ = binary_roc(probs, labels.long())
+    roc_fpr, roc_tpr, _ = _roc(scores, labels)
     return float(roc_tpr[roc_fpr <= fpr + 1e-12].max())
 
 
-def _tpr(probs: torch.Tensor, labels: torch.Tensor, fpr: float) -> float:
-    return tpr_at_fpr(probs, labels, fpr)
-
-
-def ranking(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def ranking(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Threshold-free scores: AUROC, average precision, EER and TPR at 1/5/10 % FPR (NaN when a
     class is missing)."""
     if not _both_classes(labels):
-        return dict.fromkeys(RANKING_SCORES, float("nan"))
-    return {name: score(probs, labels) for name, score in RANKING_SCORES.items()}
+        return dict.fromkeys(RANKED, float("nan"))
+    ranked = ranked_scores(scores, labels, torch.ones(1, len(labels), dtype=torch.float64))
+    return {name: float(ranked[name][0]) for name in RANKED}
 
 
-RANKING_SCORES: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
-    "auroc": lambda p, y: float(binary_auroc(p, y.long())),
-    "ap": lambda p, y: float(binary_average_precision(p, y.long())),
-    "eer": lambda p, y: eer(p, y)[0],
-    **{name: partial(_tpr, fpr=f) for name, f in OPERATING_FPRS.items()},
-}
+Score = Callable[[torch.Tensor, torch.Tensor], float]

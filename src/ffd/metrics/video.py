@@ -4,7 +4,8 @@ The frames of one video are not independent samples: they share a face, a backgr
 and a manipulation. A bootstrap that resamples frames treats 32 near-copies as 32
 samples and gives intervals far too narrow, so every interval here resamples whole
 videos (with all their frames). A video's score aggregates its frames' p_fake: the mean
-by default (DeepfakeBench's video-level AUC), or the median or the max.
+by default (DeepfakeBench's video-level AUC), or the median or the max; it is kept as a logit
+(the log-odds of that p_fake, in float64), so videos rank and are called as frames are.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from ffd.metrics.figures import Figure, plt
 from ffd.metrics.resampling import RANKED, bootstrap_intervals
 from ffd.metrics.scores import at_threshold, ranking
 
+# Frame logits -> the video's logit. The median and the max of p_fake are those of the logits.
 AGGREGATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "mean": lambda p: p.mean(),
-    "median": lambda p: p.median(),  # the lower middle value for an even count
-    "max": lambda p: p.max(),
+    "mean": lambda logit: torch.logit(torch.sigmoid(logit.double()).mean()),
+    "median": lambda logit: logit.double().median(),  # the lower middle value for an even count
+    "max": lambda logit: logit.double().max(),
 }
 assert tuple(AGGREGATES) == rules.AGGREGATES
 
@@ -36,35 +38,36 @@ def video_index(records: Sequence[Record]) -> tuple[list[str], torch.Tensor]:
     return list(order), torch.tensor(index)
 
 
-def aggregate(probs: torch.Tensor, index: torch.Tensor, n_videos: int, how: str) -> torch.Tensor:
-    """Each video's score: ``how`` (a key of AGGREGATES) over its frames' p_fake."""
+def aggregate(logits: torch.Tensor, index: torch.Tensor, n_videos: int, how: str) -> torch.Tensor:
+    """Each video's logit: ``how`` (a key of AGGREGATES) over its frames' p_fake, as a logit."""
     rules.check("video_aggregate", how)
-    return torch.stack([AGGREGATES[how](probs[index == v]) for v in range(n_videos)])
+    return torch.stack([AGGREGATES[how](logits[index == v]) for v in range(n_videos)])
 
 
-def _level(probs: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, threshold: float, n_boot: int,
+def _level(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, threshold: float, n_boot: int,
            seed: int) -> dict[str, Any]:  # fmt: skip
     """Ranking scores and accuracy at the threshold, each with its video-resampled interval."""
+    called = at_threshold(logits, labels, threshold)
     out: dict[str, Any] = {
         "n": len(labels), "n_real": int((labels == REAL).sum()), "n_fake": int((labels == FAKE).sum()),
-        **ranking(probs, labels), "acc": at_threshold(probs, labels, threshold)["acc"],
-        "balanced_acc": at_threshold(probs, labels, threshold)["balanced_acc"],
+        **ranking(logits, labels), "acc": called["acc"], "balanced_acc": called["balanced_acc"],
     }  # fmt: skip
     if n_boot and out["n_real"] and out["n_fake"]:
-        cis = bootstrap_intervals(probs, labels, RANKED, n_boot, seed, {"acc": threshold}, groups)
+        cis = bootstrap_intervals(logits, labels, RANKED, n_boot, seed, {"acc": threshold}, groups)
         out |= {f"{k}_ci95": v for k, v in cis.items()}
     return out
 
 
 def video_report(
-    records: Sequence[Record], probs: torch.Tensor, threshold: float, how: str, n_boot: int, seed: int
+    records: Sequence[Record], logits: torch.Tensor, threshold: float, how: str, n_boot: int, seed: int
 ) -> dict[str, Any]:
     """Frame- and video-level scores of the records that came from videos, and a breakdown by method.
 
     Args:
         records: The scored rows (those with ``video`` set count).
-        probs: Their p_fake, in the same order.
-        threshold: The model's decision threshold (a video is called fake when its score reaches it).
+        logits: Their logits of fake, in the same order.
+        threshold: The model's decision threshold, a logit (a video is called fake when its logit
+            reaches it).
         how: How a video's frames are aggregated (mean, median or max).
         n_boot: Bootstrap resamples (of videos) for the 95 % intervals; 0 = none.
         seed: Their seed.
@@ -75,9 +78,9 @@ def video_report(
     """
     keep = [i for i, r in enumerate(records) if r.video]
     rows = [records[i] for i in keep]
-    p, y = probs[keep], torch.tensor([r.label for r in rows])
+    p, y = logits[keep], torch.tensor([r.label for r in rows])
     videos, index = video_index(rows)
-    video_p = aggregate(p, index, len(videos), how)
+    video_logit = aggregate(p, index, len(videos), how)
     first = {v: r for r, v in zip(rows, index.tolist(), strict=True)}
     video_y = torch.tensor([first[v].label for v in range(len(videos))])
     counts = torch.bincount(index, minlength=len(videos))
@@ -90,7 +93,7 @@ def video_report(
             "max": int(counts.max()),
         },
         "frame": _level(p, y, index, threshold, n_boot, seed),
-        "video": _level(video_p, video_y, torch.arange(len(videos)), threshold, n_boot, seed),
+        "video": _level(video_logit, video_y, torch.arange(len(videos)), threshold, n_boot, seed),
     }
     methods = sorted({first[v].method for v in range(len(videos)) if first[v].label == FAKE})
     report["by_method"] = {}
@@ -100,12 +103,12 @@ def video_report(
         report["by_method"][method or "(none)"] = {
             "n_fake_videos": int((vids & (video_y == FAKE)).sum()),
             "frame_auroc": ranking(p[frames], y[frames])["auroc"],
-            "video_auroc": ranking(video_p[vids], video_y[vids])["auroc"],
-            "video_recall": float((video_p[vids & (video_y == FAKE)] >= threshold).float().mean()),
+            "video_auroc": ranking(video_logit[vids], video_y[vids])["auroc"],
+            "video_recall": float((video_logit[vids & (video_y == FAKE)] >= threshold).float().mean()),
         }
     report["videos"] = [
         {"video": name, "label": first[v].label, "method": first[v].method, "frames": int(counts[v]),
-         "p_fake": float(video_p[v])}
+         "logit": float(video_logit[v]), "p_fake": float(torch.sigmoid(video_logit[v]))}
         for v, name in enumerate(videos)
     ]  # fmt: skip
     return report

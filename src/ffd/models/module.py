@@ -13,7 +13,7 @@ from hydra.utils import get_class
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ffd import rules
-from ffd.data.facts import CLASS_NAMES, FAKE
+from ffd.data.facts import CLASS_NAMES, FAKE, REAL, logit_of, p_fake
 from ffd.metrics.scores import choose_threshold, classification_metrics
 from ffd.models.backbones import build_backbone
 from ffd.models.encoder import Encoder, state_fingerprint
@@ -74,8 +74,8 @@ class FakeFaceClassifier(L.LightningModule):
         dropout: Dropout before the head's linear layer.
         weights_file: timm only: load pretrained weights from this local file.
         channels_last: Run the backbone in NHWC memory layout (faster on CPU and tensor cores).
-        threshold_method: How the decision threshold on p_fake is chosen on each
-            validation epoch: ``eer`` (equal error rate) or ``youden`` (max TPR - FPR).
+        threshold_method: How the decision threshold on the logit (log-odds of fake) is chosen on
+            each validation epoch: ``eer`` (equal error rate) or ``youden`` (max TPR - FPR).
             It is saved in every checkpoint and used by eval and predict.
     """
 
@@ -121,7 +121,8 @@ class FakeFaceClassifier(L.LightningModule):
         base = classification_metrics()
         self.train_metrics = base.clone(prefix="train/")
         self.val_metrics = base.clone(prefix="val/")
-        self.threshold = 0.5  # replaced by the validation-chosen one after each validation epoch
+        # A logit: replaced by the validation-chosen one after each validation epoch (p_fake 0.5 until then)
+        self.threshold_logit = 0.0
         # Set after training, on the best checkpoint (ffd.training.calibrating): the temperature fitted on
         # val, and the val (and test) metrics of the model as it ships.
         self.temperature = 1.0
@@ -186,10 +187,11 @@ class FakeFaceClassifier(L.LightningModule):
             logits = self(x).float()
         loss = F.cross_entropy(logits, y)
         metrics = getattr(self, f"{split}_metrics")
-        p_fake = logits.softmax(-1)[:, FAKE]
-        metrics.update(p_fake, y)
+        # The logit of fake: AUROC and the threshold on it never tie where softmax saturates to 1.0
+        logit = (logits[:, FAKE] - logits[:, REAL]).detach()
+        metrics.update(logit, y)
         if split == "val":
-            self._val_scores.append((p_fake.detach().cpu(), y.detach().cpu()))
+            self._val_scores.append((logit.cpu(), y.detach().cpu()))
         self.log(
             f"{split}/loss",
             loss,
@@ -218,11 +220,11 @@ class FakeFaceClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self._val_scores and not self.trainer.sanity_checking:
-            probs, labels = (torch.cat(t) for t in zip(*self._val_scores, strict=True))
+            scores, labels = (torch.cat(t) for t in zip(*self._val_scores, strict=True))
             if self.trainer.world_size > 1:  # every rank picks the same threshold from all of val
-                probs, labels = (_gathered(self.all_gather(t.to(self.device))) for t in (probs, labels))
-            self.threshold = choose_threshold(probs, labels, self.hparams["threshold_method"])
-            self.log("val/threshold", self.threshold)
+                scores, labels = (_gathered(self.all_gather(t.to(self.device))) for t in (scores, labels))
+            self.threshold_logit = choose_threshold(scores, labels, self.hparams["threshold_method"])
+            self.log("val/threshold_logit", self.threshold_logit)
         self._val_scores.clear()
 
     def configure_optimizers(self) -> Any:
@@ -249,7 +251,8 @@ class FakeFaceClassifier(L.LightningModule):
         checkpoint["ffd"] = {
             "preprocess": self.preprocess,
             "class_names": list(CLASS_NAMES),
-            "threshold": self.threshold,
+            "threshold": p_fake(self.threshold_logit),  # for readers: decisions use the logit
+            "threshold_logit": self.threshold_logit,
             "temperature": self.temperature,
             "metrics": self.final_metrics,
             "precision": self.inference_precision,
@@ -257,7 +260,7 @@ class FakeFaceClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("ffd", {})
-        self.threshold = saved.get("threshold", 0.5)
+        self.threshold_logit = saved.get("threshold_logit", logit_of(saved.get("threshold", 0.5)))
         self.temperature = saved.get("temperature", 1.0)
         self.final_metrics = saved.get("metrics", {})
         self.inference_precision = saved.get("precision", INFERENCE_PRECISION)

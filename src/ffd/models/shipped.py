@@ -1,9 +1,11 @@
 """The model that ships: decoded pixels in, calibrated probabilities out, one graph for every consumer.
 
 ``Probabilities`` is what eval, predict, explain, the export's parity check and every
-exported file run: uint8 RGB images as decoded (N, H, W, 3), any size, are resized
-(antialiased, as torchvision's ``Resize``), scaled to [0, 1], normalized, scored by the
-backbone and head in fp32, and turned into temperature-scaled softmax probabilities.
+exported file run: uint8 RGB images as decoded (N, H, W, 3), any size, are resized as
+training resizes them (``ffd.data.transforms.resize_pixels``: antialiased, rounded to whole
+pixel values), normalized, scored by the backbone and head in fp32, and turned into
+temperature-scaled softmax probabilities and the logit of fake (its log-odds, which ranks and
+decides: it never saturates where fp32 probabilities reach exactly 1.0).
 Exported to ONNX or TorchScript, the same graph needs nothing but a decoder in front.
 """
 
@@ -13,15 +15,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ffd import rules
+from ffd.data.facts import FAKE, REAL
+from ffd.data.transforms import resize_pixels
 from ffd.errors import ConfigError, FfdError
 from ffd.models.module import INFERENCE_PRECISION, FakeFaceClassifier
 from ffd.runtime import autocast_dtype
 
-__all__ = ["INFERENCE_PRECISION", "Preprocess", "Probabilities", "inference_settings"]
+__all__ = ["INFERENCE_PRECISION", "Preprocess", "Probabilities", "calibrated", "inference_settings"]
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 
@@ -64,20 +67,19 @@ class Preprocess(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # Contiguous NCHW throughout (the uint8 copy is the cheap one): the resize runs faster than on
         # channels-last floats, and the runtimes take the result without another copy.
-        x = images.permute(0, 3, 1, 2).contiguous().float()
-        smooth = self.mode in ("bilinear", "bicubic")  # torchvision's Resize antialiases these two
-        x = F.interpolate(
-            x,
-            size=(self.size, self.size),
-            mode=self.mode,
-            antialias=smooth,
-            align_corners=False if smooth else None,
-        )
+        x = resize_pixels(images.permute(0, 3, 1, 2).contiguous().float(), self.size, self.mode)
         return x.sub_(self.mean).div_(self.std)  # in place: the same numbers, no new tensors
 
 
+def calibrated(logits: torch.Tensor, temperature: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uncalibrated logits (N, 2) at a temperature -> (probabilities (N, 2), logit of fake (N,))."""
+    scaled = logits / temperature
+    return scaled.softmax(-1), scaled[:, FAKE] - scaled[:, REAL]
+
+
 class Probabilities(nn.Module):
-    """Decoded uint8 RGB (N, H, W, 3) -> calibrated class probabilities (N, 2): (p_real, p_fake)."""
+    """Decoded uint8 RGB (N, H, W, 3) -> calibrated class probabilities (N, 2): (p_real, p_fake), and the
+    calibrated logit of fake (N,): (fake logit - real logit) / temperature."""
 
     def __init__(self, model: FakeFaceClassifier) -> None:
         super().__init__()
@@ -90,5 +92,9 @@ class Probabilities(nn.Module):
         """Uncalibrated logits (N, 2), what temperature scaling is fitted on."""
         return self.head(self.backbone(self.preprocess(images)))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.logits(images) / self.temperature).softmax(-1)
+    def calibrated(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uncalibrated logits (N, 2) -> (probabilities (N, 2), logit of fake (N,)), temperature-scaled."""
+        return calibrated(logits, self.temperature)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.calibrated(self.logits(images))

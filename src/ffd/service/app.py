@@ -37,8 +37,9 @@ from pydantic import BaseModel
 from ffd import __version__, rules
 from ffd.data.decoding import Decoder, Item
 from ffd.data.faces import FaceCropper
+from ffd.data.settings import Limits
 from ffd.data.video.crops import CropSettings
-from ffd.deploy.predicting import result_row
+from ffd.deploy.rows import result_row
 from ffd.service.batcher import Batcher
 from ffd.service.served import ServedModel
 from ffd.service.settings import Settings
@@ -52,6 +53,7 @@ T = TypeVar("T")
 class Row(BaseModel):
     path: str
     p_fake: float | None
+    logit: float | None  # the calibrated log-odds of fake: label = fake when it reaches threshold_logit
     label: str
     status: str
     message: str
@@ -60,7 +62,8 @@ class Row(BaseModel):
 
 
 class Predictions(BaseModel):
-    threshold: float
+    threshold: float  # as p_fake, for people
+    threshold_logit: float
     results: list[Row]
 
 
@@ -118,15 +121,15 @@ class Service:
     settings: Settings
     model_thread: ThreadPoolExecutor
     video_crops: CropSettings
+    limits: Limits
     batcher: Batcher | None = None
     videos: VideoScorer | None = None  # built on the first video: its face detector loads then
     crop_lock: threading.Lock = field(default_factory=threading.Lock)  # one face detector, many threads
 
     def __post_init__(self) -> None:
-        size, limit = self.served.size, self.settings.max_pixels
-        self.plain = Decoder(size, max_pixels=limit)
-        self.cropping = Decoder(size, FaceCropper(self.settings.face_margin, self.settings.face_detector),
-                                max_pixels=limit)  # fmt: skip
+        size, settings = self.served.size, self.settings
+        self.plain = Decoder(size, self.limits)
+        self.cropping = Decoder(size, self.limits, FaceCropper(settings.face_margin, settings.face_detector))
         self.log = RequestLog(Path(self.settings.log_dir)) if self.settings.log_dir else None
 
     def decode(self, name: str, data: bytes, face_crop: bool) -> Item:
@@ -149,16 +152,17 @@ class Service:
 
 
 def create_app(served: ServedModel, settings: Settings, model_thread: ThreadPoolExecutor,
-               video_crops: CropSettings) -> FastAPI:  # fmt: skip
+               video_crops: CropSettings, limits: Limits) -> FastAPI:  # fmt: skip
     """The app for a model loaded in ``model_thread`` (one worker), where all its work runs.
 
-    ``video_crops``: how uploaded videos are sampled and their faces cropped.
+    ``video_crops``: how uploaded videos are sampled and their faces cropped; ``limits``: what an upload
+    may be.
     """
-    service = Service(served, settings, model_thread, video_crops)
+    service = Service(served, settings, model_thread, video_crops, limits)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        service.batcher = Batcher(served.scorer.p_fake, settings.max_batch, settings.max_wait_ms / 1000,
+        service.batcher = Batcher(served.scorer.logit, settings.max_batch, settings.max_wait_ms / 1000,
                                   model_thread)  # fmt: skip
         service.batcher.start()
         yield
@@ -207,7 +211,7 @@ def _info_routes(app: FastAPI, service: Service, authorized: Callable) -> None:
 
 def _image_routes(app: FastAPI, service: Service, authorized: Callable) -> None:
     served, settings = service.served, service.settings
-    threshold = served.scorer.threshold
+    threshold, threshold_logit = served.scorer.threshold, served.scorer.threshold_logit
 
     @app.post(
         "/v1/predict", dependencies=[Depends(authorized)], response_model=Predictions,
@@ -231,11 +235,11 @@ def _image_routes(app: FastAPI, service: Service, authorized: Callable) -> None:
             return list(scores), await batcher.in_model_thread(served.explainer.overlays, images)  # type: ignore[union-attr]
 
         scores, heatmaps = await service.within_budget(scored(), "scoring")
-        p_fake = dict(zip(map(id, ok), scores, strict=True))
+        logits = dict(zip(map(id, ok), scores, strict=True))
         overlays = dict(zip(map(id, ok), heatmaps, strict=False))
         rows = []
         for (name, data), item in zip(uploads, items, strict=True):
-            row = result_row(name, item, p_fake.get(id(item)), threshold)
+            row = result_row(name, item.status, item.message, logits.get(id(item)), threshold_logit)
             if face_crop:
                 row["face_crop_png"] = png(preview(item.crop)) if item.crop is not None else None
             if explain:
@@ -243,11 +247,13 @@ def _image_routes(app: FastAPI, service: Service, authorized: Callable) -> None:
             if service.log:
                 service.log.write(data, row)
             rows.append(row)
-        return JSONResponse({"threshold": threshold, "results": rows}, status_code=200 if ok else 422)
+        body = {"threshold": threshold, "threshold_logit": threshold_logit, "results": rows}
+        return JSONResponse(body, status_code=200 if ok else 422)
 
 
 def _video_routes(app: FastAPI, service: Service, authorized: Callable) -> None:
-    settings, threshold = service.settings, service.served.scorer.threshold
+    settings, scorer = service.settings, service.served.scorer
+    threshold, threshold_logit = scorer.threshold, scorer.threshold_logit
 
     @app.post("/v1/predict_video", dependencies=[Depends(authorized)], openapi_extra=MULTIPART)
     async def predict_video(request: Request, aggregate: str = "mean") -> Any:
@@ -258,7 +264,10 @@ def _video_routes(app: FastAPI, service: Service, authorized: Callable) -> None:
         uploads = await read_uploads(request, settings.max_upload_bytes, 1)
         assert service.batcher is not None
         if service.videos is None:
-            service.videos = VideoScorer(service.video_crops, service.batcher.score, threshold)
+            service.videos = VideoScorer(
+                service.video_crops, service.batcher.score, threshold_logit, service.limits
+            )
         row = await service.within_budget(service.videos(*uploads[0], aggregate), "the video")
         status = 200 if row["p_fake"] is not None else 422  # 422: nothing could be scored (the row says why)
-        return JSONResponse({"threshold": threshold, "result": row}, status_code=status)
+        body = {"threshold": threshold, "threshold_logit": threshold_logit, "result": row}
+        return JSONResponse(body, status_code=status)

@@ -30,7 +30,7 @@ T = TypeVar("T")
 class Batcher:
     def __init__(
         self,
-        score: Callable[[torch.Tensor], list[float]],
+        score: Callable[[torch.Tensor], torch.Tensor],
         max_batch: int,
         max_wait_s: float,
         model_thread: ThreadPoolExecutor,
@@ -51,7 +51,7 @@ class Batcher:
                 await self._task
 
     async def score(self, item: Item) -> float:
-        """p_fake of one decoded item (its uint8 image (H, W, 3)), scored in a batch with others."""
+        """The logit of fake of one decoded item (its uint8 image (H, W, 3)), scored in a batch."""
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, future))
         return await future
@@ -61,8 +61,11 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def _score_items(self, items: list[Item]) -> list[tuple[int, list[float]]]:
-        """(batch size, p_fake) of each forward pass over the items, in order (one image size a pass)."""
-        return [(len(b.ok), b.output or []) for b in score_files(items, self._score, self.max_batch)]
+        """(batch size, logits) of each forward pass over the items, in order (one image size a pass)."""
+        return [
+            (len(b.ok), b.output.tolist() if b.output is not None else [])
+            for b in score_files(items, self._score, self.max_batch)
+        ]
 
     async def _gather(self) -> list[tuple[Item, asyncio.Future[float]]]:
         pending = [await self._queue.get()]

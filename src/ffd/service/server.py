@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 from omegaconf import DictConfig
 
+from ffd.data.settings import Limits
 from ffd.data.video.crops import model_crop_settings
 from ffd.errors import FfdError
 from ffd.service.app import create_app
@@ -44,7 +45,7 @@ def serve(cfg: DictConfig) -> None:
         ServedModel, cfg.ckpt_path, settings.cam_method, cfg.runtime, runtimes, settings.max_batch
     ).result()
     video_crops = model_crop_settings(cfg.video, cfg.video_as_trained, served.scorer.training_run)
-    app = create_app(served, settings, model_thread, video_crops)
+    app = create_app(served, settings, model_thread, video_crops, Limits.from_config(cfg.limits))
     sock = listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"

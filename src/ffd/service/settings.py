@@ -23,7 +23,6 @@ class Settings:
     max_wait_ms: float
     max_files: int
     max_upload_mb: float
-    max_pixels: int
     timeout_s: float
     face_margin: float
     face_detector: str

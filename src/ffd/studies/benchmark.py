@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from ffd.config import compose_config
 from ffd.data.decoding import Decoder
 from ffd.data.records import read_manifest
+from ffd.data.settings import Limits
 from ffd.data.synthetic import ensure_synthetic
 from ffd.deploy.exporting import export
 from ffd.deploy.predicting import predict
@@ -125,21 +126,21 @@ def measure_predict(run_dir: Path, out: Path, repeats: int = 2) -> dict[str, Any
     export(export_cfg)
     checkpoint = CheckpointScorer(load_checkpoint(ckpt), predict_cfg.runtime, runtimes)
     scorers = {"checkpoint": checkpoint, "onnx": load_scorer(out / "export" / "model.onnx", "torch", None)}
-    batch = predict_cfg.batch_size  # ffd.predict's
+    batch, limits = predict_cfg.batch_size, Limits.from_config(predict_cfg.limits)  # ffd.predict's
     result: dict[str, Any] = {}
     for name, scorer in scorers.items():
-        sum(1 for _ in predict(scorer, files[: 2 * batch], batch))  # warm-up: allocator, kernels, runtime
+        sum(1 for _ in predict(scorer, files[: 2 * batch], batch, limits))  # warm-up: allocator, kernels
         start = time.perf_counter()
-        scored = sum(row["status"] == "ok" for row in predict(scorer, files, batch))
+        scored = sum(row["status"] == "ok" for row in predict(scorer, files, batch, limits))
         result[f"predict_{name}_img_per_s"] = round(scored / (time.perf_counter() - start), 1)
     result["runtime"] = checkpoint.runtime_report
     # Its two parts on their own: decoding (predict's second thread: one core) and the model on
     # decoded batches (resize, normalize, trunk, head: both cores).
     start = time.perf_counter()
-    decode = Decoder(int(checkpoint.preprocess["size"]))
+    decode = Decoder(int(checkpoint.preprocess["size"]), limits)
     decoded = [b.images for b in score_files(files, len, batch, decode) if b.images is not None]
     result["decode_img_per_s"] = round(len(files) / (time.perf_counter() - start), 1)
-    result["model_img_per_s"] = round(throughput(checkpoint.p_fake, decoded, len(files)), 1)
+    result["model_img_per_s"] = round(throughput(checkpoint.logit, decoded, len(files)), 1)
     result["device"], result["threads"] = checkpoint.device.type, torch.get_num_threads()
 
     net, device = checkpoint.net, checkpoint.device

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from ffd.data.decoding import pixels
 from ffd.data.images import DecodedImages
 from ffd.data.records import Record, read_manifest
+from ffd.data.settings import Limits
 from ffd.engine.scorers import load_scorer
 from ffd.errors import FfdError
 from ffd.evaluation.evaluating import score
@@ -54,10 +55,10 @@ def test_rows(run: Path) -> list[Record]:
     return rows
 
 
-def cell(probs: torch.Tensor, labels: torch.Tensor, n_boot: int, seed: int) -> dict[str, Any]:
-    row: dict[str, Any] = ranking(probs, labels)
+def cell(logits: torch.Tensor, labels: torch.Tensor, n_boot: int, seed: int) -> dict[str, Any]:
+    row: dict[str, Any] = ranking(logits, labels)
     if n_boot:
-        cis = bootstrap_intervals(probs, labels, CI_SCORES, n_boot, seed)
+        cis = bootstrap_intervals(logits, labels, CI_SCORES, n_boot, seed)
         row |= {f"{k}_ci95": v for k, v in cis.items()}
     return row
 
@@ -90,10 +91,10 @@ def run_matrix(cfg: DictConfig) -> dict[str, Any]:
         trained_on = {r.sha256 for r in read_manifest(run / "manifest.csv") if r.ok and r.split == "train"}
         cells[name] = {}
         for data, rows in tests.items():
-            images = DecodedImages(pixels, int(scorer.preprocess["size"]))
-            probs, _ = score(scorer, rows, cfg.batch_size, images, None)
+            images = DecodedImages(pixels, int(scorer.preprocess["size"]), Limits.from_config(cfg.limits))
+            logits, _ = score(scorer, rows, cfg.batch_size, images, None)
             labels = torch.tensor([r.label for r in rows])
-            cells[name][data] = cell(probs, labels, cfg.bootstrap, cfg.seed) | {
+            cells[name][data] = cell(logits, labels, cfg.bootstrap, cfg.seed) | {
                 "n": len(rows), "overlap_with_training": sum(r.sha256 in trained_on for r in rows),
             }  # fmt: skip
     result = {

@@ -4,7 +4,7 @@ Training validates on whatever the fit ran (cached features of a bf16 backbone o
 augmentation-free views), which is not the model a user ships. This step scores the
 best checkpoint's val and test images the way eval, predict and every export do
 (``ffd.engine.scorers.CheckpointScorer``: decoded pixels, fp32), fits the
-temperature on val, chooses the decision threshold on the calibrated val scores,
+temperature on val, chooses the decision threshold on the calibrated val logits,
 and writes temperature, threshold and the resulting metrics into the checkpoint.
 Every figure a run reports is then that of the file it ships.
 """
@@ -20,68 +20,72 @@ import torch
 import torch.nn.functional as F
 
 from ffd.data.decoding import Decoder
-from ffd.data.facts import FAKE
+from ffd.data.facts import FAKE, p_fake
 from ffd.data.records import Record
 from ffd.engine.scorers import CheckpointScorer
 from ffd.engine.scoring import score_files
 from ffd.metrics.calibration import brier, ece, fit_temperature
 from ffd.metrics.scores import at_threshold, choose_threshold, ranking
 from ffd.models.module import FakeFaceClassifier
-from ffd.models.shipped import INFERENCE_PRECISION
+from ffd.models.shipped import INFERENCE_PRECISION, calibrated
 
 log = logging.getLogger(__name__)
 
 
-def scored_logits(scorer: CheckpointScorer, records: Sequence[Record], batch_size: int) -> torch.Tensor:
+def scored_logits(
+    scorer: CheckpointScorer, records: Sequence[Record], batch_size: int, decode: Decoder
+) -> torch.Tensor:
     """The shipped model's uncalibrated logits (N, 2) for records, in order."""
-    decode = Decoder(int(scorer.preprocess["size"]))
-    batches = score_files([r.path for r in records], scorer.logits, batch_size, decode)
+    batches = score_files([r.path for r in records], scorer.raw_logits, batch_size, decode)
     return torch.cat([batch.all_ok("An image became unreadable during training") for batch in batches])
 
 
 def split_metrics(split: str, logits: torch.Tensor, labels: torch.Tensor, t: float, threshold: float) -> dict:
-    """A split's scores at temperature t: ranking, accuracy at the threshold and at 0.5, calibration."""
-    probs = (logits / t).softmax(-1)[:, FAKE]
+    """A split's scores at temperature t: ranking (of the logit of fake), accuracy at the threshold (a
+    logit) and at p_fake 0.5, calibration."""
+    probs, logit = calibrated(logits, t)
     scores = {
-        **ranking(probs, labels),
-        "acc": at_threshold(probs, labels, threshold)["acc"],
-        "acc_at_0.5": at_threshold(probs, labels, 0.5)["acc"],
+        **ranking(logit, labels),
+        "acc": at_threshold(logit, labels, threshold)["acc"],
+        "acc_at_0.5": at_threshold(logit, labels, 0.0)["acc"],
         "loss": float(F.cross_entropy(logits / t, labels)),
-        "ece": ece(probs, labels),
+        "ece": ece(probs[:, FAKE], labels),
         "ece_uncalibrated": ece(logits.softmax(-1)[:, FAKE], labels),
-        "brier": brier(probs, labels),
+        "brier": brier(probs[:, FAKE], labels),
     }
     return {f"{split}/{k}": v for k, v in scores.items()}
 
 
 def calibrate(
-    model: FakeFaceClassifier,
+    scorer: CheckpointScorer,
     rows: Mapping[str, Sequence[Record]],
     method: str,
     batch_size: int,
     test: bool,
-    runtime: str,
-    runtime_dir: Path | None,
+    decode: Decoder,
 ) -> dict[str, float]:
-    """Calibrate a model on ``rows["val"]`` and score it there (and on ``rows["test"]`` with ``test``);
-    the model gets the temperature, threshold and metrics (see ``store``). ``runtime``: where the
-    backbone runs, as in ``CheckpointScorer`` (its choice kept in ``runtime_dir``)."""
-    scorer = CheckpointScorer(model, runtime, runtime_dir)
+    """Calibrate a checkpoint's model on ``rows["val"]`` and score it there (and on ``rows["test"]`` with
+    ``test``), as eval and predict score it (``scorer``, files read by ``decode``); the model gets the
+    temperature, threshold and metrics (see ``store``)."""
+    model = scorer.model
     labels = {s: torch.tensor([r.label for r in rows[s]]) for s in ("val", "test")}
-    logits = scored_logits(scorer, rows["val"], batch_size)
+    logits = scored_logits(scorer, rows["val"], batch_size, decode)
     t = fit_temperature(logits, labels["val"])
-    threshold = choose_threshold((logits / t).softmax(-1)[:, FAKE], labels["val"], method)
+    threshold = choose_threshold(calibrated(logits, t)[1], labels["val"], method)
     metrics = {
         "val/temperature": t,
-        "val/threshold": threshold,
+        "val/threshold": p_fake(threshold),
+        "val/threshold_logit": threshold,
         **split_metrics("val", logits, labels["val"], t, threshold),
     }
     if test:
         metrics |= split_metrics(
-            "test", scored_logits(scorer, rows["test"], batch_size), labels["test"], t, threshold
+            "test", scored_logits(scorer, rows["test"], batch_size, decode), labels["test"], t, threshold
         )
-    model.temperature, model.threshold, model.final_metrics = t, threshold, metrics
-    log.info("Calibrated on val: temperature %.3g, threshold %.4g", t, threshold)
+    model.temperature, model.threshold_logit, model.final_metrics = t, threshold, metrics
+    log.info(
+        "Calibrated on val: temperature %.3g, threshold %.4g (logit %.4g)", t, p_fake(threshold), threshold
+    )
     return metrics
 
 
@@ -90,7 +94,8 @@ def store(model: FakeFaceClassifier, ckpt_path: str | Path) -> None:
     raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     raw["ffd"] |= {
         "temperature": model.temperature,
-        "threshold": model.threshold,
+        "threshold": p_fake(model.threshold_logit),
+        "threshold_logit": model.threshold_logit,
         "metrics": model.final_metrics,
         "precision": INFERENCE_PRECISION,
     }

@@ -94,7 +94,8 @@ class GradCamGrid(L.Callback):
         self.path, self.num_images, self.method = Path(path), num_images, method
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: FakeFaceClassifier) -> None:  # type: ignore[override]
-        records = getattr(trainer.datamodule, "records", [])  # type: ignore[attr-defined]
+        data = trainer.datamodule  # type: ignore[attr-defined]
+        records = getattr(data, "records", [])
         val = [r for r in records if r.ok and r.split == "val"]
         picked = [r for r in val if r.label == REAL][: self.num_images // 2]
         picked += [r for r in val if r.label == FAKE][: self.num_images - len(picked)]
@@ -105,7 +106,7 @@ class GradCamGrid(L.Callback):
         tiles = []
         for r, (_, img, cam, _) in zip(
             picked,
-            explain_files(pl_module, [Path(r.path) for r in picked], self.method, len(picked)),
+            explain_files(pl_module, [Path(r.path) for r in picked], self.method, len(picked), data.limits),
             strict=True,
         ):
             boxes = part_boxes(replaced_parts(r.parts), cam.shape[-1])

@@ -17,8 +17,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ffd.data.datamodule import FaceDataModule
+from ffd.data.decoding import Decoder
+from ffd.data.settings import Limits
 from ffd.data.splits import Fold
 from ffd.engine.feature_cache import FeatureCache
+from ffd.engine.scorers import CheckpointScorer
 from ffd.models.checkpoint import load_checkpoint
 from ffd.models.module import FakeFaceClassifier
 from ffd.runtime import silence_known_noise
@@ -60,7 +63,9 @@ def build(cfg: DictConfig, fold: Fold | None) -> tuple[FakeFaceClassifier, FaceD
     model = instantiate(cfg.model)
     cache, encoder = instantiate(cfg.data.cache), model.encoder()
     features = FeatureCache(encoder, cache) if encoder is not None else None
-    data = instantiate(cfg.data, cache=cache, features=features, preprocess=model.preprocess, fold=fold)
+    limits = Limits.from_config(cfg.limits)
+    data = instantiate(cfg.data, cache=cache, features=features, preprocess=model.preprocess, limits=limits,
+                       fold=fold)  # fmt: skip
     # ~callbacks / ~logger (or logger=null) on the command line: none
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks.append(SharedRunFolder(cfg.paths.output_dir))  # several nodes: checked before fit reads a file
@@ -86,10 +91,9 @@ def ship(cfg: DictConfig, model: FakeFaceClassifier, data: FaceDataModule, train
     # the frozen one every run shares (its export and choice are kept): a trunk that trained is new in
     # every run, and exporting it would cost more than it saves.
     runtime = cfg.runtime if shipped.hparams["freeze"] == "frozen" else "torch"
-    runtimes = Path(cfg.paths.cache_dir) / "runtimes"
-    metrics = calibrate(
-        shipped, rows, shipped.hparams["threshold_method"], batch_size, test, runtime, runtimes
-    )
+    scorer = CheckpointScorer(shipped, runtime, Path(cfg.paths.cache_dir) / "runtimes")
+    decode = Decoder(int(shipped.preprocess["size"]), data.limits)
+    metrics = calibrate(scorer, rows, shipped.hparams["threshold_method"], batch_size, test, decode)
     if best and Path(best).resolve().is_relative_to(Path(cfg.paths.output_dir).resolve()):
         store(shipped, best)  # never another run's checkpoint (a resume can carry its best path over)
     return metrics

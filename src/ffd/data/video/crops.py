@@ -19,17 +19,19 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from filelock import FileLock
 from PIL import Image
 
 from ffd.data.faces import FaceDetector, crop_box, make_detector
-from ffd.data.video.decode import Source, VideoDecodeError, count_frames, read_frames, sample_indices
-from ffd.data.video.track import track
+from ffd.data.settings import Limits
+from ffd.data.video.decode import Source, VideoDecodeError, decoded_frames, probe, sample_indices
+from ffd.data.video.track import Tracker
 from ffd.errors import FfdError
 
 log = logging.getLogger(__name__)
@@ -125,27 +127,53 @@ def file_sha256(path: str | Path) -> str:
 
 
 def face_crops(
-    path: Source, settings: CropSettings, detector: FaceDetector
+    path: Source,
+    settings: CropSettings,
+    detector: FaceDetector,
+    limits: Limits,
+    cancel: threading.Event | None = None,
 ) -> tuple[list[int], dict[int, Image.Image], dict[int, list[float]]]:
-    """Sampled indices, the tracked face's crop of each frame that has one, and its detected box."""
-    sampled = sample_indices(count_frames(path), settings.frames, settings.stride)
-    frames = dict(read_frames(path, sampled))
-    tracked = track([detector.detect(frames[i]) for i in sorted(frames)])
+    """Sampled indices, the tracked face's crop of each frame that has one, and its detected box.
+
+    The video is checked against ``limits`` before any frame is decoded, then decoded once up to the last
+    sampled frame; each sampled frame is detected, tracked and cropped as it is decoded, and only its crop
+    is kept. The sampled indices are those the video has (fewer when it holds fewer frames than its
+    container says).
+
+    Raises:
+        VideoDecodeError: not a video ffd reads, unreadable, beyond ``limits``, or ``cancel`` was set
+            (checked between frames).
+    """
+    info = probe(path, limits, cancel)
+    sampled = sample_indices(info.frames, settings.frames, settings.stride)
+    if not sampled:
+        raise VideoDecodeError("not a readable video: it has no frames")
     margin = (settings.scale - 1) / 2  # crop_box widens each side by margin x the face's side
+    tracker = Tracker()
+    decoded: list[int] = []
     crops, boxes = {}, {}
-    for i, face in zip(sorted(frames), tracked, strict=True):
+    for i, array in decoded_frames(path, sampled, limits, cancel):
+        decoded.append(i)
+        img = Image.fromarray(array)
+        face = tracker.update(detector.detect(img))
         if face is not None:
-            img = frames[i]
             box = crop_box(face, margin, img.size)
             crops[i] = img.crop(box).resize((settings.size, settings.size), Image.Resampling.BICUBIC)
             boxes[i] = [round(v, 2) for v in face.box]
-    return sampled, crops, boxes
+    if not decoded:
+        raise VideoDecodeError("not a readable video: none of its frames could be decoded")
+    return decoded, crops, boxes
 
 
 def extract(
-    path: str | Path, settings: CropSettings, cache_dir: str | Path, detector: FaceDetector | None = None
+    path: str | Path,
+    settings: CropSettings,
+    cache_dir: str | Path,
+    limits: Limits,
+    detector: FaceDetector | None = None,
+    cancel: threading.Event | None = None,
 ) -> VideoCrops:
-    """A video's face crops: from the cache, or extracted into it.
+    """A video's face crops: from the cache, or extracted into it (``face_crops``; ``cancel`` stops it).
 
     Raises:
         VideoDecodeError: the file can't be read or decoded as a video.
@@ -171,7 +199,8 @@ def extract(
         seconds = 0.0
         if not (folder / INDEX).exists():
             start = time.perf_counter()
-            _extract_atomically(path, settings, detector or make_detector(settings.detector), folder, sha)
+            detector = detector or make_detector(settings.detector)
+            _extract_atomically(path, settings, detector, folder, sha, limits, cancel)
             seconds = time.perf_counter() - start
     finally:
         lock.release()
@@ -181,23 +210,57 @@ def extract(
 
 
 def _extract_atomically(path: str | Path, settings: CropSettings, detector: FaceDetector, folder: Path,
-                        sha: str) -> None:  # fmt: skip
-    """Write the crops into ``<folder>.partial-<pid>``, then rename it to ``folder`` (under the lock)."""
+                        sha: str, limits: Limits, cancel: threading.Event | None = None) -> None:  # fmt: skip
+    """Write the crops into ``<folder>.partial-<pid>``, then rename it to ``folder`` (under the lock).
+
+    Every file and the temporary folder are fsynced before the rename, and the parent folder after it,
+    so a crash (of the machine, not only the process) leaves either the complete folder or none.
+    """
     for stale in [folder, *folder.parent.glob(folder.name + ".partial-*")]:  # a killed extraction's
         shutil.rmtree(stale, ignore_errors=True)
     tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     try:
         tmp.mkdir()
-        sampled, crops, boxes = face_crops(path, settings, detector)
-        for i, crop in crops.items():
-            crop.save(tmp / f"{i:05d}.png")
+        sampled, crops, boxes = face_crops(path, settings, detector, limits, cancel)
         index = {
             "video": str(path), "sha256": sha, "settings": dataclasses.asdict(settings), "sampled": sampled,
             "crops": {str(i): f"{i:05d}.png" for i in crops}, "boxes": {str(i): b for i, b in boxes.items()},
             "no_face": [i for i in sampled if i not in crops],
         }  # fmt: skip
-        (tmp / INDEX).write_text(json.dumps(index))
-        tmp.rename(folder)
+        try:
+            for i, crop in crops.items():
+                with (tmp / f"{i:05d}.png").open("wb") as fh:
+                    crop.save(fh, "PNG")
+                    _fsync(fh)
+            with (tmp / INDEX).open("w") as fh:
+                fh.write(json.dumps(index))
+                _fsync(fh)
+            _fsync_folder(tmp)
+            tmp.rename(folder)
+            _fsync_folder(folder.parent)
+        except OSError as err:
+            raise FfdError(
+                f"Can't write video crops into {folder.parent} ({err.strerror or err}): set paths.cache_dir "
+                "to a writable folder with free space."
+            ) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync(fh: IO) -> None:
+    """The open file's bytes on the disk."""
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    """The folder's entries (names created or renamed in it) on the disk; POSIX only (Windows can't open
+    a folder, and its renames are not made durable this way)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -5,12 +5,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from PIL import Image
+
+from ffd.data.faces import Face, FaceDetector, make_detector
 from ffd.data.records import Record
+from ffd.data.settings import Limits
 from ffd.data.video.crops import CropSettings, VideoCrops, extract, resolve_detector
 from ffd.data.video.decode import VideoDecodeError
 from ffd.progress import progress
@@ -26,23 +31,55 @@ def crop_rows(video: Record, crops: VideoCrops) -> list[Record]:
     return [dataclasses.replace(video, path=str(file), frame=i) for i, file in sorted(crops.crops.items())]
 
 
-def expand_videos(records: Sequence[Record], settings: CropSettings, cache_dir: str | Path) -> list[Record]:
+class PerThreadDetector:
+    """A face detector whose ``detect`` runs the calling thread's own one, built (by its resolved name) on
+    the thread's first detection; ``first``, built already, goes to the first thread that detects.
+    Detectors are not thread-safe (MTCNN's smallest face is set per image), and a thread that only reads
+    crops from the cache builds none."""
+
+    def __init__(self, name: str, first: FaceDetector | None = None) -> None:
+        self.name = name
+        self._spare = [first] if first is not None else []
+        self._local = threading.local()
+
+    def detect(self, img: Image.Image) -> list[Face]:
+        mine = getattr(self._local, "detector", None)
+        if mine is None:
+            try:
+                mine = self._spare.pop()  # atomic: one thread gets it
+            except IndexError:
+                mine = make_detector(self.name)
+            self._local.detector = mine
+        return mine.detect(img)
+
+
+def expand_videos(
+    records: Sequence[Record],
+    settings: CropSettings,
+    cache_dir: str | Path,
+    limits: Limits,
+    workers: int | None = None,
+) -> list[Record]:
     """Replace every video row (``video`` set, no ``frame``) by its face-crop rows; other rows stay.
 
     Crops come from the cache or are extracted into it (``ffd.data.video.crops``); a video
-    that can't be decoded keeps its row, ``unreadable`` with the reason. Logs the extraction
-    speed (sampled frames per second: decode, detect, track, crop and save).
+    that can't be decoded (or is beyond ``limits``) keeps its row, ``unreadable`` with the reason. Each
+    thread has its own face detector (a detector is not thread-safe: MTCNN's smallest face is set per
+    image), so a video's crops never depend on what another thread was doing. Logs the extraction
+    speed (sampled frames per second: decode, detect, track, crop and save). ``workers``: extraction
+    threads (None: 4, or fewer on fewer cores).
     """
     videos = [r for r in records if r.video and r.frame is None and r.ok]
     if not videos:
         return list(records)
-    settings, detector = resolve_detector(settings)
+    settings, first = resolve_detector(settings)
+    detector = PerThreadDetector(settings.detector, first)
     extracted: list[int] = []  # sampled frames of the videos extracted now (not from the cache)
     missing: list[int] = []  # sampled frames without the tracked face, per video
 
     def one(row: Record) -> list[Record]:
         try:
-            crops = extract(row.path, settings, cache_dir, detector)
+            crops = extract(row.path, settings, cache_dir, limits, detector)
             if crops.seconds:
                 extracted.append(len(crops.sampled))
             missing.append(len(crops.no_face))
@@ -51,7 +88,8 @@ def expand_videos(records: Sequence[Record], settings: CropSettings, cache_dir: 
             return [dataclasses.replace(row, status="unreadable", reason=str(err))]
 
     start, expanded = time.perf_counter(), {}
-    workers = min(4, len(os.sched_getaffinity(0)))  # FFmpeg and OpenCV release the GIL
+    if workers is None:
+        workers = min(4, len(os.sched_getaffinity(0)))  # FFmpeg and OpenCV release the GIL
     with ThreadPoolExecutor(workers) as pool:
         jobs = pool.map(one, videos)
         for row, rows in zip(videos, progress(jobs, "Extracting faces from videos", total=len(videos),

@@ -4,6 +4,9 @@ The track starts at the largest face of the first frame with one; in each later 
 takes the detection that overlaps the last tracked box most (by IoU), or failing that the
 one whose centre is nearest, within one face side. A frame without such a face has none:
 the crop would be someone else's, or the background.
+
+The track is online: ``Tracker.update`` takes one frame's detections at a time and keeps only
+the last tracked face, so a video's frames are tracked as they are decoded.
 """
 
 from __future__ import annotations
@@ -34,12 +37,20 @@ def next_face(last: Face | None, faces: Sequence[Face]) -> Face | None:
     return nearest if _centre_gap(last.box, nearest.box) <= 1.0 else None
 
 
+class Tracker:
+    """One face followed across frames, a frame at a time: only the last tracked face is kept."""
+
+    def __init__(self) -> None:
+        self.last: Face | None = None
+
+    def update(self, faces: Sequence[Face]) -> Face | None:
+        """The tracked face in the next frame (None if it has none), from its detections (largest first)."""
+        face = next_face(self.last, faces)
+        self.last = face or self.last
+        return face
+
+
 def track(detections: Sequence[Sequence[Face]]) -> list[Face | None]:
     """The tracked face of every frame (None where the frame has none), from each frame's detections."""
-    tracked: list[Face | None] = []
-    last: Face | None = None
-    for faces in detections:
-        face = next_face(last, faces)
-        tracked.append(face)
-        last = face or last
-    return tracked
+    tracker = Tracker()
+    return [tracker.update(faces) for faces in detections]

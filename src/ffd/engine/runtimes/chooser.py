@@ -32,6 +32,7 @@ from ffd.engine.runtimes.openvino_runtime import openvino_bf16, openvino_runner
 from ffd.engine.runtimes.runner import Runner, rate, relative_error
 from ffd.engine.runtimes.torch_runtime import torch_runner
 from ffd.errors import ConfigError, FfdError
+from ffd.files import publish_file
 from ffd.rules import RUNTIMES
 from ffd.runtime import cpu_name
 
@@ -145,7 +146,7 @@ def choose_runtime(
         tmp = recorded.with_name(f"{recorded.name}.partial-{os.getpid()}")
         try:
             tmp.write_text(json.dumps(report, indent=2))
-            tmp.rename(recorded)
+            publish_file(tmp, recorded)
         except OSError as err:  # not kept: the next run measures again
             tmp.unlink(missing_ok=True)
             log.warning("Can't keep the backbone runtime choice in %s (%s)", recorded, err)

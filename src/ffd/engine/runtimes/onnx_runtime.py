@@ -13,6 +13,7 @@ from filelock import FileLock
 from torch import nn
 
 from ffd.engine.runtimes.runner import PixelsIn, Runner, as_array
+from ffd.files import publish_file
 
 
 def export_trunk(module: nn.Module, example: torch.Tensor, path: Path, pixels: Mapping | None = None) -> Path:
@@ -34,7 +35,7 @@ def export_trunk(module: nn.Module, example: torch.Tensor, path: Path, pixels: M
                     output_names=["f"], dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17,
                     dynamo=False,
                 )  # fmt: skip
-            tmp.rename(path)
+            publish_file(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
     return path

@@ -77,6 +77,18 @@ audit: install ## Leakage and shortcut audit of the demo recipe (shuffle control
 bench: install ## Benchmark: naive vs default seed recipe, runtimes, predict and service throughput (~25 min on 2 cores, most of it the naive run)
 	$(PY) -m ffd.bench $(ARGS)
 
+# What a CUDA machine without a network lacks for the GPU check (its image has torch, torchvision, lightning,
+# timm, torchmetrics, onnx and onnxruntime): ffd itself, Hydra, PyAV and the offline weights, for Python 3.12.
+GPU_WHEELS := hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 $(WEIGHTS_PKG)
+gpu-wheels: $(STAMP) ## Put ffd's wheel and what a CUDA machine lacks into .whl/ for bench/gpu_check.sh
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m build --wheel --outdir .whl . >/dev/null
+	$(PY) -m pip wheel --quiet --no-deps -w .whl $(GPU_WHEELS)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+	  av==$$($(PY) -c 'import importlib.metadata as m; print(m.version("av"))')
+	@du -sh .whl
+
 bench-scaling: install ## Cost of the default path at 1x, 5x and 10x CIPLAB's size (ARGS="factors=[1,2] overrides=[data.cache.views=1]")
 	$(PY) -m ffd.bench mode=scaling $(ARGS)
 
@@ -89,4 +101,4 @@ clean: ## Remove tool caches (keeps .venv, data/ and outputs/)
 clean-cache: ## Remove cached backbone features (data/cache; rebuilt on the next run)
 	rm -rf data/cache
 
-.PHONY: help install weights demo train data test test-slow test-all browser serve lint docs format audit bench bench-scaling tensorboard clean clean-cache
+.PHONY: help install weights demo train data test test-slow test-all browser serve lint docs format audit bench gpu-wheels bench-scaling tensorboard clean clean-cache

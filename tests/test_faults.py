@@ -35,6 +35,7 @@ from ffd.config import compose_config
 from ffd.data.facts import CLASS_NAMES, DIFFICULTIES, fake_name, parse_fake_name
 from ffd.data.layouts import CsvError, DataLayoutError, discover
 from ffd.data.manifest import scan
+from ffd.data.records import read_manifest, write_manifest
 from ffd.deploy.predicting import predict_files
 from ffd.engine import feature_cache
 from ffd.engine.scorers import load_scorer
@@ -146,6 +147,30 @@ def test_disk_filling_up_mid_build_leaves_nothing_trusted(
         ).setup()
     # No file but locks (the runtimes that could not export the backbone were left out).
     assert [p.name for p in small_disk.rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
+
+
+def test_a_cache_short_of_views_is_never_marked_complete(
+    tiny_synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime that returns fewer batches than it was given (a runner bug, a lost pipeline request):
+    the build counts the views it computed against those it was asked for and keeps nothing, where the
+    cache would otherwise be marked complete with zeros in its place."""
+    from ffd.engine.runtimes.runner import Runner
+
+    real_map = Runner.map
+
+    def drops_one(self: Runner, batches):  # type: ignore[no-untyped-def]
+        for i, pair in enumerate(real_map(self, batches)):
+            if i != 1:
+                yield pair
+
+    monkeypatch.setattr(Runner, "map", drops_one)
+    with pytest.raises(FfdError, match=r"computed \d+ of \d+ views; nothing was kept"):
+        build_datamodule(
+            tiny_synthetic, tiny_model(input_size=64), "data.cache.mode=features", "data.cache.runtime=torch",
+            f"data.cache.dir={tmp_path / 'cache'}",
+        ).setup()  # fmt: skip
+    assert not [p for p in (tmp_path / "cache").glob("features-*") if p.suffix != ".lock"]  # none published
 
 
 # 3. Resuming from a bad checkpoint ----------------------------------------------------------------
@@ -384,3 +409,29 @@ def test_csv_reader_names_the_bad_line(tmp_path: Path, n: int, bad: str) -> None
 @given(d=st.sampled_from(DIFFICULTIES), i=st.integers(0, 10**6), bits=st.text("01", min_size=4, max_size=4))
 def test_fake_names_round_trip(d: str, i: int, bits: str) -> None:
     assert parse_fake_name(f"/x/{fake_name(d, i, bits)}") == (d, bits)
+
+
+def test_names_that_are_not_utf8_are_kept(trained, tmp_path: Path) -> None:
+    """A file name that is not UTF-8 (bytes of another system's encoding): the manifest, predict's CSV and
+    its JSON Lines keep it (its bytes in the CSV, a \\udcXX escape in JSON), so the path read back opens
+    the file; nothing stops at a UnicodeEncodeError after the scan."""
+    tree = odd_tree(tmp_path / "photos")
+    odd = tree / "training_fake" / os.fsdecode(b"easy_9_1000_caf\xe9.jpg")
+    shutil.copyfile(tree / "training_fake" / "fake_weird.jpg", odd)
+    rows = scan(tree, LIMITS)
+    write_manifest(rows, tmp_path / "manifest.csv")
+    back = {r.path: r for r in read_manifest(tmp_path / "manifest.csv")}
+    assert (
+        back[str(odd)].ok
+        and Path(str(odd)).exists()
+        and b"caf\xe9" in (tmp_path / "manifest.csv").read_bytes()
+    )
+    for suffix in (".csv", ".jsonl"):
+        out = tmp_path / f"preds{suffix}"
+        predict_files(
+            compose_config("predict", [f"ckpt_path={trained[0]}", f"input={tree}", f"output={out}"])
+        )
+        with out.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            found = list(csv.DictReader(fh)) if suffix == ".csv" else [json.loads(line) for line in fh]
+        (row,) = [r for r in found if r["path"] == str(odd)]
+        assert row["status"] == "ok" and Path(row["path"]).read_bytes() == odd.read_bytes()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
@@ -62,5 +63,7 @@ def compose_config(name: str, overrides: list[str] | None = None, with_hydra: bo
     """The config ``python -m ffd.<name> OVERRIDES`` would run with (``with_hydra``: Hydra's own node too,
     without its runtime facts)."""
     register_resolvers()
+    if GlobalHydra.instance().is_initialized():  # inside a task (ffd bench composes its runs' configs)
+        return compose(name, overrides=overrides or [], return_hydra_config=with_hydra)
     with initialize_config_module(CONF_MODULE, version_base="1.3"):
         return compose(name, overrides=overrides or [], return_hydra_config=with_hydra)

@@ -355,9 +355,10 @@ def _scale(dtype: str, bound: float | None) -> float | None:
 
 
 def _encode(f: torch.Tensor, scale: float | None) -> np.ndarray:
+    """Features in their storage dtype, C-contiguous (a channels-last backbone's come out strided)."""
     if scale is None:
-        return f.half().numpy()  # (torch converts faster than numpy)
-    return (f / scale).round_().clamp_(0, 255).to(torch.uint8).numpy()
+        return f.half().contiguous().numpy()  # (torch converts faster than numpy)
+    return (f / scale).round_().clamp_(0, 255).to(torch.uint8).contiguous().numpy()
 
 
 def _check_space(out: Path, needed: int) -> None:

@@ -48,7 +48,6 @@ from ffd.metrics.tables import markdown_table
 from ffd.models.checkpoint import load_checkpoint
 from ffd.runtime import autocast_dtype, cpu_isa, cpu_name, mixed_precision
 from ffd.service.client import put_load, running_service
-from ffd.studies.scaling import scale_bench
 from ffd.studies.training_runs import best_checkpoint, disk_bytes, train_process
 
 log = logging.getLogger("ffd.bench")
@@ -398,17 +397,3 @@ def bench_predict(run_dir: Path, out: Path) -> dict[str, Any]:
     log.info("%s", predict_line(result))
     log.info("%s", service_line(result["service"], result))
     return result
-
-
-def run_bench(cfg: DictConfig) -> dict[str, Any]:
-    """``python -m ffd.bench``: the measurements ``cfg.mode`` names, into the run folder."""
-    out = Path(cfg.paths.output_dir)
-    if cfg.mode == "predict":
-        if not cfg.run_dir:
-            raise ConfigError("mode=predict measures a training run: pass run_dir=outputs/train/<run>.")
-        return bench_predict(Path(cfg.run_dir), out)
-    if cfg.mode == "scaling":
-        return scale_bench(out, tuple(cfg.factors), list(cfg.overrides))
-    if cfg.mode != "recipe":
-        raise ConfigError(f"mode={cfg.mode!r}: choose recipe, predict or scaling.")
-    return bench(cfg, out)

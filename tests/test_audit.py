@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, split_settings, write_jpegs
+import torch
+from conftest import LIMITS, TINY, split_settings, write_jpegs
 from PIL import Image
 
 from ffd.data.manifest import build_manifest
@@ -106,6 +110,21 @@ def test_metadata_baseline_flags_a_planted_shortcut(tmp_path: Path) -> None:
     assert not clean["shortcut"] and clean["auroc"] < 0.7, clean
 
 
+def test_png_fakes_beside_jpeg_reals_are_a_format_shortcut(tmp_path: Path) -> None:
+    """GenImage's bias: the same kind of pictures, reals saved as JPEG and fakes as PNG. The baseline
+    sees the format (an explicit feature), says so with a CI and the fix."""
+    real = _jpegs(tmp_path / "real", 40, quality=90, seed=1)
+    fake = [
+        Image.open(p).save(p.with_suffix(".png")) or p.with_suffix(".png")
+        for p in _jpegs(tmp_path / "f", 40, 90, 2)
+    ]
+    rows = [Record(str(p), 0, "x") for p in real] + [Record(str(p), 1, "x") for p in fake]
+    found = metadata_baseline(rows, seed=0, n_bootstrap=200)
+    assert found["shortcut"] and found["auroc"] > 0.95 and found["auroc_ci95"][0] > 0.7, found
+    assert found["formats"] == {"real": {"JPEG": 40}, "fake": {"PNG": 40}}
+    assert "SHORTCUT" in found["finding"] and "data.reencode=true" in found["finding"]
+
+
 def test_metadata_baseline_does_not_flag_the_synthetic_set(tiny_synthetic: Path) -> None:
     assert not metadata_baseline(build_manifest(tiny_synthetic, **split_settings()), seed=0)["shortcut"]
 
@@ -117,3 +136,58 @@ def test_audit_writes_one_report(make_cfg, tiny_synthetic: Path, tmp_path: Path)
     assert report["leakage"]["usable"] == 32 and len(report["shuffled_control"]["test_auroc_runs"]) == 2
     text = (tmp_path / "audit" / "audit.md").read_text()
     assert "Label-shuffle control" in text and "Metadata-only baseline" in text
+
+
+def _biased_set(root: Path) -> Path:
+    """reals as JPEG, fakes as PNG (the same kind of pictures otherwise): GenImage's format bias."""
+    for p in _jpegs(root / "f_src", 20, quality=90, seed=6):
+        (root / "fake").mkdir(exist_ok=True)
+        Image.open(p).save(root / "fake" / f"{p.stem}.png")
+    _jpegs(root / "real", 20, quality=90, seed=5)
+    shutil.rmtree(root / "f_src")
+    return root
+
+
+def test_training_reports_a_format_shortcut_and_says_when_reencode_hides_it(
+    make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    biased = _biased_set(tmp_path / "biased")
+    for reencode in (False, True):
+        cfg = make_cfg(
+            "+debug=fdr", f"data.root={biased}", *TINY, f"data.reencode={reencode}", "runtime=torch"
+        )
+        cfg.paths.output_dir = str(tmp_path / f"run_{reencode}")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ffd"):
+            train(cfg)
+        found = json.loads((tmp_path / f"run_{reencode}" / "shortcut.json").read_text())
+        assert found["shortcut"] and found["formats"]["fake"] == {
+            "PNG": found["n"] - sum(found["formats"]["real"].values())
+        }
+        assert found["reencode"] is reencode
+        if reencode:
+            assert "re-encodes every image as a JPEG" in caplog.text and "SHORTCUT" not in caplog.text
+        else:
+            assert "FORMAT/METADATA SHORTCUT" in caplog.text and "data.reencode=true" in caplog.text
+
+
+def test_reencode_gives_every_image_the_same_jpeg_path(tmp_path: Path) -> None:
+    """A PNG fake and a JPEG real alike reach the model as the JPEG of a quality drawn by their path
+    (the same each time, differing between files), whatever their own format was."""
+    from ffd.data.decoding import Decoder, pixels
+    from ffd.data.images import DecodedImages
+    from ffd.data.reencode import QUALITY, Reencode
+
+    biased = _biased_set(tmp_path)
+    files = sorted(biased.rglob("*.*"))
+    reencode = Reencode(seed=3)
+    qualities = {reencode.quality(str(p)) for p in files}
+    assert len(qualities) > 5 and all(QUALITY[0] <= q <= QUALITY[1] for q in qualities)
+    kept = DecodedImages(pixels, None, LIMITS, reencode)
+    for p in files:
+        expected = io.BytesIO()
+        Image.open(p).convert("RGB").save(expected, "JPEG", quality=reencode.quality(str(p)))
+        want = pixels(Image.open(expected).convert("RGB"))
+        assert torch.equal(kept.get(p), want), p
+        assert torch.equal(Decoder(4096, LIMITS, reencode=reencode)(p).image, want), p
+        assert not torch.equal(kept.get(p), pixels(Image.open(p).convert("RGB")))  # it did change

@@ -187,3 +187,17 @@ def test_bad_fractions_are_config_errors(tmp_path: Path) -> None:
     ciplab_tree(tmp_path)
     with pytest.raises(ConfigError, match="test_fraction .* must be >= 0 and sum below 1"):
         build_manifest(tmp_path, 0.6, 0.5, seed=0, limits=LIMITS)
+
+
+def test_a_split_the_folders_lack_is_carved_from_train(tmp_path: Path) -> None:
+    for split, n in (("train", 10), ("valid", 2)):
+        write_jpegs(tmp_path / split / "real", [f"{i}.jpg" for i in range(n)], seed=1)
+        write_jpegs(tmp_path / split / "fake", [f"{i}.jpg" for i in range(n)], seed=2)
+    records = build_manifest(tmp_path, **split_settings(test_fraction=0.2))
+    assert Counter((Path(r.path).parts[-3], r.split) for r in records) == {
+        ("train", "train"): 16,
+        ("train", "test"): 4,  # 20 % of each class's train images
+        ("valid", "val"): 4,
+    }
+    again = build_manifest(tmp_path, **split_settings(test_fraction=0.2))
+    assert [r.split for r in again] == [r.split for r in records]

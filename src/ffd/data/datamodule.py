@@ -22,15 +22,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ffd.data.dataset import ImageDataset
 from ffd.data.facts import SPLITS
 from ffd.data.images import DecodedImages
-from ffd.data.layouts import DataLayoutError
+from ffd.data.layouts import DataLayoutError, DataRoot, data_roots
 from ffd.data.manifest import build_manifest
 from ffd.data.pixel_cache import PixelDataset
 from ffd.data.records import Record, write_manifest
+from ffd.data.reencode import Reencode
 from ffd.data.settings import CacheSettings, Limits, LoaderSettings
 from ffd.data.splits import Fold, split_rows
 from ffd.data.synthetic import ensure_synthetic
 from ffd.data.transforms import build_transform, resize_transform, view_transform
 from ffd.data.video.crops import CropSettings
+from ffd.errors import ConfigError
 from ffd.seeds import ORDER, WORKERS, epoch_seed
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,8 @@ class FaceDataModule(L.LightningDataModule):
     """Real-vs-fake face images from a folder, split into train/val/test by the manifest.
 
     Args:
-        root: Data folder (any layout ``ffd.data.layouts`` knows) or CSV file.
+        root: Data folder (any layout ``ffd.data.layouts`` knows) or CSV file, or a list of them: one
+            data set, each member with its own split and method (``ffd.data.layouts.data_roots``).
         split: ``val_fraction``, ``test_fraction`` (shares of each stratum) and ``seed``
             (the split's own: the same seed and data give the same split).
         augment: Training augmentation (``hflip``, ``vflip`` probabilities, ``rotation`` degrees).
@@ -88,6 +91,8 @@ class FaceDataModule(L.LightningDataModule):
         manifest_path: Where to write the manifest CSV (normally the run folder).
         synthetic: ``num_real``, ``num_fake``, ``seed``: generate a synthetic CIPLAB-like
             set into ``root`` first, unless it is there already; None for real data.
+        reencode: Save every image as a JPEG of a random quality before the model sees it
+            (``ffd.data.reencode``), so a format that differs between the classes carries no label.
         shuffle_labels: Permute the train and val labels (test keeps the true ones):
             a control experiment whose test score must be at chance.
         seed: The run's training seed: of that permutation and of the training order.
@@ -105,13 +110,14 @@ class FaceDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        root: str,
+        root: DataRoot,
         split: Mapping[str, Any],
         augment: Mapping[str, float],
         loader: LoaderSettings,
         cache: CacheSettings,
         manifest_path: str | None,
         synthetic: Mapping[str, Any] | None,
+        reencode: bool,
         shuffle_labels: bool,
         seed: int,
         video: Mapping[str, Any] | None,
@@ -121,10 +127,19 @@ class FaceDataModule(L.LightningDataModule):
         fold: Fold | None = None,
     ) -> None:
         super().__init__()
-        self.root = Path(root)
+        members = data_roots(root)
         self.synthetic = dict(synthetic) if synthetic else None
-        if not self.synthetic and not self.root.exists():  # fail before training starts
-            raise DataLayoutError(f"The data folder {self.root} does not exist.")
+        if members is not None and self.synthetic:
+            raise ConfigError(
+                "data.root is a list, but a synthetic set is generated into one folder: give one "
+                "data.root, or set data.synthetic=null to train on the folders listed."
+            )
+        self.data_root: DataRoot = root if members is None else members  # what the manifest reads
+        folders = [Path(root)] if members is None else [m.path for m in members]  # type: ignore[arg-type]
+        self.root = folders[0]  # a single data set's folder (where a synthetic set is generated)
+        missing = [f for f in folders if not f.exists()] if not self.synthetic else []
+        if missing:  # fail before training starts
+            raise DataLayoutError(f"The data folder {missing[0]} does not exist.")
         self.loader, self.cache_settings, self.features = loader, cache, features
         self.cache = cache.resolved(frozen=features is not None)
         self.split, self.fold = dict(split), fold
@@ -132,6 +147,8 @@ class FaceDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory
         self.decode_size = int(self.preprocess["size"]) if loader.decode_draft else None
         self.manifest_path = manifest_path
+        # A data setting: seeded by the split's seed, so runs of other training seeds share the cache
+        self.reencode = Reencode(int(self.split["seed"])) if reencode else None
         self.shuffle_seed = seed if shuffle_labels else None
         self.seed = seed
         self.records: list[Record] = []
@@ -152,10 +169,11 @@ class FaceDataModule(L.LightningDataModule):
         start = time.perf_counter()
         # The scan decodes every file to check it; a cache keeps the images for its build.
         keep = self.cache != "none"
-        images = DecodedImages(resize_transform(self.preprocess), self.decode_size, self.limits)
+        resize = resize_transform(self.preprocess)
+        images = DecodedImages(resize, self.decode_size, self.limits, self.reencode)
         s = self.split
         self.records = build_manifest(
-            self.root, s["val_fraction"], s["test_fraction"], s["seed"], self.limits, self.fold,
+            self.data_root, s["val_fraction"], s["test_fraction"], s["seed"], self.limits, self.fold,
             images if keep else None,
             CropSettings.from_config(self.video) if self.video else None, self.cache_settings.dir,
         )  # fmt: skip
@@ -174,9 +192,8 @@ class FaceDataModule(L.LightningDataModule):
             }
         if self.cache == "none":
             return {
-                s: ImageDataset(
-                    rows[s], build_transform(self.preprocess, augment[s]), self.decode_size, self.limits
-                )
+                s: ImageDataset(rows[s], build_transform(self.preprocess, augment[s]), self.decode_size,
+                                self.limits, self.reencode)  # fmt: skip
                 for s in SPLITS
             }
         assert self.features is not None  # resolved() gives "features" only with a frozen backbone

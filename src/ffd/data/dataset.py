@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from ffd.data.io import load_rgb
 from ffd.data.records import Record
+from ffd.data.reencode import Reencode
 from ffd.data.settings import Limits
 
 
@@ -21,18 +22,25 @@ class ImageDataset(Dataset):
         decode_size: Smallest side the decoder must keep (the model's input size);
             None decodes at full size.
         limits: What a file may be (``ffd.data.settings.Limits``).
+        reencode: Save each image as a JPEG first (``ffd.data.reencode``; None: as decoded).
     """
 
     def __init__(
-        self, records: Sequence[Record], transform: Callable, decode_size: int | None, limits: Limits
+        self,
+        records: Sequence[Record],
+        transform: Callable,
+        decode_size: int | None,
+        limits: Limits,
+        reencode: Reencode | None = None,
     ) -> None:
         self.records = list(records)
         self.transform = transform
-        self.decode_size, self.limits = decode_size, limits
+        self.decode_size, self.limits, self.reencode = decode_size, limits, reencode
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         r = self.records[index]
-        return self.transform(load_rgb(r.path, self.decode_size, self.limits)), r.label
+        image = load_rgb(r.path, self.decode_size, self.limits)
+        return self.transform(self.reencode(image, r.path) if self.reencode else image), r.label

@@ -19,6 +19,7 @@ from PIL import Image
 from ffd.data.faces import FaceCropper
 from ffd.data.images import DecodedImages
 from ffd.data.io import ImageDecodeError, decode_rgb, read_file
+from ffd.data.reencode import Reencode
 from ffd.data.settings import Limits
 
 
@@ -59,12 +60,14 @@ class Decoder:
         cropper: Crop each photo to its largest face first (status ``no_face`` if none); the photo
             is decoded at full size (within ``limits``), as the face may be a small part of it.
         kept: Images this run decoded already (the manifest scan's), taken from there.
+        reencode: Save each image as a JPEG first (``ffd.data.reencode``; None: as decoded).
     """
 
     size: int
     limits: Limits
     cropper: FaceCropper | None = None
     kept: DecodedImages | None = None
+    reencode: Reencode | None = None
 
     def __call__(self, file: str | Path) -> Item:
         """The Item of a file on disk (read errors become ``unreadable`` items)."""
@@ -81,7 +84,9 @@ class Decoder:
         """The Item of a file's bytes (``path``: its name, shown in the results)."""
         try:
             if self.cropper is None:
-                return Item(path, "ok", image=pixels(decode_rgb(data, self.size, self.limits)))
+                image = decode_rgb(data, self.size, self.limits)
+                image = self.reencode(image, str(path)) if self.reencode else image
+                return Item(path, "ok", image=pixels(image))
             if (face := self.cropper(decode_rgb(data, None, self.limits))) is None:
                 return Item(path, "no_face", f"no face found ({self.cropper.detector.name} face detector)")
             return Item(path, "ok", image=pixels(face), crop=face)

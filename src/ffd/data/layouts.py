@@ -1,17 +1,27 @@
-"""Finding the images of a data set in any layout ffd knows, with their labels and metadata."""
+"""Finding the images of a data set in any layout ffd knows, with their labels and metadata.
+
+A data set is one folder (or CSV), or the union of several (``data.root`` a list, ``data_roots``).
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from ffd.data.facts import CIPLAB_FOLDERS, CLASS_NAMES, FAKE, REAL, SPLITS, parse_fake_name
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ffd.data.facts import CIPLAB_FOLDERS, CLASS_NAMES, FAKE, SPLITS, parse_fake_name
+from ffd.data.folder_layouts import FAKE_FOLDERS, REAL_FOLDERS, ClassFolder, find_class_folders
 from ffd.data.io import image_files
 from ffd.data.records import Record
 from ffd.data.video.video_layouts import discover_videos
-from ffd.errors import FfdError
+from ffd.errors import ConfigError, FfdError
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +32,16 @@ LAYOUT_HELP = """\
 ffd looks for one of these layouts under the data folder:
   CIPLAB (Kaggle ciplab/real-and-fake-face-detection), at any depth:
       <root>/.../training_real/*.jpg  and  <root>/.../training_fake/*.jpg
-  two class folders:        <root>/real/*  and  <root>/fake/*
-  pre-split class folders:  <root>/{train,valid|val,test}/{real,fake}/*
-  a CSV file with columns:  path,label   (label: real/fake or 0/1)
+  a real and a fake class folder side by side, at any depth, named in any case
+  real/, nature/ or 0_real/  beside  fake/, ai/, 1_fake/ or synthetic/:
+      two class folders:     <root>/real/*  and  <root>/fake/*
+      pre-split (kept):      <root>/{train,valid|val,test}/{real,fake}/*   (CIFAKE: {train,test}/{REAL,FAKE})
+      GenImage:              <root>/<generator>/{train,val}/{ai,nature}/*  (its val/ is the test split)
+      ForenSynths:           <root>/[progan_train/]<category>/{0_real,1_fake}/*, test/<generator>/...
+      generator folders side by side name their images' method:  <root>/<method>/...
+  a CSV file with columns:  path,label[,split][,method]   (label: real/fake or 0/1)
+  several data sets as one: data.root=[DIR1,DIR2]  (a member's folder name is the method of its
+      images that have none: {path: DIR, method: NAME, split: test} sets them)
   videos (data=video): FaceForensics++ (original_sequences/, manipulated_sequences/),
       Celeb-DF v2 (Celeb-real/, Celeb-synthesis/, YouTube-real/), DFDC (*/metadata.json),
       or <root>/real/*.mp4 and <root>/fake/*.mp4
@@ -40,7 +57,7 @@ class DataLayoutError(FfdError, ValueError):
         super().__init__(f"{problem}\n{LAYOUT_HELP}")
 
 
-def _record(path: Path, label: int, source: str, split: str) -> Record:
+def _record(path: Path, label: int, source: str, split: str, method: str = "") -> Record:
     difficulty, parts = parse_fake_name(path) if label == FAKE else ("", "")
     name = os.path.abspath(path)  # the name as found; a symlink's target goes beside it
     try:
@@ -48,25 +65,16 @@ def _record(path: Path, label: int, source: str, split: str) -> Record:
     except (OSError, RuntimeError):  # broken link or loop: the scan records why
         target = os.readlink(path) if path.is_symlink() else ""
     return Record(
-        name, label, source, difficulty, parts, split=split, target="" if target == name else target
-    )
+        name, label, source, difficulty, parts, split=split, target="" if target == name else target,
+        method=method,
+    )  # fmt: skip
 
 
-def _class_folder(folder: Path, label: int, source: str, split: str) -> list[Record]:
-    files = image_files(folder)
+def _class_folder(folder: ClassFolder) -> list[Record]:
+    files = image_files(folder.path)
     if not files:
-        raise DataLayoutError(f"The {CLASS_NAMES[label]} folder {folder} holds no images.")
-    return [_record(f, label, source, split) for f in files]
-
-
-def _ciplab_roots(root: Path) -> list[Path]:
-    """Every folder under root holding both training_real/ and training_fake/."""
-    found = []
-    for dirpath, dirnames, _ in os.walk(root):
-        dirnames.sort()
-        if all(folder in dirnames for folder in CIPLAB_FOLDERS):
-            found.append(Path(dirpath))
-    return found
+        raise DataLayoutError(f"The {CLASS_NAMES[folder.label]} folder {folder.path} holds no images.")
+    return [_record(f, folder.label, folder.source, folder.split, folder.method) for f in files]
 
 
 class CsvError(FfdError, ValueError):
@@ -74,7 +82,7 @@ class CsvError(FfdError, ValueError):
 
 
 def _read_csv(path: Path) -> list[Record]:
-    """The rows of a ``path,label[,split]`` CSV (a UTF-8 byte-order mark is fine)."""
+    """The rows of a ``path,label[,split][,method]`` CSV (a UTF-8 byte-order mark is fine)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             return _csv_rows(path, csv.DictReader(fh))
@@ -97,7 +105,7 @@ def _csv_rows(path: Path, reader: csv.DictReader) -> list[Record]:
     for i, row in enumerate(reader, start=2):
         if not any((v or "").strip() for k, v in row.items() if k is not None):
             continue  # a blank line
-        cell = {k: (row.get(k) or "").strip() for k in ("path", "label", "split")}
+        cell = {k: (row.get(k) or "").strip() for k in ("path", "label", "split", "method")}
         where = f"{path} line {i}"
         if not cell["path"]:
             raise CsvError(
@@ -112,20 +120,137 @@ def _csv_rows(path: Path, reader: csv.DictReader) -> list[Record]:
             raise CsvError(f"{where}, column split: {cell['split']!r} is not train, val or test (or empty).")
         file = Path(cell["path"]).expanduser()
         value = int(label) if label.isdigit() else CLASS_NAMES.index(label)
-        records.append(_record(file if file.is_absolute() else path.parent / file, value, "csv", split))
+        file = file if file.is_absolute() else path.parent / file
+        records.append(_record(file, value, "csv", split, cell["method"]))
     return records
 
 
-def discover(root: str | Path) -> list[Record]:
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One folder (or CSV) of a data set made of several (``data.root`` a list).
+
+    Attributes:
+        path: The folder or CSV, in any layout ``discover`` knows.
+        method: The method of every image in it; empty: each keeps its own (a GenImage generator's
+            folder, a CSV's method column), and one without gets the member's ``name``.
+        split: The split of every image in it (``test``: a held-out set); empty: its layout's split.
+    """
+
+    path: Path
+    method: str = ""
+    split: str = ""
+
+    @property
+    def name(self) -> str:
+        """The folder's name (a CSV's: its name without .csv)."""
+        path = self.path.resolve()
+        return path.stem if path.suffix.lower() == ".csv" else path.name
+
+
+MEMBER_KEYS = ("path", "method", "split")
+DataRoot = str | os.PathLike[str] | Sequence[Any] | Mapping[str, Any]  # what data.root may be
+
+
+def as_data_root(value: Any) -> DataRoot:
+    """A data.root (or eval's ``dataset``) from a config: its lists and mappings as plain Python."""
+    if isinstance(value, ListConfig | DictConfig):
+        return OmegaConf.to_container(value)  # type: ignore[return-value]
+    return value  # type: ignore[no-any-return]
+
+
+def data_roots(root: DataRoot) -> list[Member] | None:
+    """The members of a data set given as a list of folders (or one ``{path, method, split}``), checked;
+    None for a single folder or CSV.
+
+    Raises:
+        ConfigError: a member is neither a path nor a mapping of MEMBER_KEYS with a path, its split is
+            not train, val or test, or one member lies inside another.
+    """
+    if isinstance(root, str | os.PathLike):
+        return None
+    if not isinstance(root, Mapping | Sequence) or not root:
+        raise ConfigError(
+            f"data.root is {root!r}: give a folder or CSV (data.root=DIR), or a list of them "
+            "(data.root=[DIR1,DIR2])."
+        )
+    members = [_member(item, i) for i, item in enumerate([root] if isinstance(root, Mapping) else root)]
+    for i, a in enumerate(members):
+        for b in members[i + 1 :]:
+            outer, inner = sorted((a.path.resolve(), b.path.resolve()), key=lambda p: len(p.parts))
+            if inner.is_relative_to(outer):
+                what = "twice" if inner == outer else f"and {inner} inside it"
+                raise ConfigError(
+                    f"data.root lists {outer} {what}: its images would count twice. List each folder once."
+                )
+    return members
+
+
+def _member(item: Any, i: int) -> Member:
+    where = f"data.root[{i}]"
+    if isinstance(item, Member):
+        return item
+    if isinstance(item, str | os.PathLike):
+        return Member(Path(item).expanduser())
+    if not isinstance(item, Mapping):
+        raise ConfigError(f"{where} is {item!r}: give a folder, or {{path: DIR, method: NAME, split: test}}.")
+    if unknown := sorted(set(map(str, item)) - set(MEMBER_KEYS)):
+        raise ConfigError(f"{where} has the keys {unknown}: a member takes path (needed), method and split.")
+    if not item.get("path"):
+        raise ConfigError(f"{where} has no path: give its folder as {{path: DIR}}.")
+    split = str(item.get("split") or "").lower()
+    split = _SPLIT_NAMES.get(split, split)
+    if split not in ("", *SPLITS):
+        raise ConfigError(f"{where}.split is {item['split']!r}: it must be train, val or test (or left out).")
+    return Member(Path(str(item["path"])).expanduser(), str(item.get("method") or ""), split)
+
+
+def describe(root: DataRoot) -> str:
+    """The data set's folder, or its members' folders, for a message."""
+    members = data_roots(root)
+    return str(root) if members is None else ", ".join(str(m.path) for m in members)
+
+
+def discover(root: DataRoot) -> list[Record]:
     """Find every image under root in one of the supported layouts (see LAYOUT_HELP).
+
+    ``root`` may be a list of folders (``data_roots``): the union of theirs, each with its own split
+    and methods; an image with no method gets its member's name (a member's ``method`` or ``split``,
+    when given, is every image's).
 
     A video data set gives one row per video (``video`` set, ``frame`` None): ``ffd.data.manifest``
     turns each into its face-crop rows.
 
     Raises:
         DataLayoutError: root is missing, in no known layout, or a class folder is empty.
+        ConfigError: a list of folders is not as ``data_roots`` wants it, or two of its members
+            with images that have no method share a name.
     """
-    root = Path(root).expanduser()
+    members = data_roots(root)
+    if members is None:
+        return _discover(Path(root).expanduser())  # type: ignore[arg-type]
+    records: list[Record] = []
+    named: dict[str, Path] = {}  # the members whose name became a method
+    for m in members:
+        rows = _discover(m.path)
+        unnamed = not m.method and any(not r.method for r in rows)
+        if unnamed and (other := named.setdefault(m.name, m.path)) != m.path:
+            raise ConfigError(
+                f"data.root lists two folders named {m.name} ({other} and {m.path}) whose images "
+                "have no method of their own: name them, "
+                f"data.root=[{{path: {other}, method: A}},{{path: {m.path}, method: B}}]."
+            )
+        for r in rows:
+            r.method = m.method or r.method or m.name
+            r.split = m.split or r.split
+        records += rows
+    methods = Counter(r.method for r in records)
+    log.info("%d data sets, %d files; by method: %s", len(members), len(records),
+             ", ".join(f"{k} {n}" for k, n in sorted(methods.items())))  # fmt: skip
+    return records
+
+
+def _discover(root: Path) -> list[Record]:
+    """``discover`` for one folder or CSV."""
     if not root.exists():
         raise DataLayoutError(f"The data folder {root} does not exist.")
     if root.is_file():
@@ -136,37 +261,20 @@ def discover(root: str | Path) -> list[Record]:
         if not videos:
             raise DataLayoutError(f"{root} is laid out as a video data set but holds no videos.")
         return videos
-    if ciplab := _ciplab_roots(root):
-        if len(ciplab) > 1:
-            log.info("Found %d CIPLAB trees under %s: %s", len(ciplab), root, [str(c) for c in ciplab])
-        return _note_odd_fake_names(
-            [
-                r
-                for c in ciplab
-                for label, folder in enumerate(CIPLAB_FOLDERS)
-                for r in _class_folder(c / folder, label, "ciplab", "")
-            ]
-        )
-    split_dirs = ("train", "valid", "val", "test")
-    if presplit := [d for d in split_dirs if (root / d / "real").is_dir() and (root / d / "fake").is_dir()]:
-        return [
-            r
-            for d in presplit
-            for label, name in enumerate(CLASS_NAMES)
-            for r in _class_folder(root / d / name, label, "presplit", _SPLIT_NAMES.get(d, d))
-        ]
-    if (root / "real").is_dir() and (root / "fake").is_dir():
-        return [
-            r
-            for label, name in ((REAL, "real"), (FAKE, "fake"))
-            for r in _class_folder(root / name, label, "folders", "")
-        ]
-    raise DataLayoutError(f"No known image layout under {root}. {_what_is_there(root)}")
+    folders = find_class_folders(root)
+    if not folders:
+        raise DataLayoutError(f"No known image layout under {root}. {_what_is_there(root)}")
+    kinds = Counter(f.source for f in folders)
+    methods = sorted({f.method for f in folders if f.method})
+    log.info("%s: %s%s", root, ", ".join(f"{n} {k} class folders" for k, n in sorted(kinds.items())),
+             f"; methods {', '.join(methods)}" if methods else "")  # fmt: skip
+    return _note_odd_fake_names([r for f in folders for r in _class_folder(f)])
 
 
 def _note_odd_fake_names(records: list[Record]) -> list[Record]:
-    """Fakes named outside CIPLAB's scheme stay fakes (their folder says so), with a note and a warning."""
-    odd = [r for r in records if r.label == FAKE and not r.difficulty]
+    """Fakes in training_fake/ named outside CIPLAB's scheme stay fakes (their folder says so), with a
+    note and a warning."""
+    odd = [r for r in records if r.source == "ciplab" and r.label == FAKE and not r.difficulty]
     for r in odd:
         r.reason = ODD_FAKE_NAME
     if odd:
@@ -183,16 +291,18 @@ def _what_is_there(root: Path, most: int = 12) -> str:
     names = sorted(p.name + "/" if p.is_dir() else p.name for p in root.iterdir())
     shown = ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
     hints = []
-    twins = (CIPLAB_FOLDERS, CLASS_NAMES)
     for dirpath, dirnames, _ in os.walk(root):
         at = Path(dirpath).relative_to(root)
-        for d in dirnames:
-            for known in (*CIPLAB_FOLDERS, *CLASS_NAMES):
+        for d in sorted(dirnames):
+            for known in CIPLAB_FOLDERS:
                 if d != known and d.lower() == known:
                     hints.append(f"{at / d}/ differs from {known}/ only in case: rename it to {known}/.")
-        for pair in twins:
-            present = [d for d in pair if d in dirnames]
-            if len(present) == 1:
-                missing = next(d for d in pair if d not in present)
-                hints.append(f"{at / present[0]}/ has no {missing}/ beside it.")
+        present = [d for d in CIPLAB_FOLDERS if d in dirnames]
+        if len(present) == 1:
+            missing = next(d for d in CIPLAB_FOLDERS if d not in present)
+            hints.append(f"{at / present[0]}/ has no {missing}/ beside it.")
+        for have, lack in ((REAL_FOLDERS, FAKE_FOLDERS), (FAKE_FOLDERS, REAL_FOLDERS)):
+            for d in sorted(d for d in dirnames if d.lower() in have):
+                if not any(e.lower() in lack for e in dirnames):
+                    hints.append(f"{at / d}/ has no {' or '.join(f + '/' for f in lack)} beside it.")
     return f"It holds: {shown or 'nothing'}." + "".join(f" {h}" for h in hints[:most])

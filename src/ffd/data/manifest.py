@@ -1,9 +1,9 @@
 """The data manifest: every image a run saw, its label, metadata, content hash and split.
 
-Building it finds the images in any supported layout (``ffd.data.layouts``; a video data
-set's videos become face-crop images first, ``ffd.data.video``), reads each
-file once to hash it and check that it decodes, drops exact duplicates, records
-unreadable files with the reason, and assigns a stratified, seeded split
+Building it finds the images in any supported layout, of one folder or several
+(``ffd.data.layouts``; a video data set's videos become face-crop images first,
+``ffd.data.video``), reads each file once to hash it and check that it decodes, drops
+exact duplicates, records unreadable files with the reason, and assigns a stratified, seeded split
 (``ffd.data.splits``). It is written into every run folder, so eval, predict and the
 audits see exactly the split the model was trained and selected on.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from ffd.data.facts import CLASS_NAMES, SPLITS
 from ffd.data.images import DecodedImages
 from ffd.data.io import ImageDecodeError, decode_rgb, read_file
-from ffd.data.layouts import DataLayoutError, discover
+from ffd.data.layouts import DataLayoutError, DataRoot, describe, discover
 from ffd.data.records import Record
 from ffd.data.settings import Limits
 from ffd.data.splits import Fold, assign_splits
@@ -100,7 +100,7 @@ def check_no_leakage(records: Iterable[Record]) -> None:
 
 
 def scan(
-    root: str | Path,
+    root: DataRoot,
     limits: Limits,
     images: DecodedImages | None = None,
     video: CropSettings | None = None,
@@ -109,7 +109,8 @@ def scan(
     """Discover the images under root, hash and check each, and mark exact duplicates.
 
     Args:
-        root: The data folder (or CSV).
+        root: The data folder (or CSV), or a list of them (``ffd.data.layouts.data_roots``): one data
+            set, whose exact duplicates are dropped across its folders as within one.
         limits: What a file may be: beyond, its row is ``unreadable`` with the reason.
         images: Keep the decoded images there (for a cache's build).
         video: How a video data set's videos become face crops; needed when root holds videos.
@@ -122,7 +123,8 @@ def scan(
     if any(r.video for r in records):
         if video is None or cache_dir is None:
             raise DataLayoutError(
-                f"{root} holds videos: train with data=video (or pass the video settings and a cache folder)."
+                f"{describe(root)} holds videos: train with data=video "
+                "(or pass the video settings and a cache folder)."
             )
         records = expand_videos(records, video, cache_dir, limits)
     check_files(records, images, limits)
@@ -134,7 +136,7 @@ def scan(
 
 
 def build_manifest(
-    root: str | Path,
+    root: DataRoot,
     val_fraction: float,
     test_fraction: float,
     seed: int,
@@ -150,7 +152,7 @@ def build_manifest(
     records = scan(root, limits, images, video, cache_dir)
     for label, name in enumerate(CLASS_NAMES):
         if not any(r.ok and r.label == label for r in records):
-            raise DataLayoutError(f"No readable {name} image under {root}.")
+            raise DataLayoutError(f"No readable {name} image under {describe(root)}.")
     assign_splits(records, val_fraction, test_fraction, seed, fold)
     check_no_leakage(records)
     counts = Counter((r.split, CLASS_NAMES[r.label]) for r in records if r.ok)

@@ -17,7 +17,8 @@ class Record:
     Attributes:
         path: Absolute path of the image file, as found (symlinks not followed).
         label: REAL (0) or FAKE (1).
-        source: Layout the file came from (ciplab, folders, presplit, csv).
+        source: Layout the file came from (ciplab, genimage, forensynths, presplit, folders, csv; a
+            video data set's: ffpp, celebdf, dfdc, videos).
         difficulty: CIPLAB fake difficulty (easy/mid/hard); empty otherwise.
         parts: CIPLAB replaced-part bits LRNM ("1010"); empty otherwise.
         sha256: Hash of the file's bytes.
@@ -28,7 +29,11 @@ class Record:
         target: Where ``path`` leads when a symlink is on the way (resolved); empty otherwise.
         video: The video a face crop came from (its path); empty for images.
         frame: The crop's frame index in that video; None for images (and a video's own row).
-        method: The manipulation method of a video data set (``original`` for reals); empty otherwise.
+        method: The generator or manipulation method: a video data set's (``original`` for reals); of an
+            image, the folder its class folders sit in (GenImage's ``<generator>/``, ForenSynths'
+            ``test/<generator>/`` or ``progan_train/``: ``ffd.data.folder_layouts``), a CSV's method
+            column, or the name of its folder in a list of data folders. Reals in such a folder carry
+            it too. Empty otherwise (CIPLAB's fakes: all Photoshop).
         identity: The people in the video, ``+``-joined (FF++: target+source); the split keeps
             every row sharing a person together. Empty when unknown.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -12,6 +13,8 @@ from ffd.data.facts import SPLITS
 from ffd.data.records import Record
 from ffd.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 Fold = tuple[int, int]  # (number of folds k, which fold i is the validation split)
 
 
@@ -20,13 +23,15 @@ def assign_splits(
 ) -> None:
     """Stratified, seeded train/val/test split of the ok rows without a split.
 
-    Strata are (label, difficulty), so every split sees each CIPLAB difficulty in
-    proportion. Rows are ordered by content hash before shuffling: the split
+    Strata are (label, difficulty, method), so every split sees each CIPLAB difficulty and each
+    generator in proportion. Rows are ordered by content hash before shuffling: the split
     depends on the data and the seed only, not on file names or disk order.
 
     Rows of videos are split by group instead, never by frame: every crop of a video and
     every video sharing a person (``identity``) lands in one split (``video_groups``); the
-    fractions count crops. Rows that came with a split (official lists) keep it.
+    fractions count crops. Rows that came with a split (split folders, official lists) keep it;
+    a split that none of the data has (GenImage and CIFAKE have no val, ForenSynths' training set
+    no test) is carved out of the rows that came as train, with its fraction (``carve_missing``).
 
     With ``fold=(k, i)`` the test rows are the same as without it, and the rest is
     dealt into k stratified folds: fold i is val, the others train (``val_fraction``
@@ -50,11 +55,39 @@ def assign_splits(
             f"data.split.val_fraction ({val}) and test_fraction ({test_fraction}) "
             "must be >= 0 and sum below 1."
         )
-    strata: dict[tuple[int, str], list[Record]] = defaultdict(list)
+    came_as_train = [r for r in records if r.ok and r.split == "train"]
+    _deal([r for r in records if r.ok and not r.split], val, test_fraction, seed, fold)
+    if fold is None:
+        carve_missing(records, came_as_train, val, test_fraction, seed)
+
+
+def carve_missing(
+    records: Sequence[Record], train: Sequence[Record], val_fraction: float, test_fraction: float, seed: int
+) -> None:
+    """Deal a split that no row of ``records`` has out of ``train`` (the rows that came as train), as
+    unsplit rows are dealt, with that split's fraction; a split that some rows have is left as it is."""
+    present = {r.split for r in records if r.ok}
+    val = 0.0 if "val" in present else val_fraction
+    test = 0.0 if "test" in present else test_fraction
+    if not train or not (val or test):
+        return
+    log.info(
+        "The data set comes with no %s split: carving it out of its %d train rows.",
+        " and no ".join(s for s, f in (("val", val), ("test", test)) if f), len(train),
+    )  # fmt: skip
+    for r in train:
+        r.split = ""
+    _deal(train, val, test, seed, None)
+
+
+def _deal(records: Sequence[Record], val: float, test_fraction: float, seed: int, fold: Fold | None) -> None:
+    """Deal rows without a split into train/val/test (or cross-validation folds): stratified image rows,
+    grouped video rows (``_split_groups``)."""
+    strata: dict[tuple[int, str, str], list[Record]] = defaultdict(list)
     for r in records:
-        if r.ok and not r.split and not r.video:
-            strata[(r.label, r.difficulty)].append(r)
-    _split_groups([r for r in records if r.ok and not r.split and r.video], val, test_fraction, seed, fold)
+        if not r.video:
+            strata[(r.label, r.difficulty, r.method)].append(r)
+    _split_groups([r for r in records if r.video], val, test_fraction, seed, fold)
     rng = np.random.default_rng(seed)
     for key in sorted(strata):
         rows = sorted(strata[key], key=lambda r: r.sha256)

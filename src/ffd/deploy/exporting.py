@@ -186,6 +186,18 @@ def card_io(model: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def shortcut_check(run: Path) -> dict[str, Any] | None:
+    """The training split's metadata-only baseline (``shortcut.json``), said in the log when it found a
+    shortcut: the card carries it to whoever deploys the model."""
+    path = run / "shortcut.json"
+    if not path.is_file():
+        return None
+    found = json.loads(path.read_text())
+    if found.get("shortcut") and not found.get("reencode"):
+        log.warning("The training run's data had a shortcut: %s", found["finding"])
+    return found
+
+
 def export(cfg: DictConfig) -> dict[str, Any]:
     """``python -m ffd.export``: write ``cfg.formats``, model.json and predict_onnx.py; return the card."""
     if unknown := set(cfg.formats) - set(FILES):
@@ -231,6 +243,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "training_run": str(run),
         "manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
         "metrics": model.final_metrics or None,  # this checkpoint's own (val, and test when it was tested)
+        "shortcut_check": shortcut_check(run),
         "checkpoint": {"path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path)},
         "parity": {"max_abs_diff": parity, "images": len(x), "on": source, "label_flips": 0},
         "files": {FILES[f]: {"sha256": sha256_file(out / FILES[f])} for f in cfg.formats},

@@ -149,7 +149,7 @@ class FeatureCache:
             "preprocess": preprocess, "augment": {s: a for s, (_, a, _) in splits.items()},
             "views": {s: v for s, (_, _, v) in splits.items()}, "precision": precision, "seed": seed,
             "runtime": choice.runner.label, "dtype": self.settings.dtype, "view_maker": "rgbx-gather",
-            "decode": images.decode_size,
+            "decode": images.decode_size, "resize": "resize_pixels", "reencode": images.reencode,
         }  # fmt: skip
         folder = Path(self.settings.dir) / f"features-{feature_key(self.encoder, key, splits)}"
         build = _Build(choice.runner, splits, images, device, num_workers, seed, self.settings.dtype,

@@ -20,8 +20,10 @@ from ffd import rules
 from ffd.data.decoding import Decoder, pixels
 from ffd.data.facts import CLASS_NAMES, FAKE, label_name, p_fake
 from ffd.data.images import DecodedImages
+from ffd.data.layouts import as_data_root, data_roots
 from ffd.data.manifest import scan
 from ffd.data.records import Record, read_manifest
+from ffd.data.reencode import Reencode
 from ffd.data.settings import Limits
 from ffd.data.video.crops import model_crop_settings
 from ffd.data.video.video_layouts import discover_videos
@@ -35,6 +37,7 @@ from ffd.evaluation.robustness import robustness_markdown, sweep, write_robustne
 from ffd.files import atomic_text
 from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
+from ffd.metrics.metadata_baseline import metadata_baseline
 from ffd.metrics.report import build_report, summary_markdown
 from ffd.metrics.video import video_index, video_report
 from ffd.progress import progress
@@ -56,15 +59,14 @@ def select_records(cfg: DictConfig, scorer: Scorer, images: DecodedImages) -> li
                 "With dataset=PATH, eval scores every image of that data set (split=all); "
                 "to score a split of the training run, leave dataset unset."
             )
+        dataset = as_data_root(cfg.dataset)
         # A video data set's crops as the model's training run made them (or as cfg.video says).
         video = (
             model_crop_settings(cfg.video, cfg.video_as_trained, scorer.training_run)
-            if discover_videos(Path(cfg.dataset)) else None
+            if data_roots(dataset) is None and discover_videos(Path(str(dataset))) else None
         )  # fmt: skip
-        records, split = (
-            scan(cfg.dataset, images.limits, images, video, cfg.paths.cache_dir),
-            "all",
-        )  # decoded once
+        records = scan(dataset, images.limits, images, video, cfg.paths.cache_dir)  # decoded once, kept
+        split = "all"
     rows = [r for r in records if r.ok and (split == "all" or r.split == split)]
     if not rows:
         raise FfdError(f"No usable images in split {split!r} (choose split=train|val|test|all).")
@@ -80,7 +82,8 @@ def score(
     """
     cam = scorer if isinstance(scorer, CheckpointScorer) and cam_method else None
     parts = {r.path: r.parts for r in records if cam is not None and r.label == FAKE and "1" in r.parts}
-    decode = Decoder(int(scorer.preprocess["size"]), images.limits, kept=images if images.kept else None)
+    kept = images if images.kept else None
+    decode = Decoder(int(scorer.preprocess["size"]), images.limits, kept=kept, reencode=images.reencode)
     logits: list[torch.Tensor] = []
     cams: list[tuple[str, torch.Tensor]] = []
     bar = progress(None, "Scoring" + (f" and {cam_method}" if cam is not None else ""), len(records), "img")
@@ -136,7 +139,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     rules.check_all({"localization": cfg.localization, "video_aggregate": cfg.video_aggregate})
     scorer = load_scorer(cfg.ckpt_path, cfg.runtime, Path(cfg.paths.cache_dir) / "runtimes")
     size = int(scorer.preprocess["size"])
-    images = DecodedImages(pixels, size, Limits.from_config(cfg.limits))
+    reencode = Reencode(cfg.seed) if cfg.reencode else None
+    images = DecodedImages(pixels, size, Limits.from_config(cfg.limits), reencode)
     records = select_records(cfg, scorer, images)
     if cfg.localization and not isinstance(scorer, CheckpointScorer):
         log.info("No localization for an ONNX model (Grad-CAM needs the checkpoint's gradients).")
@@ -152,6 +156,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             records, logits, scorer.threshold_logit, cfg.video_aggregate, cfg.bootstrap, cfg.seed
         )
     report["checkpoint"] = str(Path(cfg.ckpt_path).resolve())
+    if not any(r.video for r in records):  # (a video's face crops are all files ffd wrote)
+        report["shortcut_check"] = metadata_baseline(records, cfg.seed, cfg.bootstrap)
+        if report["shortcut_check"]["shortcut"]:
+            log.warning("The evaluated images: %s", report["shortcut_check"]["finding"])
     report["breakdowns"] = breakdowns(records, logits, scorer.threshold_logit)
     if cams:
         report["localization"] = {"method": cfg.localization, "parts": localization_report(cams)}

@@ -31,7 +31,8 @@ body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0
 table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.3em}
-.figs{display:flex;flex-wrap:wrap;align-items:flex-start}.muted{color:#666}"""
+.figs{display:flex;flex-wrap:wrap;align-items:flex-start}.muted{color:#666}
+.warning{background:#fff3cd;border:1px solid #e0a800;padding:.5em}"""
 
 
 def _png(path_or_image: Path | Image.Image) -> str:
@@ -113,6 +114,14 @@ def confident_errors(
     return Image.fromarray(grid.permute(1, 2, 0).numpy())
 
 
+def _shortcut(check: Mapping[str, Any] | None) -> list[str]:
+    """The metadata-only baseline's finding: a warning box when file metadata alone separates the classes."""
+    if not check:
+        return []
+    style = " class='warning'" if check["shortcut"] else " class='muted'"
+    return [f"<p id='shortcut'{style}>{html.escape(check['finding'])}</p>"]
+
+
 def render(
     out: Path, report: Mapping[str, Any], robustness: Mapping[str, Any] | None, errors: Image.Image | None
 ) -> str:
@@ -126,6 +135,7 @@ def render(
         "<h1>Evaluation</h1>",
         f"<p class='muted'>{checkpoint}: {report['n']} images "
         f"({report['n_real']} real, {report['n_fake']} fake); fake is the positive class.</p>",
+        *_shortcut(report.get("shortcut_check")),
         "<h2>Headline metrics (95 % bootstrap CIs)</h2>",
         '<div id="metrics">' + _table(["metric", "value", "95 % CI"], headline, keys) + "</div>",
         "<h2>Errors and curves</h2><div class='figs'>",

@@ -142,6 +142,25 @@ def matrix_figure(values: Sequence[Sequence[float]], rows: Sequence[str], column
     return fig
 
 
+def leave_one_out_figure(
+    names: Sequence[str], seen: Sequence[Mapping[str, Any]], unseen: Sequence[Mapping[str, Any]]
+) -> Figure:
+    """Seen and unseen AUROC of each held-out model, side by side, with their 95 % CIs."""
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2.5, 3.8))
+    x = torch.arange(len(names), dtype=torch.float64)
+    for offset, label, scores in ((-0.2, "seen", seen), (0.2, "unseen (held out)", unseen)):
+        values = [s["auroc"] for s in scores]
+        cis = [s.get("auroc_ci95") or (v, v) for s, v in zip(scores, values, strict=True)]
+        errors = [[v - lo for v, (lo, _) in zip(values, cis, strict=True)],
+                  [hi - v for v, (_, hi) in zip(values, cis, strict=True)]]  # fmt: skip
+        ax.bar((x + offset).tolist(), values, width=0.4, yerr=errors, capsize=3, label=label)
+    ax.axhline(0.5, c="grey", ls="--", lw=0.8)
+    ax.set_xticks(x.tolist(), [n.split("/")[-1] for n in names], rotation=20 if len(names) > 4 else 0)
+    ax.set(ylabel="test AUROC", xlabel="held out", ylim=(0, 1.02), title="Leave one out")
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
 def all_figures(logits: torch.Tensor, labels: torch.Tensor, report: dict[str, Any]) -> dict[str, Figure]:
     """Every figure of the logits of fake, by file stem (curves only when both classes are present)."""
     chosen = report["at_chosen_threshold"]

@@ -108,6 +108,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
             ]
     if video := report.get("video"):
         lines += ["", *video_markdown(video)]
+    if check := report.get("shortcut_check"):
+        lines += ["", f"Metadata-only baseline on these images: {check['finding']}"]
     if loc := report.get("localization"):
         lines += [
             "",

@@ -1,4 +1,5 @@
-"""Callbacks of a training run: progress, curves, Grad-CAM grid, run_info.json, per-epoch seeding."""
+"""Callbacks of a training run: progress, curves, Grad-CAM grid, run_info.json, per-epoch seeding, the
+format-shortcut check."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ffd.data.facts import FAKE, REAL, part_boxes, replaced_parts
 from ffd.engine.gradcam import explain_files, overlay
 from ffd.files import sha256_file
 from ffd.metrics.figures import curves_figure, save
+from ffd.metrics.metadata_baseline import metadata_baseline
 from ffd.models.module import FakeFaceClassifier
 from ffd.provenance import provenance
 from ffd.seeds import GLOBAL, epoch_seed
@@ -180,3 +182,33 @@ class EpochSeed(L.Callback):
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
+
+
+class ShortcutCheck(L.Callback):
+    """The metadata-only baseline (``ffd.metrics.metadata_baseline``) on the training split, once the data
+    is set up and before the first epoch: file headers only, a second or two. Its result goes into
+    ``shortcut.json`` in the run folder (the model card carries it); a shortcut is a warning in the log,
+    with the fix, unless the run applies it (``data.reencode``: the files keep their formats, the model
+    sees every image re-encoded).
+
+    Args:
+        path: Where the result is written.
+        seed: The baseline's folds and bootstrap.
+        reencode: Whether the run re-encodes every image (``data.reencode``).
+    """
+
+    def __init__(self, path: str, seed: int, reencode: bool) -> None:
+        self.path, self.seed, self.reencode = Path(path), seed, reencode
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        train = getattr(getattr(trainer, "datamodule", None), "rows", {}).get("train")
+        if not trainer.is_global_zero or not train or self.path.exists():  # a resumed run checked already
+            return
+        result = metadata_baseline(train, self.seed) | {"reencode": self.reencode}
+        self.path.write_text(json.dumps(result, indent=2))
+        if result["shortcut"] and self.reencode:
+            log.info("Training split's files: AUROC %.3f from metadata alone; data.reencode=true re-encodes "
+                     "every image as a JPEG before the model sees it, so the format carries no label.",
+                     result["auroc"])  # fmt: skip
+        else:
+            (log.warning if result["shortcut"] else log.info)("Training split: %s", result["finding"])

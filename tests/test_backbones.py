@@ -19,8 +19,10 @@ from ffd.training.fitting import train
 
 
 def build_backbone(name: str, **kwargs):
-    """``build_backbone`` with model/mobilenet_v2.yaml's settings where a test does not set one."""
-    settings = {"pretrained": False, "weights": None, "input_size": None, "weights_file": None, **kwargs}
+    """``build_backbone`` with model/mobilenet_v2.yaml's settings (its flatten head: the map, no residual)
+    where a test does not set one."""
+    settings = {"pretrained": False, "weights": None, "input_size": None, "weights_file": None,
+                "embedding": None, "residual": None, **kwargs}  # fmt: skip
     return _build_backbone(name, **settings)
 
 
@@ -123,3 +125,41 @@ def test_weights_file_loads_local_timm_weights(tmp_path: Path) -> None:
 def test_unknown_timm_model_is_explained() -> None:
     with pytest.raises(ValueError, match="Unknown timm model"):
         build_backbone("timm:no_such_net", pretrained=False)
+
+
+def test_embeddings_and_the_npr_residual_wrap_any_trunk() -> None:
+    """The pooled embedding of a torchvision trunk is its map's average; timm's is the model's own pooling
+    (a ViT's class token), or its pretrained head (``projected``); NPR goes in front of either. Gradual
+    unfreezing finds the same blocks through every wrapper, and the cache's fingerprint tells them apart."""
+    from ffd.models.backbones import NprResidual
+    from ffd.models.encoder import state_fingerprint
+    from ffd.models.finetune import backbone_blocks
+
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    fmap, _ = build_backbone("resnet18")
+    torch.manual_seed(0)
+    pooled, _ = build_backbone("resnet18", embedding="pooled")
+    torch.testing.assert_close(pooled(x), fmap(x).mean((2, 3)))
+    vit, _ = build_backbone("timm:test_vit", input_size=64, embedding="pooled")
+    tokens = vit.model.forward_features(x)
+    torch.testing.assert_close(vit(x), tokens[:, 0])  # test_vit: class token, no norm after the pooling
+    projected, _ = build_backbone("timm:test_vit", input_size=64, embedding="projected")
+    assert projected(x).shape == (2, 1000)  # test_vit's pretrained head: 1000 classes (CLIP's: a projection)
+    npr, _ = build_backbone("timm:test_vit", input_size=64, residual="npr")
+    assert isinstance(npr[0], NprResidual) and npr(x).shape == (2, 64, 4, 4)
+    plain, _ = build_backbone("timm:test_vit", input_size=64)
+    assert [type(b) for b in backbone_blocks(npr)] == [type(b) for b in backbone_blocks(plain)]
+    assert len(backbone_blocks(pooled)) == len(backbone_blocks(fmap)) == 10  # conv1, bn1, 2 per layer
+    npr.load_state_dict({f"1.{k}": v for k, v in plain.state_dict().items()})
+    assert len({state_fingerprint(m) for m in (fmap, pooled)}) == 2  # same weights, other layers
+    assert state_fingerprint(npr) != state_fingerprint(plain)
+
+
+def test_embedding_choices_that_cannot_work_are_explained() -> None:
+    with pytest.raises(
+        ValueError, match="torchvision's resnet18 has a classifier there: use model.embedding=pooled"
+    ):
+        build_backbone("resnet18", embedding="projected")
+    with pytest.raises(ValueError, match="has no pretrained head to project its embedding with"):
+        build_backbone("timm:vit_small_patch14_dinov2", input_size=28, embedding="projected")

@@ -148,6 +148,11 @@ NOT_SETTINGS = {
         ("ffd.data.records.Record", f): f"a manifest row's {f}"
         for f in ("split", "status", "video", "method")
     },
+    ("ffd.data.folder_layouts.ClassFolder", "split"): "a class folder's split, as its tree names it",
+    ("ffd.data.folder_layouts.ClassFolder", "method"): "a class folder's generator, as its tree names it",
+    ("ffd.data.layouts.Member", "split"): "a data.root member's own split (a list entry's split:)",
+    ("ffd.data.layouts.Member", "method"): "a data.root member's own method (a list entry's method:)",
+    ("ffd.data.layouts._record", "method"): "a manifest row's method",
     ("ffd.data.decoding.Item", "status"): "an input file's status",
     ("ffd.data.decoding.Item", "message"): "an input file's message",
     ("ffd.models.module.FakeFaceClassifier.train", "mode"): "torch's nn.Module.train(mode)",

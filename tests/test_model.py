@@ -76,3 +76,27 @@ def test_bad_arguments_are_explained() -> None:
         tiny_model(weights="IMAGENET9K")
     with pytest.raises(ValueError, match="model.head=.mlp. is not valid"):
         tiny_model(head="mlp")
+    with pytest.raises(ValueError, match="model.embedding=.cls. is not valid: .* pooled, projected"):
+        tiny_model(head="embedding", embedding="cls")
+    with pytest.raises(ValueError, match="model.residual=.srm. is not valid: it must be one of npr"):
+        tiny_model(residual="srm")
+
+
+def test_checkpoint_older_than_the_embedding_and_residual_settings_loads(tmp_path: Path) -> None:
+    """A checkpoint written before model.embedding and model.residual existed loads as what it was: no
+    residual, and no embedding head."""
+    from ffd.models.checkpoint import ADDED_SETTINGS, load_checkpoint
+
+    model = tiny_model()
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, DataLoader(TensorDataset(torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 0, 1]))))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    raw = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    assert set(ADDED_SETTINGS) <= set(raw["hyper_parameters"])
+    for key in ADDED_SETTINGS:
+        del raw["hyper_parameters"][key]
+    torch.save(raw, tmp_path / "older.ckpt")
+    loaded = load_checkpoint(tmp_path / "older.ckpt")
+    assert loaded.hparams["residual"] is None and loaded.hparams["head"] == "flatten"
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), model.eval()(x))

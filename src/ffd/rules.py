@@ -20,8 +20,10 @@ from ffd.errors import ConfigError
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 CACHE_MODES = ("auto", "none", "pixels", "features")
 FEATURE_DTYPES = ("float16", "uint8")
-HEADS = ("flatten", "avgpool")
-FREEZE_MODES = ("frozen", "full", "gradual")
+HEADS = ("flatten", "avgpool", "embedding")
+EMBEDDINGS = ("pooled", "projected")
+RESIDUALS = ("npr",)
+FREEZE_MODES = ("frozen", "full", "gradual", "layernorm")
 THRESHOLD_METHODS = ("eer", "youden")
 DETECTORS = ("auto", "haar", "mtcnn")
 CAM_METHODS = ("gradcam", "hirescam")
@@ -58,6 +60,13 @@ def whole(
         example or str(low),
         none_ok,
     )
+
+
+def _host_pattern(v: Any) -> bool:
+    """A host name, an address, ``*.domain`` or ``*`` (Starlette's TrustedHostMiddleware's patterns)."""
+    if not isinstance(v, str) or not v or "*" in v[1:]:
+        return False
+    return v == "*" or not v.startswith("*") or v.startswith("*.")
 
 
 def number(low: float, high: float | None = None, example: str = "", above: bool = False,
@@ -107,6 +116,8 @@ RULES: dict[str, Rule] = {
     "data.split.val_fraction": number(0, 1, below=True, example="0.15"),
     "data.split.test_fraction": number(0, 1, below=True, example="0.15"),
     "model.head": choice(HEADS),
+    "model.embedding": choice(EMBEDDINGS),
+    "model.residual": choice(RESIDUALS, none_ok=True),
     "model.freeze": choice(FREEZE_MODES),
     "model.threshold_method": choice(THRESHOLD_METHODS),
     "model.optimizer.lr": number(0, above=True, example="1e-3"),
@@ -131,6 +142,18 @@ RULES: dict[str, Rule] = {
     "serve.face_margin": number(0, 2, example="0.25"),
     "serve.face_detector": choice(DETECTORS),
     "serve.cam_method": choice(CAM_METHODS),
+    "serve.allowed_hosts": Rule(
+        lambda v: isinstance(v, list | tuple) and bool(v) and all(map(_host_pattern, v)),
+        "a list of host names or addresses, '*.example.com' for a domain's names, '*' for any (or null: "
+        "this machine's own names)",
+        "[localhost,myhost.lan,192.168.1.5]",
+        none_ok=True,
+    ),  # fmt: skip
+    "serve.body_timeout_s": number(0, above=True, example="15"),
+    "serve.max_connections": whole(1, example="32"),
+    "serve.max_queue": whole(1, example="128"),
+    "serve.decode_threads": whole(1, example="2"),
+    "serve.log_max_mb": number(0, above=True, example="1024"),
 }
 
 

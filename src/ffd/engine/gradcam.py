@@ -9,7 +9,7 @@ head gives its gradient; the trunk itself runs without a graph.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,9 @@ def grad_cam(model: FakeFaceClassifier, x: torch.Tensor, method: str) -> tuple[t
     channel of the trunk's feature map by its spatially averaged gradient
     (Selvaraju et al.); ``hirescam`` multiplies gradient and activation cell by
     cell (Draelos & Carin), which for the flatten head is exactly each cell's
-    contribution to the log-odds, where Grad-CAM's averaging blurs it.
+    contribution to the log-odds, where Grad-CAM's averaging blurs it. A backbone that
+    pools inside (``head=embedding``) leaves no map: both then weigh the input pixels by
+    their gradient through the whole model (gradient x input).
 
     Args:
         model: An ffd classifier (``features`` trunk and ``head``), in eval mode.
@@ -50,11 +52,15 @@ def grad_cam(model: FakeFaceClassifier, x: torch.Tensor, method: str) -> tuple[t
     rules.check("method", method)
     with torch.no_grad():
         feats = model.features(x).float()
+    pooled = feats.ndim == 2
+    net: Callable[[torch.Tensor], torch.Tensor] = model.head
+    if pooled:
+        feats, net = x.detach().float(), lambda images: model.head(model.backbone(images))
     feats.requires_grad_(True)
     with torch.enable_grad():
-        logits = model.head(feats).float()
+        logits = net(feats).float()
         (grads,) = torch.autograd.grad((logits[:, FAKE] - logits[:, REAL]).sum(), feats)
-    weights = grads.mean((2, 3), keepdim=True) if method == "gradcam" else grads
+    weights = grads.mean((2, 3), keepdim=True) if method == "gradcam" and not pooled else grads
     cam = F.relu((weights * feats).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]

@@ -99,13 +99,11 @@ def summary_markdown(report: dict[str, Any]) -> str:
     ]
     for kind, groups in (report.get("breakdowns") or {}).items():
         if groups:
-            header = [kind, "fakes", "AUROC vs all reals", "recall"]
-            lines += [
-                "",
-                *markdown_table(
-                    header, ([g, v["n_fake"], v["auroc"], v["recall"]] for g, v in groups.items())
-                ),
-            ]
+            columns = {"n_fake": "fakes", "auroc": "AUROC vs all reals", "recall": "recall"}
+            if any("auroc_own_reals" in v for v in groups.values()):  # a generator's own reals (GenImage)
+                columns["auroc_own_reals"] = "AUROC vs its own reals"
+            table = [[g, *(v.get(k, "") for k in columns)] for g, v in groups.items()]
+            lines += ["", *markdown_table([kind, *columns.values()], table)]
     if video := report.get("video"):
         lines += ["", *video_markdown(video)]
     if check := report.get("shortcut_check"):

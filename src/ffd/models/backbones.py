@@ -1,9 +1,10 @@
 """Backbones by name (torchvision or ``timm:<name>``), with the preprocessing their weights expect.
 
 Every backbone maps normalized images (N, 3, H, W) to a 4-D feature map (N, C, h, w),
-so any head and the feature cache work with any backbone. Input size, mean, std and
-interpolation come from the backbone's own metadata (torchvision's weights
-transforms, timm's pretrained config), never from numbers written here.
+so any head and the feature cache work with any backbone; or, for the ``embedding``
+head, to the model's own pooled embedding (N, D), one vector per image. Input size,
+mean, std and interpolation come from the backbone's own metadata (torchvision's
+weights transforms, timm's pretrained config), never from numbers written here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -50,10 +52,56 @@ class TimmTrunk(nn.Module):
         return f.permute(0, 3, 1, 2) if self.nhwc else f
 
 
+class TimmEmbedding(nn.Module):
+    """A timm model's own embedding (N, D): ``model(x)``, with its pooling and, if it was built with
+    one, its head.
+
+    Built with ``num_classes=0`` it is the pooled pre-logits vector (a ViT's class token after the
+    final norm, a CNN's global average); built with its pretrained head, that head's output, which
+    for CLIP weights is the image projection (CLIP ViT-L/14: 1024-d token -> 768-d embedding).
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class Pooled(nn.Module):
+    """A torchvision trunk's map averaged over space, (N, C, h, w) -> (N, C): what its classifier sees."""
+
+    def __init__(self, trunk: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x).mean((2, 3))
+
+
+class NprResidual(nn.Module):
+    """NPR (Tan et al., "Rethinking the Up-Sampling Operations in CNN-based Generative Network for
+    Generalizable Deepfake Detection", CVPR 2024): the image minus the nearest-neighbour 2x
+    up-sampling of its 2x down-sampling.
+
+    A generator's up-sampling leaves the pixels of each 2x2 block related; the residual keeps
+    those relations and drops most of the image content. Scaled by 2/3, as the authors' code feeds
+    it to its first convolution.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Every other pixel, repeated back to full size (any size: nearest maps output i to i // 2).
+        up = F.interpolate(x[..., ::2, ::2], size=x.shape[-2:], mode="nearest")
+        return (x - up) * (2 / 3)
+
+
 def build_backbone(
-    name: str, pretrained: bool, weights: str | None, input_size: int | None, weights_file: str | None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A classification model's trunk (no pooling, no classifier) and its preprocessing.
+    name: str, pretrained: bool, weights: str | None, input_size: int | None, weights_file: str | None,
+    embedding: str | None, residual: str | None,
+) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """A classification model's trunk (its feature map, or its embedding; never its classifier) and its
+    preprocessing.
 
     Args:
         name: A torchvision model name (mobilenet_v2, efficientnet_b0, resnet50,
@@ -65,15 +113,32 @@ def build_backbone(
         input_size: Square input side; None = the size the weights were trained at.
         weights_file: timm only: a local weights file to load instead of downloading
             (timm's ``pretrained_cfg_overlay=dict(file=...)``).
+        embedding: None: the 4-D feature map. ``pooled``: the pooled embedding (N, D) instead;
+            ``projected`` (timm): the output of the model's pretrained head, for CLIP weights its
+            image projection.
+        residual: ``npr``: the trunk sees the NPR residual of its input (``NprResidual``), its
+            first op, so every consumer and export runs it. None: the image itself.
 
     Returns:
         The trunk, and its preprocessing: ``size``, ``mean``, ``std``, ``interpolation``.
     """
     if name.startswith(TIMM_PREFIX):
-        return _timm_backbone(name.removeprefix(TIMM_PREFIX), pretrained, input_size, weights_file)
-    if weights_file:
+        trunk, preprocess = _timm_backbone(
+            name.removeprefix(TIMM_PREFIX), pretrained, input_size, weights_file, embedding
+        )
+    elif weights_file:
         raise ConfigError("model.weights_file is for timm backbones; torchvision reads torch's hub cache.")
-    return _torchvision_backbone(name, pretrained, weights or "DEFAULT", input_size)
+    elif embedding == "projected":
+        raise ConfigError(
+            f"model.embedding=projected takes a timm model's pretrained head (CLIP's image projection); "
+            f"torchvision's {name} has a classifier there: use model.embedding=pooled."
+        )
+    else:
+        trunk, preprocess = _torchvision_backbone(name, pretrained, weights or "DEFAULT", input_size)
+        trunk = Pooled(trunk) if embedding else trunk
+    if residual == "npr":
+        trunk = nn.Sequential(NprResidual(), trunk)
+    return trunk, preprocess
 
 
 def _torchvision_backbone(
@@ -126,7 +191,7 @@ def _torchvision_trunk(name: str, model: nn.Module) -> nn.Module:
 
 
 def _timm_backbone(
-    name: str, pretrained: bool, input_size: int | None, weights_file: str | None
+    name: str, pretrained: bool, input_size: int | None, weights_file: str | None, embedding: str | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     import timm
     from timm.data import resolve_data_config
@@ -136,7 +201,11 @@ def _timm_backbone(
             f"Unknown timm model {name!r}. List them with: python -c \"import timm; print(timm.list_models('*"
             f"{name.split('.')[0][:6]}*'))\""
         )
-    kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": ""}
+    kwargs: dict[str, Any] = {"num_classes": 0}  # pooled: the model's own pooling, no classifier
+    if embedding is None:  # the map: no pooling either
+        kwargs["global_pool"] = ""
+    elif embedding == "projected":  # the pretrained head kept, with as many outputs as the weights have
+        kwargs = {}
     if weights_file:
         if not Path(weights_file).is_file():
             raise ConfigError(f"model.weights_file={weights_file} does not exist.")
@@ -157,6 +226,11 @@ def _timm_backbone(
         raise _timm_weights_error(name, default_cfg, err) from err
     if pretrained and weights_file:
         _check_weights_file(model, weights_file, name)
+    if embedding == "projected" and not model.num_classes:
+        raise ConfigError(
+            f"timm:{name} has no pretrained head to project its embedding with: use model.embedding=pooled "
+            "(model.embedding=projected is for CLIP weights, whose head is the image projection)."
+        )
     cfg = resolve_data_config({}, model=model)
     preprocess = {
         "size": input_size or int(cfg["input_size"][-1]),
@@ -164,7 +238,7 @@ def _timm_backbone(
         "std": [float(v) for v in cfg["std"]],
         "interpolation": str(cfg["interpolation"]),
     }
-    return TimmTrunk(model), preprocess
+    return (TimmEmbedding(model) if embedding else TimmTrunk(model)), preprocess
 
 
 def _check_weights_file(model: nn.Module, weights_file: str, name: str) -> None:

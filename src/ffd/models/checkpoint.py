@@ -18,6 +18,8 @@ from ffd.models.module import FakeFaceClassifier
 
 # What Lightning writes into every checkpoint, and what ffd adds.
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "ffd")
+# Model settings newer than some checkpoints, and what a checkpoint without one was trained with.
+ADDED_SETTINGS: dict[str, Any] = {"embedding": "pooled", "residual": None}
 
 
 def run_folder(ckpt_path: str | Path) -> Path:
@@ -67,11 +69,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path) -> FakeFaceClassifier:
     """An ffd checkpoint's model (see ``read_checkpoint``), in eval mode on the CPU."""
-    read_checkpoint(path)
+    saved = read_checkpoint(path)["hyper_parameters"]
+    older = {k: v for k, v in ADDED_SETTINGS.items() if k not in saved}
     # The checkpoint holds every weight: building the model must not fetch pretrained ones
     # (timm's would need the network, or a weights_file of the training machine).
     model = FakeFaceClassifier.load_from_checkpoint(
-        path, map_location="cpu", weights_only=True, pretrained=False, weights_file=None
+        path, map_location="cpu", weights_only=True, pretrained=False, weights_file=None, **older
     )
     return model.eval()
 

@@ -25,8 +25,11 @@ class Encoder:
 
 
 def state_fingerprint(module: nn.Module) -> str:
-    """sha256 over a module's parameters and buffers (names, shapes, values)."""
-    h = hashlib.sha256()
+    """sha256 over a module's layers (its ``repr``) and its parameters and buffers (names, shapes, values).
+
+    The layers count: the same weights give other outputs behind other layers without weights (a
+    pooled embedding or the map before it, the NPR residual or the image)."""
+    h = hashlib.sha256(repr(module).encode())
     for name, tensor in module.state_dict().items():
         h.update(name.encode())
         h.update(str(tuple(tensor.shape)).encode())

@@ -44,16 +44,28 @@ def backbone_blocks(backbone: nn.Module) -> list[nn.Module]:
 
     A trunk is usually a sequence of blocks (torchvision ``features``) or holds one
     (timm's ``blocks``, a ResNet's ``layer1``...): plain containers among its children are
-    opened one level, so that a schedule can unfreeze block by block.
+    opened one level, so that a schedule can unfreeze block by block. Wrappers (a timm trunk
+    around its model, a pooled embedding, the NPR residual in front) are looked through.
     """
-    module = getattr(backbone, "model", backbone)  # a timm trunk wraps the timm model
+    module = backbone
+    # A wrapper: all its parameters sit in one child, which has layers of its own.
+    while len(inner := [c for c in module.children() if _has_parameters(c)]) == 1 and _has_layers(inner[0]):
+        module = inner[0]
     blocks: list[nn.Module] = []
     for child in module.children():
         if type(child) in (nn.Sequential, nn.ModuleList):  # not subclasses: those are layers
             blocks.extend(child.children())
         else:
             blocks.append(child)
-    return [b for b in blocks if any(True for _ in b.parameters())]
+    return [b for b in blocks if _has_parameters(b)]
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _has_layers(module: nn.Module) -> bool:
+    return any(True for _ in module.children())
 
 
 def unfreeze_stages(blocks: Sequence[nn.Module], stages: int) -> list[list[nn.Module]]:

@@ -10,10 +10,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ffd import rules
 from ffd.data.facts import CLASS_NAMES, FAKE, REAL, logit_of, p_fake
+from ffd.errors import ConfigError
 from ffd.metrics.scores import choose_threshold, classification_metrics
 from ffd.models.backbones import build_backbone
 from ffd.models.encoder import Encoder, state_fingerprint
@@ -39,6 +41,19 @@ def _optimizer_spec(optimizer: Callable | Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _train_layernorms(backbone: nn.Module, name: str) -> None:
+    """Make the weights and biases of the backbone's LayerNorm layers trainable (GenD's LN-tuning: about
+    0.03 % of CLIP ViT-L/14); every other backbone parameter stays frozen."""
+    norms = [m for m in backbone.modules() if isinstance(m, nn.LayerNorm) and m.elementwise_affine]
+    if not norms:
+        raise ConfigError(
+            f"model.freeze=layernorm trains the backbone's LayerNorm layers, and {name} has none: use a "
+            "transformer (e.g. timm:vit_large_patch14_clip_quickgelu_224.openai) or another freeze mode."
+        )
+    for m in norms:
+        m.requires_grad_(True)
+
+
 def _gathered(x: Any) -> torch.Tensor:
     """``all_gather``'s (world_size, n) tensor as one flat CPU tensor."""
     assert isinstance(x, torch.Tensor)
@@ -56,12 +71,18 @@ class FakeFaceClassifier(L.LightningModule):
         backbone: torchvision model name or ``timm:<name>`` (see ``ffd.models.backbones``).
         pretrained: Start from pretrained (ImageNet) weights.
         weights: torchvision weights enum member (None for timm).
-        head: ``flatten`` (the seed's) or ``avgpool``.
+        head: ``flatten`` (the seed's), ``avgpool``, or ``embedding``: one linear layer on the
+            backbone's own pooled embedding (see ``ffd.models.heads``).
+        embedding: ``head=embedding``: ``pooled`` (the pre-logits vector) or ``projected`` (a timm
+            model's pretrained head, for CLIP its image projection); unused by other heads.
+        residual: ``npr``: the backbone sees the NPR residual of its input (first op of the backbone,
+            so of every export); None: the image.
         num_classes: Output classes (2: real, fake).
         freeze: ``frozen`` trains the head only, with backbone BatchNorm statistics
             frozen too (Keras ``trainable=False``); ``full`` trains everything;
             ``gradual`` starts frozen and unfreezes the backbone top-down at
-            ``unfreeze_epochs`` (``ffd.models.finetune.GradualUnfreeze``).
+            ``unfreeze_epochs`` (``ffd.models.finetune.GradualUnfreeze``); ``layernorm`` trains
+            the backbone's LayerNorm weights and biases and the head, nothing else (GenD).
         input_size: Square input side in pixels; None = the backbone's own.
         optimizer: A partial optimizer (Hydra ``_partial_: true``) or its
             ``{_target_, **kwargs}`` description.
@@ -85,6 +106,8 @@ class FakeFaceClassifier(L.LightningModule):
         pretrained: bool,
         weights: str | None,
         head: str,
+        embedding: str,
+        residual: str | None,
         num_classes: int,
         freeze: str,
         input_size: int | None,
@@ -99,24 +122,28 @@ class FakeFaceClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         rules.check_all({"model.freeze": freeze, "model.threshold_method": threshold_method,
-                         "model.dropout": dropout, "model.head": head})  # fmt: skip
+                         "model.dropout": dropout, "model.head": head, "model.embedding": embedding,
+                         "model.residual": residual})  # fmt: skip
         self.save_hyperparameters(ignore=["optimizer", "unfreeze_epochs", "scheduler"])
         # Plain lists and dicts: checkpoints load with weights_only=True.
         self.hparams["optimizer"] = _optimizer_spec(optimizer)
         self.hparams["unfreeze_epochs"] = [int(e) for e in unfreeze_epochs]
         self.hparams["scheduler"] = dict(scheduler) if scheduler else None
         self.backbone, self.preprocess = build_backbone(
-            backbone, pretrained, weights, input_size, weights_file
-        )
+            backbone, pretrained, weights, input_size, weights_file,
+            embedding if head == "embedding" else None, residual,
+        )  # fmt: skip
         # True while no backbone parameter trains (frozen; gradual before its first stage).
         self.frozen = freeze in ("frozen", "gradual")
-        self.backbone.requires_grad_(not self.frozen)
+        self.backbone.requires_grad_(freeze == "full")
+        if freeze == "layernorm":
+            _train_layernorms(self.backbone, backbone)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
         size = int(self.preprocess["size"])
         with torch.no_grad():
-            c, h, w = self.backbone.eval()(torch.zeros(1, 3, size, size)).shape[1:]
-        self.head = build_head(head, c, h, w, num_classes, dropout)
+            shape = self.backbone.eval()(torch.zeros(1, 3, size, size)).shape[1:]
+        self.head = build_head(head, shape, num_classes, dropout)
         self.train()
         base = classification_metrics()
         self.train_metrics = base.clone(prefix="train/")
@@ -151,11 +178,13 @@ class FakeFaceClassifier(L.LightningModule):
         if not self.trainer.is_global_zero:
             return
         trunk = sum(p.numel() for p in self.backbone.parameters())
+        total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         log.info(
-            "Model: %s trunk (%.1f M parameters, %s) -> %s head; %.0f K parameters train now.",
+            "Model: %s trunk (%.1f M parameters, %s) -> %s head; %.0f K parameters train now (%.3g %% "
+            "of the model's).",
             self.hparams["backbone"], trunk / 1e6, self.hparams["freeze"], self.hparams["head"],
-            trainable / 1e3,
+            trainable / 1e3, 100 * trainable / total,
         )  # fmt: skip
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

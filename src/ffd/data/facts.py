@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # Labels: "positive" means fake; p_fake is the probability of class FAKE, the sigmoid of the model's
@@ -43,8 +43,14 @@ PART_BOXES: dict[str, tuple[int, int, int, int]] = {
 Box = tuple[float, float, float, float]
 
 
-def label_name(logit: float, threshold_logit: float) -> str:
-    """The class name a logit gets at a decision threshold on logits: ``logit >= threshold`` means fake."""
+UNCERTAIN = "uncertain"  # the answer inside a model's abstention band (model.abstain)
+
+
+def label_name(logit: float, threshold_logit: float, band: Mapping[str, float] | None = None) -> str:
+    """The answer a logit gets at a decision threshold on logits: ``logit >= threshold`` means fake;
+    inside an abstention band's open interval (``low``, ``high``) the answer is ``uncertain``."""
+    if band is not None and band["low"] < logit < band["high"]:
+        return UNCERTAIN
     return CLASS_NAMES[int(logit >= threshold_logit)]
 
 

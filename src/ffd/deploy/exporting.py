@@ -181,6 +181,7 @@ def card_io(model: Any) -> dict[str, Any]:
         "class_names": list(CLASS_NAMES),
         "threshold": p_fake(model.threshold_logit),  # as p_fake, for people
         "threshold_logit": model.threshold_logit,
+        "abstain": model.abstain_band,  # logits in (low, high): "uncertain"; null: always real or fake
         "temperature": model.temperature,
         "precision": INFERENCE_PRECISION,
     }  # fmt: skip

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from ffd.data.decoding import Decoder
 from ffd.data.faces import FaceCropper
+from ffd.data.facts import UNCERTAIN
 from ffd.data.settings import Limits
 from ffd.data.video.decode import is_video
 from ffd.deploy.rows import FIELDS, result_row, write_rows
@@ -51,9 +52,8 @@ def predict(
         for item in batch.items:
             if item.crop is not None and crops_dir is not None:
                 item.crop.save(crops_dir / f"{index:05d}_{item.path.stem}.png")
-            yield result_row(
-                str(item.path), item.status, item.message, logits.get(id(item)), scorer.threshold_logit
-            )
+            yield result_row(str(item.path), item.status, item.message, logits.get(id(item)),
+                             scorer.threshold_logit, scorer.abstain_band)  # fmt: skip
             index += 1
 
 
@@ -94,10 +94,10 @@ def predict_files(cfg: DictConfig) -> Counter:
     rows = predict(scorer, files, cfg.batch_size, limits, cropper, crops_dir)
     counts = write_rows(output, FIELDS, progress(rows, "Scoring", total=len(files), unit="img"))
     log.info(
-        "%d files: %d real, %d fake, %d unreadable, %d without a face (threshold %.3g) -> %s",
-        len(files), counts["real"], counts["fake"], counts["unreadable"], counts["no_face"],
-        scorer.threshold, output,
+        "%d files: %d real, %d fake, %d uncertain, %d unreadable, %d without a face (threshold %.3g) -> %s",
+        len(files), counts["real"], counts["fake"], counts[UNCERTAIN], counts["unreadable"],
+        counts["no_face"], scorer.threshold, output,
     )  # fmt: skip
-    if not counts["real"] + counts["fake"]:
+    if not counts["real"] + counts["fake"] + counts[UNCERTAIN]:
         raise FfdError(f"None of the {len(files)} files could be scored; see {output}.")
     return counts

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from ffd import rules
 from ffd.data.decoding import Decoder
 from ffd.data.faces import FaceDetector
+from ffd.data.facts import UNCERTAIN
 from ffd.data.io import expand_input, image_files, is_file_entry
 from ffd.data.settings import Limits
 from ffd.data.video.crops import CropSettings, extract, model_crop_settings, resolve_detector
@@ -65,7 +66,7 @@ def score_video(
     try:
         crops = extract(path, settings, cache_dir, limits, detector)
     except VideoDecodeError as err:
-        return _row(path, None, 0.0, "unreadable", str(err)), []
+        return _row(path, None, scorer, "unreadable", str(err)), []
     frames = sorted(crops.crops)
     logits: list[float] = []
     decode = Decoder(int(scorer.preprocess["size"]), limits)
@@ -74,23 +75,25 @@ def score_video(
     by_frame = dict(zip(frames, logits, strict=True))
     no_face = "no face found (or not the tracked one)"
     rows = [
-        _row(path, by_frame.get(i), scorer.threshold_logit, "ok" if i in by_frame else "no_face",
+        _row(path, by_frame.get(i), scorer, "ok" if i in by_frame else "no_face",
              "" if i in by_frame else no_face, frame=i)
         for i in crops.sampled
     ]  # fmt: skip
     if not logits:
-        video = _row(path, None, 0.0, "no_face", f"no face in any of the {len(crops.sampled)} sampled frames")
+        video = _row(
+            path, None, scorer, "no_face", f"no face in any of the {len(crops.sampled)} sampled frames"
+        )
     else:
         score = float(AGGREGATES[aggregate](torch.tensor(logits)))
         message = f"{aggregate} of {len(logits)} frames"
-        video = _row(path, score, scorer.threshold_logit, "ok", message)
+        video = _row(path, score, scorer, "ok", message)
     video |= {"frames": len(logits), "no_face": len(crops.sampled) - len(frames)}
     return video, rows
 
 
-def _row(path: Path, logit: float | None, threshold_logit: float, status: str, message: str,
+def _row(path: Path, logit: float | None, scorer: Scorer, status: str, message: str,
          frame: int | str = "") -> dict[str, Any]:  # fmt: skip
-    return result_row(str(path), status, message, logit, threshold_logit) | {
+    return result_row(str(path), status, message, logit, scorer.threshold_logit, scorer.abstain_band) | {
         "frame": frame, "frames": "", "no_face": ""}  # fmt: skip
 
 
@@ -133,12 +136,12 @@ def predict_media(
     rows = _rows(files, images, scorer, (settings, detector), cache_dir, cfg, timelines, limits)
     counts = write_rows(output, VIDEO_FIELDS, rows)
     log.info(
-        "%d inputs (%d videos): %d real, %d fake, %d unreadable, %d without a face (threshold %.3g) -> %s; "
-        "timelines in %s",
-        len(files), sum(map(is_video, files)), counts["real"], counts["fake"], counts["unreadable"],
-        counts["no_face"], scorer.threshold, output, timelines,
+        "%d inputs (%d videos): %d real, %d fake, %d uncertain, %d unreadable, %d without a face (threshold "
+        "%.3g) -> %s; timelines in %s",
+        len(files), sum(map(is_video, files)), counts["real"], counts["fake"], counts[UNCERTAIN],
+        counts["unreadable"], counts["no_face"], scorer.threshold, output, timelines,
     )  # fmt: skip
-    if not counts["real"] + counts["fake"]:
+    if not counts["real"] + counts["fake"] + counts[UNCERTAIN]:
         raise FfdError(f"None of the {len(files)} inputs could be scored; see {output}.")
     return counts
 

@@ -28,6 +28,7 @@ class Scorer(Protocol):
     preprocess: dict[str, Any]
     threshold_logit: float  # logit >= threshold_logit: fake
     threshold: float  # the same threshold as p_fake, for people
+    abstain_band: dict[str, Any] | None  # logits in (low, high): "uncertain" (model.abstain); None: none
     temperature: float
     training_run: Path | None  # the training run folder the model came from (its manifest.csv)
 
@@ -57,7 +58,7 @@ class CheckpointScorer:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         self.net = Probabilities(model.float()).to(self.device).eval()
         self.preprocess, self.temperature = model.preprocess, model.temperature
-        self.threshold_logit = model.threshold_logit
+        self.threshold_logit, self.abstain_band = model.threshold_logit, model.abstain_band
         self.threshold = p_fake(self.threshold_logit)
         self.training_run: Path | None = None
         self.runtime, self.runtime_dir = runtime, runtime_dir
@@ -124,6 +125,7 @@ class OnnxScorer:
             raise FfdError(f"{path} was exported by an older ffd (no logit output): export it again.")
         self.preprocess, self.threshold_logit = card["preprocess"], float(card["threshold_logit"])
         self.threshold = p_fake(self.threshold_logit)
+        self.abstain_band = card.get("abstain")
         self.temperature = float(card["temperature"])
         self.training_run = Path(card["training_run"]) if card.get("training_run") else None
         self.input_name = self.session.get_inputs()[0].name

@@ -39,6 +39,7 @@ from ffd.metrics.breakdowns import breakdowns
 from ffd.metrics.figures import all_figures
 from ffd.metrics.metadata_baseline import metadata_baseline
 from ffd.metrics.report import build_report, summary_markdown
+from ffd.metrics.selective import selective_scores
 from ffd.metrics.video import video_index, video_report
 from ffd.progress import progress
 
@@ -156,6 +157,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             records, logits, scorer.threshold_logit, cfg.video_aggregate, cfg.bootstrap, cfg.seed
         )
     report["checkpoint"] = str(Path(cfg.ckpt_path).resolve())
+    if band := scorer.abstain_band:
+        selective = selective_scores(logits, labels, scorer.threshold_logit, band, cfg.bootstrap, cfg.seed)
+        report["abstain"] = {**band, **selective}
     if not any(r.video for r in records):  # (a video's face crops are all files ffd wrote)
         report["shortcut_check"] = metadata_baseline(records, cfg.seed, cfg.bootstrap)
         if report["shortcut_check"]["shortcut"]:

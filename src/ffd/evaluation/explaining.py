@@ -50,7 +50,7 @@ def explain(cfg: DictConfig) -> dict[str, dict[str, float]]:
             inside, share = localization(cam, boxes) if boxes else (None, None)
             png = out / "overlays" / f"{i:05d}_{path.stem}.png"
             overlay(img, cam, boxes).save(png)
-            label = label_name(logit, model.threshold_logit)
+            label = label_name(logit, model.threshold_logit, model.abstain_band)
             row = [path, repr(p_fake(logit)), repr(logit), label, "+".join(names), inside, share, png.name]
             writer.writerow(row)
             parts.append(bits)

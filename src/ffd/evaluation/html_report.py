@@ -24,6 +24,7 @@ from ffd.data.records import Record
 from ffd.data.settings import Limits
 from ffd.engine.gradcam import explain_files, overlay
 from ffd.engine.scorers import CheckpointScorer, Scorer
+from ffd.metrics.report import abstain_line
 from ffd.metrics.scores import OPERATING_FPRS
 
 STYLE = """
@@ -138,8 +139,10 @@ def render(
         *_shortcut(report.get("shortcut_check")),
         "<h2>Headline metrics (95 % bootstrap CIs)</h2>",
         '<div id="metrics">' + _table(["metric", "value", "95 % CI"], headline, keys) + "</div>",
+        *([f"<p id='abstain'>{html.escape(abstain_line(a))}</p>"] if (a := report.get("abstain")) else []),
         "<h2>Errors and curves</h2><div class='figs'>",
-        *(_img(figures / f"{name}.png", name) for name in ("confusion", "roc", "pr", "reliability", "scores")
+        *(_img(figures / f"{name}.png", name)
+          for name in ("confusion", "roc", "pr", "reliability", "scores", "risk_coverage")
           if (figures / f"{name}.png").exists()),
         "</div>",
     ]  # fmt: skip

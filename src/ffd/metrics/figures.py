@@ -17,6 +17,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from ffd.data.facts import CLASS_NAMES, p_fake  # noqa: E402
 from ffd.metrics.roc import roc_counts  # noqa: E402
+from ffd.metrics.selective import risk_coverage  # noqa: E402
 
 
 def curves_figure(history: Mapping[str, Sequence[float]], metrics: Sequence[str]) -> Figure:
@@ -161,6 +162,21 @@ def leave_one_out_figure(
     return fig
 
 
+def risk_coverage_figure(
+    coverage: Sequence[float], risk: Sequence[float], chosen: Mapping[str, Any]
+) -> Figure:
+    """The error rate among the answered images against the share answered, and the band's point."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(coverage, risk, label="answering the most confident first")
+    ax.scatter([chosen["coverage"]], [chosen["selective_risk"]], c="red", zorder=3,
+               label=f"model.abstain: {chosen['target']} {chosen['value']:g}")  # fmt: skip
+    top = max(0.05, max(risk, default=0) * 1.1)
+    ax.set(xlabel="coverage (share answered)", ylabel="risk (errors among the answered)",
+           title="Risk-coverage", xlim=(0, 1.02), ylim=(0, top))  # fmt: skip
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def all_figures(logits: torch.Tensor, labels: torch.Tensor, report: dict[str, Any]) -> dict[str, Figure]:
     """Every figure of the logits of fake, by file stem (curves only when both classes are present)."""
     chosen = report["at_chosen_threshold"]
@@ -175,4 +191,7 @@ def all_figures(logits: torch.Tensor, labels: torch.Tensor, report: dict[str, An
             "pr": pr_figure(logits, labels),
             "reliability": reliability_figure(probs, labels),
         }
+    if abstain := report.get("abstain"):
+        curve = risk_coverage(logits, labels, chosen["threshold_logit"])
+        figures["risk_coverage"] = risk_coverage_figure(*curve, abstain)
     return figures

@@ -106,6 +106,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
             lines += ["", *markdown_table([kind, *columns.values()], table)]
     if video := report.get("video"):
         lines += ["", *video_markdown(video)]
+    if abstain := report.get("abstain"):
+        lines += ["", abstain_line(abstain)]
     if check := report.get("shortcut_check"):
         lines += ["", f"Metadata-only baseline on these images: {check['finding']}"]
     if loc := report.get("localization"):
@@ -118,6 +120,16 @@ def summary_markdown(report: dict[str, Any]) -> str:
         parts = [[g, v["n"], v["mass_inside"], v["area_share"]] for g, v in loc["parts"].items()]
         lines += markdown_table(["parts", "fakes", "heatmap mass inside", "area share"], parts)
     return "\n".join(lines) + "\n"
+
+
+def abstain_line(a: dict[str, Any]) -> str:
+    """The abstention band's figures in one sentence."""
+    return (
+        f"Uncertain answers (model.abstain: {a['target']} {a['value']:g}; p_fake in ({a['low_p_fake']:.3f}, "
+        f"{a['high_p_fake']:.3f})): coverage {a['coverage']:.3f}{_ci(a.get('coverage_ci95'))} "
+        f"({a['uncertain']} uncertain), risk among the answered {a['selective_risk']:.3f}"
+        f"{_ci(a.get('selective_risk_ci95'))} (every image answered: {a['risk_at_full_coverage']:.3f})."
+    )
 
 
 def video_markdown(video: dict[str, Any]) -> list[str]:

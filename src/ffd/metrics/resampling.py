@@ -25,7 +25,9 @@ from ffd.metrics.roc import RANKED, ranked_scores
 CHUNK = 256  # resamples drawn and scored at a time (bounds memory: CHUNK x n weights)
 
 
-def _draws(labels: torch.Tensor, n: int, seed: int, groups: torch.Tensor | None) -> list[torch.Tensor]:
+def resample_weights(
+    labels: torch.Tensor, n: int, seed: int, groups: torch.Tensor | None = None
+) -> list[torch.Tensor]:
     """Weights (<= CHUNK, len(labels)) of ``n`` resamples with both classes, drawn as a loop drawing one
     index vector at a time would draw them (the same generator stream)."""
     g = torch.Generator().manual_seed(seed)
@@ -83,7 +85,7 @@ def bootstrap_intervals(
         return dict.fromkeys(every, nan)
     values: dict[str, list[torch.Tensor]] = {k: [] for k in every}
     y = labels.double()
-    for w in _draws(labels, n, seed, groups):
+    for w in resample_weights(labels, n, seed, groups):
         ranked = ranked_scores(scores, labels, w) if set(names) & set(RANKED) else {}
         for name in names:
             values[name].append(

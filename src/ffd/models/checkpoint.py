@@ -19,7 +19,7 @@ from ffd.models.module import FakeFaceClassifier
 # What Lightning writes into every checkpoint, and what ffd adds.
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "ffd")
 # Model settings newer than some checkpoints, and what a checkpoint without one was trained with.
-ADDED_SETTINGS: dict[str, Any] = {"embedding": "pooled", "residual": None}
+ADDED_SETTINGS: dict[str, Any] = {"embedding": "pooled", "residual": None, "abstain": None}
 
 
 def run_folder(ckpt_path: str | Path) -> Path:

@@ -17,6 +17,7 @@ from ffd import rules
 from ffd.data.facts import CLASS_NAMES, FAKE, REAL, logit_of, p_fake
 from ffd.errors import ConfigError
 from ffd.metrics.scores import choose_threshold, classification_metrics
+from ffd.metrics.selective import check_abstain
 from ffd.models.backbones import build_backbone
 from ffd.models.encoder import Encoder, state_fingerprint
 from ffd.models.finetune import GradualUnfreeze, build_scheduler
@@ -98,6 +99,8 @@ class FakeFaceClassifier(L.LightningModule):
         threshold_method: How the decision threshold on the logit (log-odds of fake) is chosen on
             each validation epoch: ``eer`` (equal error rate) or ``youden`` (max TPR - FPR).
             It is saved in every checkpoint and used by eval and predict.
+        abstain: ``{risk: R}`` or ``{coverage: C}``: a band of logits around the threshold, chosen on val
+            after training (``ffd.metrics.selective``), where predict answers ``uncertain``; None: none.
     """
 
     def __init__(
@@ -119,16 +122,19 @@ class FakeFaceClassifier(L.LightningModule):
         scheduler: Mapping[str, Any] | None,
         dropout: float,
         weights_file: str | None,
+        abstain: Mapping[str, float] | None,
     ) -> None:
         super().__init__()
+        check_abstain(abstain)
         rules.check_all({"model.freeze": freeze, "model.threshold_method": threshold_method,
                          "model.dropout": dropout, "model.head": head, "model.embedding": embedding,
                          "model.residual": residual})  # fmt: skip
-        self.save_hyperparameters(ignore=["optimizer", "unfreeze_epochs", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "unfreeze_epochs", "scheduler", "abstain"])
         # Plain lists and dicts: checkpoints load with weights_only=True.
         self.hparams["optimizer"] = _optimizer_spec(optimizer)
         self.hparams["unfreeze_epochs"] = [int(e) for e in unfreeze_epochs]
         self.hparams["scheduler"] = dict(scheduler) if scheduler else None
+        self.hparams["abstain"] = {str(k): float(v) for k, v in abstain.items()} if abstain else None
         self.backbone, self.preprocess = build_backbone(
             backbone, pretrained, weights, input_size, weights_file,
             embedding if head == "embedding" else None, residual,
@@ -154,6 +160,7 @@ class FakeFaceClassifier(L.LightningModule):
         # val, and the val (and test) metrics of the model as it ships.
         self.temperature = 1.0
         self.final_metrics: dict[str, float] = {}
+        self.abstain_band: dict[str, Any] | None = None  # chosen with the temperature (model.abstain)
         self.inference_precision = INFERENCE_PRECISION
         self._val_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -285,6 +292,7 @@ class FakeFaceClassifier(L.LightningModule):
             "temperature": self.temperature,
             "metrics": self.final_metrics,
             "precision": self.inference_precision,
+            "abstain": self.abstain_band,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -292,5 +300,6 @@ class FakeFaceClassifier(L.LightningModule):
         self.threshold_logit = saved.get("threshold_logit", logit_of(saved.get("threshold", 0.5)))
         self.temperature = saved.get("temperature", 1.0)
         self.final_metrics = saved.get("metrics", {})
+        self.abstain_band = saved.get("abstain")
         self.inference_precision = saved.get("precision", INFERENCE_PRECISION)
         self.preprocess = saved.get("preprocess", self.preprocess)  # as trained, whatever the code now says

@@ -12,7 +12,6 @@ Every figure a run reports is then that of the file it ships.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,8 +23,10 @@ from ffd.data.facts import FAKE, p_fake
 from ffd.data.records import Record
 from ffd.engine.scorers import CheckpointScorer
 from ffd.engine.scoring import score_files
+from ffd.files import publish_file
 from ffd.metrics.calibration import brier, ece, fit_temperature
 from ffd.metrics.scores import at_threshold, choose_threshold, ranking
+from ffd.metrics.selective import choose_band, selective_scores
 from ffd.models.module import FakeFaceClassifier
 from ffd.models.shipped import INFERENCE_PRECISION, calibrated
 
@@ -40,9 +41,11 @@ def scored_logits(
     return torch.cat([batch.all_ok("An image became unreadable during training") for batch in batches])
 
 
-def split_metrics(split: str, logits: torch.Tensor, labels: torch.Tensor, t: float, threshold: float) -> dict:
+def split_metrics(
+    split: str, logits: torch.Tensor, labels: torch.Tensor, t: float, threshold: float, band: dict | None
+) -> dict:
     """A split's scores at temperature t: ranking (of the logit of fake), accuracy at the threshold (a
-    logit) and at p_fake 0.5, calibration."""
+    logit) and at p_fake 0.5, calibration; with an abstention band, coverage and selective risk."""
     probs, logit = calibrated(logits, t)
     scores = {
         **ranking(logit, labels),
@@ -53,6 +56,9 @@ def split_metrics(split: str, logits: torch.Tensor, labels: torch.Tensor, t: flo
         "ece_uncalibrated": ece(logits.softmax(-1)[:, FAKE], labels),
         "brier": brier(probs[:, FAKE], labels),
     }
+    if band is not None:
+        selective = selective_scores(logit, labels, threshold, band, n_boot=0, seed=0)
+        scores |= {k: selective[k] for k in ("coverage", "selective_risk")}
     return {f"{split}/{k}": v for k, v in scores.items()}
 
 
@@ -72,17 +78,22 @@ def calibrate(
     logits = scored_logits(scorer, rows["val"], batch_size, decode)
     t = fit_temperature(logits, labels["val"])
     threshold = choose_threshold(calibrated(logits, t)[1], labels["val"], method)
+    target = model.hparams.get("abstain")
+    band = choose_band(calibrated(logits, t)[1], labels["val"], threshold, target) if target else None
+    if band is not None and not band["met"]:
+        log.warning("model.abstain=%s: no band meets it on val; the model answers uncertain to every image.",
+                    target)  # fmt: skip
     metrics = {
         "val/temperature": t,
         "val/threshold": p_fake(threshold),
         "val/threshold_logit": threshold,
-        **split_metrics("val", logits, labels["val"], t, threshold),
+        **split_metrics("val", logits, labels["val"], t, threshold, band),
     }
     if test:
-        metrics |= split_metrics(
-            "test", scored_logits(scorer, rows["test"], batch_size, decode), labels["test"], t, threshold
-        )
+        test_logits = scored_logits(scorer, rows["test"], batch_size, decode)
+        metrics |= split_metrics("test", test_logits, labels["test"], t, threshold, band)
     model.temperature, model.threshold_logit, model.final_metrics = t, threshold, metrics
+    model.abstain_band = band
     log.info(
         "Calibrated on val: temperature %.3g, threshold %.4g (logit %.4g)", t, p_fake(threshold), threshold
     )
@@ -98,7 +109,8 @@ def store(model: FakeFaceClassifier, ckpt_path: str | Path) -> None:
         "threshold_logit": model.threshold_logit,
         "metrics": model.final_metrics,
         "precision": INFERENCE_PRECISION,
+        "abstain": model.abstain_band,
     }
     tmp = Path(f"{ckpt_path}.tmp")
     torch.save(raw, tmp)
-    os.replace(tmp, ckpt_path)
+    publish_file(tmp, Path(ckpt_path))

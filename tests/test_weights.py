@@ -30,7 +30,7 @@ def test_real_imagenet_weights_recognise_a_cat() -> None:
 
 
 def test_pretrained_trunk_is_not_random() -> None:
-    trunk, _ = build_backbone("mobilenet_v2", True, "IMAGENET1K_V1", None, None)
+    trunk, _ = build_backbone("mobilenet_v2", True, "IMAGENET1K_V1", None, None, None, None)
     reference = torch.load(W.checkpoint_dir() / W.MOBILENET_V2_FILE, weights_only=True)
     torch.testing.assert_close(trunk[0][0].weight, reference["features.0.0.weight"])
 
@@ -51,7 +51,7 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_missing_weights_error_says_what_and_how(offline_hub: Path) -> None:
     with pytest.raises(W.WeightsUnavailableError) as err:
-        build_backbone("mobilenet_v2", True, "IMAGENET1K_V1", None, None)
+        build_backbone("mobilenet_v2", True, "IMAGENET1K_V1", None, None, None, None)
     message = str(err.value)
     assert str(offline_hub / "checkpoints" / W.MOBILENET_V2_FILE) in message
     assert "ffd weights" in message and "model.pretrained=false" in message
@@ -61,7 +61,7 @@ def test_corrupt_weights_are_refused(offline_hub: Path) -> None:
     (offline_hub / "checkpoints").mkdir()
     (offline_hub / "checkpoints" / W.MOBILENET_V2_FILE).write_bytes(b"not weights")
     with pytest.raises(W.WeightsUnavailableError, match="corrupt"):
-        build_backbone("mobilenet_v2", True, "IMAGENET1K_V1", None, None)
+        build_backbone("mobilenet_v2", True, "IMAGENET1K_V1", None, None, None, None)
 
 
 def test_install_offline_weights_is_idempotent(offline_hub: Path) -> None:

@@ -192,8 +192,13 @@ class FaceDataModule(L.LightningDataModule):
             }
         if self.cache == "none":
             return {
-                s: ImageDataset(rows[s], build_transform(self.preprocess, augment[s]), self.decode_size,
-                                self.limits, self.reencode)  # fmt: skip
+                s: ImageDataset(
+                    rows[s],
+                    build_transform(self.preprocess, augment[s]),
+                    self.decode_size,
+                    self.limits,
+                    self.reencode,
+                )
                 for s in SPLITS
             }
         assert self.features is not None  # resolved() gives "features" only with a frozen backbone

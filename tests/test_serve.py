@@ -7,6 +7,7 @@ import asyncio
 import base64
 import csv
 import io
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,15 @@ def service(trained, tmp_path_factory: pytest.TempPathFactory):
                  "limits.max_pixels=1000000"]  # fmt: skip
     with running_service(ckpt, *overrides, log=root / "serve.log") as url:
         yield url, root
+
+
+def strings(node) -> list[str]:
+    """Every string in a JSON document."""
+    if isinstance(node, dict):
+        return [t for v in node.values() for t in strings(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in strings(v)]
+    return [node] if isinstance(node, str) else []
 
 
 def post(url: str, files: list[tuple[str, bytes]], **params) -> httpx.Response:
@@ -97,6 +107,10 @@ def test_model_card_docs_and_page(trained, service) -> None:
     ffd_state = torch.load(ckpt, weights_only=True)["ffd"]
     assert card["threshold"] == ffd_state["threshold"] and card["temperature"] == ffd_state["temperature"]
     assert card["explain"] is True and card["input"]["dtype"] == "uint8"
+    run = run_folder(ckpt)
+    assert card["source"] == ckpt.name and card["training_run"] == run.name  # names, never paths
+    leaked = [text for text in strings(card) if str(run.parent) in text or text.startswith("/")]
+    assert not leaked, leaked
     runtime, precision = card["backbone_runtime"].split()  # chosen at start-up (serve's runtime=auto)
     assert runtime in ("torch", "onnxruntime", "openvino") and precision == "32-true"
     spec = httpx.get(f"{url}/openapi.json").json()
@@ -166,6 +180,10 @@ def test_bad_input_is_a_4xx_with_a_message(trained, service, tmp_path: Path) -> 
         assert answer.status_code == status and message in answer.text, (case, answer.text)
     hostile = post(url, [("../../etc/passwd.jpg", good), ("C:\\Users\\x.jpg", good)]).json()["results"]
     assert [r["path"] for r in hostile] == ["passwd.jpg", "x.jpg"]  # names shown, never used as paths
+    foreign = httpx.post(
+        f"{url}/v1/predict", files={"file": ("a.jpg", good)}, headers={"host": "evil.example"}
+    )
+    assert foreign.status_code == 400 and "serve.allowed_hosts" in foreign.json()["detail"]  # DNS rebinding
     assert httpx.get(f"{url}/healthz").status_code == 200
     assert {p.name for p in (root / "run").iterdir()} == {".hydra", "serve.log"}
 
@@ -199,10 +217,10 @@ def test_uploads_stay_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     default = asyncio.run(MultiPartParser(plain.headers, plain.stream()).parse())
     assert spilled and default["file"].filename == "x.jpg"  # the default would have written it to disk
     spilled.clear()
-    assert asyncio.run(read_uploads(request(), 4 * 2**20, 4)) == [("x.jpg", data)]
+    assert asyncio.run(read_uploads(request(), 4 * 2**20, 4, 10)) == [("x.jpg", data)]
     assert not spilled
     with pytest.raises(HTTPException, match="413"):
-        asyncio.run(read_uploads(request(), 2 * 2**20, 4))  # no Content-Length: capped while streaming
+        asyncio.run(read_uploads(request(), 2 * 2**20, 4, 10))  # no Content-Length: capped while streaming
 
 
 def test_token_and_log_dir(trained, tmp_path: Path) -> None:
@@ -283,7 +301,9 @@ def test_batcher_gathers_concurrent_images_and_keeps_going_after_an_error() -> N
         return x.float().mean((1, 2, 3))
 
     async def scenario() -> tuple[list[float], str]:
-        batcher = Batcher(score, max_batch=4, max_wait_s=0.05, model_thread=ThreadPoolExecutor(1))
+        batcher = Batcher(
+            score, max_batch=4, max_wait_s=0.05, max_queue=8, model_thread=ThreadPoolExecutor(1)
+        )
         batcher.start()
 
         def item(image: torch.Tensor) -> Item:
@@ -351,27 +371,198 @@ def test_load_8_clients_30_s(trained, service) -> None:
     assert result["requests"] >= 8 and after["images"] - before["images"] == result["requests"]
 
 
-def test_a_request_not_scored_in_time_is_a_503() -> None:
-    """A model slower than serve.timeout_s: 503 with a message, and the service keeps answering."""
+def stand_in_app(serve: Settings, logit=None, explainer=None, band=None):
+    """The service's app (in-process) around a stand-in model of input size 32: ``logit`` (default:
+    each image's mean brightness), ``explainer`` (default: none), abstention ``band`` (default: none)."""
+    from types import SimpleNamespace
+
+    from ffd.service.app import create_app
+
+    scorer = SimpleNamespace(logit=logit or (lambda x: x.float().mean((1, 2, 3)) / 255),
+                             threshold=0.5, threshold_logit=0.0, abstain_band=band,
+                             preprocess={"size": 32})  # fmt: skip
+    note = "" if explainer else "No heatmaps."
+    served = SimpleNamespace(scorer=scorer, size=32, explainer=explainer, explain_note=note, card={})
+    crops = CropSettings(frames=4, stride=None, scale=1.3, size=32, detector="haar")
+    return create_app(served, serve, ThreadPoolExecutor(1), crops, LIMITS)  # type: ignore[arg-type]
+
+
+def png_bytes(size: tuple[int, int] = (40, 40)) -> bytes:
+    image = io.BytesIO()
+    Image.new("RGB", size, (90, 120, 200)).save(image, "PNG")
+    return image.getvalue()
+
+
+def test_a_request_not_scored_in_time_is_a_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model, a decode or a Grad-CAM slower than serve.timeout_s: 503 with a message (decoding and
+    explaining count against the budget too), and the service keeps answering."""
     import time
     from types import SimpleNamespace
 
     from fastapi.testclient import TestClient
 
-    from ffd.service.app import create_app
+    from ffd.service.app import Service
 
     def slow(x: torch.Tensor) -> torch.Tensor:
         time.sleep(0.5)
         return torch.zeros(len(x))
 
-    scorer = SimpleNamespace(logit=slow, threshold=0.5, threshold_logit=0.0, preprocess={"size": 32})
-    served = SimpleNamespace(scorer=scorer, size=32, explainer=None, explain_note="No heatmaps.", card={})
-    image = io.BytesIO()
-    Image.new("RGB", (40, 40)).save(image, "PNG")
-    crops = CropSettings(frames=4, stride=None, scale=1.3, size=32, detector="haar")
-    app = create_app(served, settings(timeout_s=0.1), ThreadPoolExecutor(1), crops, LIMITS)  # type: ignore[arg-type]
-    with TestClient(app) as client:
-        answer = client.post("/v1/predict", files={"file": ("a.png", image.getvalue())})
+    with TestClient(stand_in_app(settings(timeout_s=0.1), slow)) as client:
+        answer = client.post("/v1/predict", files={"file": ("a.png", png_bytes())})
         assert answer.status_code == 503 and "serve.timeout_s=0.1" in answer.json()["detail"]
         assert client.post("/v1/predict?explain=true", files={"file": ("a.png", b"x")}).status_code == 409
         assert client.get("/healthz").status_code == 200
+
+    slow_cam = SimpleNamespace(overlays=lambda images: time.sleep(0.5) or [Image.new("RGB", (32, 32))])
+    with TestClient(stand_in_app(settings(timeout_s=0.2), explainer=slow_cam)) as client:
+        assert client.post("/v1/predict", files={"file": ("a.png", png_bytes())}).status_code == 200
+        answer = client.post("/v1/predict?explain=true", files={"file": ("a.png", png_bytes())})
+        assert answer.status_code == 503 and "serve.timeout_s=0.2" in answer.json()["detail"]
+
+    decode = Service.decode
+    monkeypatch.setattr(Service, "decode", lambda *a: time.sleep(0.5) or decode(*a))
+    with TestClient(stand_in_app(settings(timeout_s=0.2))) as client:
+        answer = client.post("/v1/predict", files={"file": ("a.png", png_bytes())})
+        assert answer.status_code == 503 and "serve.timeout_s=0.2" in answer.json()["detail"]
+
+
+def test_inside_the_abstention_band_the_service_answers_uncertain() -> None:
+    from fastapi.testclient import TestClient
+
+    def logit(x: torch.Tensor) -> torch.Tensor:
+        return x.float().mean((1, 2, 3)) / 255 - 0.5  # png_bytes(): 0.04, white: 0.5
+
+    white = io.BytesIO()
+    Image.new("RGB", (40, 40), (255, 255, 255)).save(white, "PNG")
+    with TestClient(stand_in_app(settings(), logit, band={"low": -0.2, "high": 0.2})) as client:
+        files = [("file", ("blue.png", png_bytes())), ("file", ("white.png", white.getvalue()))]
+        rows = client.post("/v1/predict", files=files).json()["results"]
+    assert [r["label"] for r in rows] == ["uncertain", "fake"], rows
+
+
+def test_a_full_queue_is_a_429_with_retry_after() -> None:
+    """serve.max_queue images in the service already: the next request is refused at once, with
+    Retry-After and the setting's name; the places come back once requests are answered."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(stand_in_app(settings(max_queue=20))) as client:
+        batcher = client.app.state.service.batcher  # type: ignore[attr-defined]
+        batcher.admitted = 18  # two places left: as if other requests held the rest
+        three = [("file", (f"{i}.png", png_bytes())) for i in range(3)]
+        refused = client.post("/v1/predict", files=three)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert "serve.max_queue" in refused.json()["detail"]
+        assert client.post("/v1/predict", files=three[:2]).status_code == 200
+        assert batcher.admitted == 18  # given back
+        assert client.get("/healthz").json()["admitted"] == 18
+
+
+def test_healthz_says_when_the_batcher_died(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batching task ends (a bug): /healthz is a 503 with the reason, requests a 503, not a hang."""
+    from fastapi.testclient import TestClient
+
+    async def broken(self) -> None:
+        raise RuntimeError("a bug in the batcher")
+
+    monkeypatch.setattr(Batcher, "_gather", broken)
+    with TestClient(stand_in_app(settings())) as client:
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "down"
+        assert "RuntimeError: a bug in the batcher" in health.json()["reason"]
+        answer = client.post("/v1/predict", files={"file": ("a.png", png_bytes())})
+        assert answer.status_code == 503 and "a bug in the batcher" in answer.json()["detail"]
+
+
+def test_cross_site_posts_are_refused_without_a_token() -> None:
+    """No token: a POST whose Origin is another site is a 403 (a form on any web page could send it);
+    the page's own (same origin, or X-Requested-With) and programs' (no Origin) pass. With a token,
+    the token decides."""
+    from fastapi.testclient import TestClient
+
+    files = {"file": ("a.png", png_bytes())}
+    with TestClient(stand_in_app(settings())) as client:
+        evil = client.post("/v1/predict", files=files, headers={"Origin": "http://evil.example"})
+        assert evil.status_code == 403 and "cross-site" in evil.json()["detail"]
+        null = client.post("/v1/predict", files=files, headers={"Origin": "null"})
+        assert null.status_code == 403
+        assert (
+            client.post("/v1/predict", files=files, headers={"Origin": "http://testserver"}).status_code
+            == 200
+        )
+        page = {"Origin": "http://evil.example", "X-Requested-With": "ffd-page"}
+        assert client.post("/v1/predict", files=files, headers=page).status_code == 200
+        assert client.post("/v1/predict", files=files).status_code == 200
+        assert client.get("/healthz", headers={"Origin": "http://evil.example"}).status_code == 200
+    with TestClient(stand_in_app(settings(token="s3cret"))) as client:
+        evil = client.post("/v1/predict", files=files, headers={"Origin": "http://evil.example"})
+        assert evil.status_code == 401
+        good = {"Origin": "http://evil.example", "Authorization": "Bearer s3cret"}
+        assert client.post("/v1/predict", files=files, headers=good).status_code == 200
+
+
+def test_the_page_sends_the_header_that_marks_its_posts() -> None:
+    from importlib.resources import files
+
+    page = files("ffd.service").joinpath("page.html").read_text()
+    assert '"X-Requested-With": "ffd-page"' in page and page.count("headers: headers()") >= 3
+
+
+def test_host_allow_list() -> None:
+    """The Host names a service answers to: its own by default; a wildcard host must list them."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from ffd.service.guards import AllowedHosts, host_name
+
+    assert settings().hosts == ("localhost", "127.0.0.1", "::1")
+    assert settings(host="192.168.1.5").hosts == ("localhost", "127.0.0.1", "::1", "192.168.1.5")
+    assert settings(host="0.0.0.0", allowed_hosts=["Box.lan"]).hosts == ("box.lan",)
+    with pytest.raises(ConfigError, match=r"serve.host=0.0.0.0 .* serve.allowed_hosts"):
+        settings(host="0.0.0.0")
+    with pytest.raises(ConfigError, match="serve.allowed_hosts="):
+        settings(allowed_hosts=["ex*ample.com"])
+    with pytest.raises(ConfigError, match="serve.max_queue=4 is less than serve.max_files=16"):
+        settings(max_queue=4)
+    assert [host_name(h) for h in ("[::1]:8000", "LOCALHOST:1", "127.0.0.1", "", "[bad", None)] == [
+        "::1", "localhost", "127.0.0.1", "", "", ""
+    ]  # fmt: skip
+    app = FastAPI()
+    app.get("/")(lambda: {"ok": True})
+    app.add_middleware(AllowedHosts, allowed_hosts=settings().hosts)
+    client = TestClient(app)
+    for host, status in (("127.0.0.1:8000", 200), ("[::1]:8000", 200), ("localhost", 200),
+                         ("evil.example", 400), ("127.0.0.1.evil.example", 400), ("", 400)):  # fmt: skip
+        answer = client.get("/", headers={"host": host})
+        assert answer.status_code == status, host
+    assert "serve.allowed_hosts" in client.get("/", headers={"host": "evil.example"}).json()["detail"]
+
+
+def test_the_model_card_names_files_never_their_paths() -> None:
+    from ffd.service.served import names_only
+
+    card = {"name": "export", "source": "/srv/models/export", "training_run": "outputs/train/2026-01-01",
+            "checkpoint": {"path": "/srv/runs/x/checkpoints/best.ckpt", "sha256": "ab"},
+            "steps": ["resize to 224", "/255"], "files": {"model.onnx": {"sha256": "cd"}},
+            "windows": "C:\\Users\\me\\model.onnx", "threshold": 0.5}  # fmt: skip
+    assert names_only(card) == {
+        **card, "source": "export", "training_run": "2026-01-01", "windows": "model.onnx",
+        "checkpoint": {"path": "best.ckpt", "sha256": "ab"}, "steps": ["resize to 224", "255"],
+    }  # fmt: skip
+
+
+def test_the_upload_log_is_atomic_and_capped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from ffd.service.request_log import RequestLog
+
+    log = RequestLog(tmp_path / "kept", max_bytes=2700)  # rows take ~160 bytes each
+    row = {"path": "a.png", "p_fake": 0.5, "heatmap_png": "x" * 5000}
+    asyncio.run(log.write([("a.png", b"a" * 1000), ("a2.png", b"a" * 1000)], [row, row]))  # the same bytes
+    asyncio.run(log.write([("b.png", b"b" * 1000), ("c.png", b"c" * 1000)], [row, row]))
+    asyncio.run(log.write([("d.png", b"d" * 100)], [row]))  # nothing fits any more: not even the row
+    kept = sorted(p.stat().st_size for p in (tmp_path / "kept" / "uploads").iterdir())
+    assert kept == [1000, 1000]  # a, b; c did not fit; no temporary files left behind
+    lines = [json.loads(line) for line in (tmp_path / "kept" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["kept"] for r in lines] == [True, True, True, False]
+    assert all("heatmap_png" not in r for r in lines)
+    assert sum("serve.log_max_mb" in r.message for r in caplog.records) == 1  # one warning
+    again = RequestLog(tmp_path / "kept", max_bytes=2700)  # a restart counts what is there
+    assert again.used == sum(p.stat().st_size for p in (tmp_path / "kept").rglob("*") if p.is_file())

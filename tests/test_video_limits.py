@@ -437,7 +437,7 @@ def test_a_timed_out_upload_stops_being_decoded(clips: dict[str, Path]) -> None:
     async def score(_: Any) -> float:
         return 0.5
 
-    scorer = VideoScorer(dataclasses.replace(SETTINGS, frames=None), score, 0.5, LIMITS)
+    scorer = VideoScorer(dataclasses.replace(SETTINGS, frames=None), score, 0.5, None, LIMITS)
     scorer.detector = detector = CentreFace(delay=0.02)
     data = clips["long.mkv"].read_bytes()
 

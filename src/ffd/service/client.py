@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -36,13 +37,21 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+@dataclass(frozen=True)
+class Running:
+    """A service started by ``service_process``: its base URL and its process id."""
+
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def running_service(
+def service_process(
     ckpt_path: str | Path, *overrides: str, log: Path, env: dict[str, str] | None = None, wait_s: float = 180
-) -> Iterator[str]:
+) -> Iterator[Running]:
     """``python -m ffd.serve ckpt_path=... serve.port=0 OVERRIDES`` in its own process group, its output
-    in ``log``; yields the base URL once /healthz answers. The whole group is killed on the way out, and
-    the service ends with this process however it ends."""
+    in ``log``; yields it once /healthz answers. The whole group is killed on the way out, and the
+    service ends with this process however it ends."""
     cmd = [sys.executable, "-m", "ffd.serve", f"ckpt_path={ckpt_path}", "serve.port=0", *overrides]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
@@ -55,7 +64,7 @@ def running_service(
             preexec_fn=die_with_parent,
         )
     try:
-        yield wait_ready(proc, log, wait_s)
+        yield Running(wait_ready(proc, log, wait_s), proc.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -64,6 +73,21 @@ def running_service(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextlib.contextmanager
+def running_service(
+    ckpt_path: str | Path, *overrides: str, log: Path, env: dict[str, str] | None = None, wait_s: float = 180
+) -> Iterator[str]:
+    """``service_process``, yielding the service's base URL."""
+    with service_process(ckpt_path, *overrides, log=log, env=env, wait_s=wait_s) as running:
+        yield running.url
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """A process's resident memory now (``rss``) and at its peak so far (``peak``), in MiB (Linux)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {"rss": int(fields["VmRSS"].split()[0]) / 1024, "peak": int(fields["VmHWM"].split()[0]) / 1024}
 
 
 def wait_ready(proc: subprocess.Popen, log: Path, wait_s: float) -> str:

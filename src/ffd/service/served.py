@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from ffd.models.module import FakeFaceClassifier
 from ffd.models.shipped import Preprocess
 
 log = logging.getLogger(__name__)
+WINDOWS = re.compile(r"^[A-Za-z]:[\\/]")  # C:\ or C:/
 
 
 class Explainer:
@@ -41,6 +43,21 @@ class Explainer:
         return out
 
 
+PATH_KEYS = frozenset({"source", "training_run", "path"})  # card entries that hold a file or folder
+
+
+def names_only(value: Any, key: str = "") -> Any:
+    """A card with every file or folder path (``PATH_KEYS``, and any absolute path) cut to its last
+    name: what the service sends never shows where its files are."""
+    if isinstance(value, dict):
+        return {k: names_only(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [names_only(v) for v in value]
+    if isinstance(value, str) and (key in PATH_KEYS or value.startswith(("/", "\\")) or WINDOWS.match(value)):
+        return PureWindowsPath(value).name if "\\" in value else PurePosixPath(value).name
+    return value
+
+
 def export_card(onnx_path: Path) -> dict[str, Any] | None:
     """The model.json ``ffd.export`` wrote beside an ONNX file, if it is there."""
     card = onnx_path.with_name("model.json")
@@ -51,11 +68,11 @@ def training_checkpoint(card: dict[str, Any] | None) -> tuple[FakeFaceClassifier
     """The checkpoint an export was made from, if it is still there unchanged; else why not."""
     if card is None:
         return None, "no model.json beside the ONNX file, so the training checkpoint is unknown"
-    path = Path(card["checkpoint"]["path"])
+    path = Path(card["checkpoint"]["path"])  # the reason names the file, not where it is on the server
     if not path.is_file():
-        return None, f"the training checkpoint {path} is gone"
+        return None, f"the training checkpoint {path.name} is gone"
     if sha256_file(path) != card["checkpoint"]["sha256"]:
-        return None, f"the training checkpoint {path} changed since the export"
+        return None, f"the training checkpoint {path.name} changed since the export"
     return load_checkpoint(path), ""
 
 
@@ -102,5 +119,5 @@ class ServedModel:
         self.explain_note = note and f"No heatmaps: {note}."
         if note:
             log.warning("%s", self.explain_note)
-        self.card = {**card, "source": str(path), "explain": self.explainer is not None}
+        self.card = names_only({**card, "source": str(path), "explain": self.explainer is not None})
         self.size = int(self.scorer.preprocess["size"])

@@ -9,9 +9,10 @@ row (HTTP 422); one whose request times out stops being decoded within a frame.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ class VideoScorer:
         settings: How frames are sampled and faces cropped.
         score: Coroutine scoring one decoded Item: its logit of fake.
         threshold_logit: The model's decision threshold, a logit (fake when a logit reaches it).
+        band: The model's abstention band of logits (``uncertain`` inside it); None: none.
         limits: What an uploaded video may be.
     """
 
@@ -44,10 +46,12 @@ class VideoScorer:
         settings: CropSettings,
         score: Callable[[Item], Awaitable[float]],
         threshold_logit: float,
+        band: Mapping[str, float] | None,
         limits: Limits,
     ) -> None:
         self.settings, self.detector = resolve_detector(settings)
-        self.score, self.threshold_logit, self.limits = score, threshold_logit, limits
+        self.score, self.limits = score, limits
+        self.threshold_logit, self.band = threshold_logit, band
         self.lock = threading.Lock()  # one detector, used from the decode threads
 
     def _crops(self, data: bytes, cancel: threading.Event) -> tuple[list[int], dict[int, Any]]:
@@ -71,7 +75,7 @@ class VideoScorer:
     async def __call__(self, name: str, data: bytes, aggregate: str) -> dict[str, Any]:
         """The video's row (``ffd.deploy.rows.result_row``: p_fake, logit, label; with ``frames`` used,
         ``no_face``) and ``frame_results`` (each sampled frame's p_fake, logit, label, status)."""
-        threshold = self.threshold_logit
+        threshold, band = self.threshold_logit, self.band
         cancel = threading.Event()
         try:
             sampled, crops = await to_thread.run_sync(self._crops, data, cancel, abandon_on_cancel=True)
@@ -83,12 +87,14 @@ class VideoScorer:
             # decoding the upload stops before its next frame.
             cancel.set()
         order = sorted(crops)
-        logits = [await self.score(Item(Path(name), "ok", image=pixels(crops[i]))) for i in order]
+        # All at once: the crops go through the model together.
+        items = [Item(Path(name), "ok", image=pixels(crops[i])) for i in order]
+        logits = await asyncio.gather(*map(self.score, items))
         by_frame = dict(zip(order, logits, strict=True))
         frames = [
             {"frame": i, "p_fake": p_fake(by_frame[i]) if i in by_frame else None, "logit": by_frame.get(i),
              "status": "ok" if i in by_frame else "no_face",
-             "label": label_name(by_frame[i], threshold) if i in by_frame else ""}
+             "label": label_name(by_frame[i], threshold, band) if i in by_frame else ""}
             for i in sampled
         ]  # fmt: skip
         counts = {"frames": len(order), "no_face": len(sampled) - len(order), "frame_results": frames}
@@ -97,4 +103,4 @@ class VideoScorer:
             return result_row(name, "no_face", message, None, threshold) | counts
         logit = float(AGGREGATES[aggregate](torch.tensor(logits, dtype=torch.float64)))
         message = f"{aggregate} of {len(logits)} frames"
-        return result_row(name, "ok", message, logit, threshold) | counts
+        return result_row(name, "ok", message, logit, threshold, band) | counts

@@ -12,6 +12,7 @@ import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import lightning as L
@@ -229,3 +230,12 @@ class OverconfidentHead(L.Callback):
         with torch.no_grad():
             for p in pl_module.head.parameters():
                 p.mul_(self.factor)
+
+
+def stand_in_served(logit: Callable, size: int, explainer=None, band=None, training_run=None):
+    """What the service needs of a served model, around ``logit`` (a batch of uint8 images -> logits):
+    threshold 0.5, no heatmaps unless ``explainer``, abstention ``band`` (default: none)."""
+    scorer = SimpleNamespace(logit=logit, threshold=0.5, threshold_logit=0.0, abstain_band=band,
+                             preprocess={"size": size}, training_run=training_run)  # fmt: skip
+    note = "" if explainer else "No heatmaps."
+    return SimpleNamespace(scorer=scorer, size=size, explainer=explainer, explain_note=note, card={})

@@ -116,7 +116,7 @@ def test_every_caller_scores_through_it(
     assert passes["calls"] == 1 and passes["scored"] == 6 and passes["decoded"] == 0
 
     async def serve() -> list[float]:
-        batcher = Batcher(scorer.logit, 4, 0.05, ThreadPoolExecutor(1))
+        batcher = Batcher(scorer.logit, 4, 0.05, 16, ThreadPoolExecutor(1))
         batcher.start()
         items = [Item(f, "ok", image=im) for f, im in zip(test_files, images, strict=False)]
         scores = await asyncio.gather(*(batcher.score(it) for it in items))

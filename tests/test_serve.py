@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import LIMITS, chromium, write_jpegs
+from conftest import LIMITS, chromium, stand_in_served, write_jpegs
 from fastapi import HTTPException
 from hypothesis import given
 from hypothesis import strategies as st
@@ -374,15 +374,9 @@ def test_load_8_clients_30_s(trained, service) -> None:
 def stand_in_app(serve: Settings, logit=None, explainer=None, band=None):
     """The service's app (in-process) around a stand-in model of input size 32: ``logit`` (default:
     each image's mean brightness), ``explainer`` (default: none), abstention ``band`` (default: none)."""
-    from types import SimpleNamespace
-
     from ffd.service.app import create_app
 
-    scorer = SimpleNamespace(logit=logit or (lambda x: x.float().mean((1, 2, 3)) / 255),
-                             threshold=0.5, threshold_logit=0.0, abstain_band=band,
-                             preprocess={"size": 32})  # fmt: skip
-    note = "" if explainer else "No heatmaps."
-    served = SimpleNamespace(scorer=scorer, size=32, explainer=explainer, explain_note=note, card={})
+    served = stand_in_served(logit or (lambda x: x.float().mean((1, 2, 3)) / 255), 32, explainer, band)
     crops = CropSettings(frames=4, stride=None, scale=1.3, size=32, detector="haar")
     return create_app(served, serve, ThreadPoolExecutor(1), crops, LIMITS)  # type: ignore[arg-type]
 

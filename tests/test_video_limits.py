@@ -16,13 +16,12 @@ from collections import Counter
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import av
 import numpy as np
 import pytest
-from conftest import LIMITS
+from conftest import LIMITS, stand_in_served
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -478,9 +477,7 @@ def test_the_service_answers_422_for_what_it_does_not_read(
     from ffd.service.app import create_app
     from ffd.service.settings import Settings
 
-    scorer = SimpleNamespace(logit=lambda x: np.zeros(len(x)), threshold=0.5, threshold_logit=0.0,
-                             preprocess={"size": 32}, training_run=None)  # fmt: skip
-    served = SimpleNamespace(scorer=scorer, size=32, explainer=None, explain_note="", card={})
+    served = stand_in_served(lambda x: np.zeros(len(x)), 32)
     settings_ = Settings.from_config(OmegaConf.to_container(compose_config("serve").serve, resolve=True))
     limits = limited(max_video_seconds=30)
     app = create_app(served, settings_, ThreadPoolExecutor(1), SETTINGS, limits)  # type: ignore[arg-type]

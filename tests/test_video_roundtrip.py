@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LIMITS, compose_run, run_train, write_jpegs
+from conftest import LIMITS, compose_run, run_train, stand_in_served, write_jpegs
 
 from ffd.data.records import read_manifest
 from ffd.deploy.predicting import predict_files
@@ -123,7 +123,6 @@ def test_video_seed_cli_round_trip(tmp_path: Path) -> None:
 def test_the_service_scores_an_uploaded_video(video_run) -> None:
     """POST /v1/predict_video: the video's row and each sampled frame's score, crops as in training."""
     from concurrent.futures import ThreadPoolExecutor
-    from types import SimpleNamespace
 
     from fastapi.testclient import TestClient
     from omegaconf import OmegaConf
@@ -138,17 +137,11 @@ def test_the_service_scores_an_uploaded_video(video_run) -> None:
     def brightness(x: torch.Tensor) -> torch.Tensor:  # a stand-in model: how bright each crop is
         return torch.logit(x.double().mean(dim=(1, 2, 3)) / 255)
 
-    scorer = SimpleNamespace(
-        logit=brightness,
-        threshold=0.5,
-        threshold_logit=0.0,
-        preprocess={"size": 64},
-        training_run=root / "run",
-    )
-    served = SimpleNamespace(scorer=scorer, size=64, explainer=None, explain_note="No heatmaps.", card={})
+    served = stand_in_served(brightness, 64, training_run=root / "run")
     cfg = compose_config("serve")
     settings = Settings.from_config(OmegaConf.to_container(cfg.serve, resolve=True))
-    crops = model_crop_settings(cfg.video, cfg.video_as_trained, scorer.training_run)  # as ffd.serve does
+    # as ffd.serve does
+    crops = model_crop_settings(cfg.video, cfg.video_as_trained, served.scorer.training_run)
     clip = next((root / "data").rglob("001_000.mp4"))
     app = create_app(served, settings, ThreadPoolExecutor(1), crops, LIMITS)  # type: ignore[arg-type]
     with TestClient(app) as client:

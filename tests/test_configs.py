@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import pytest
+import torch
 from conftest import LIMITS, build
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
@@ -59,7 +60,8 @@ def test_every_task_has_its_config_and_entry_point() -> None:
 
 
 def check(cfg) -> None:
-    model = instantiate(cfg.model, pretrained=False, input_size=64)
+    with torch.device("meta"):  # the architecture and its settings, without the cost of initialising it
+        model = instantiate(cfg.model, pretrained=False, input_size=64)
     data = build(cfg.data, preprocess=model.preprocess, limits=LIMITS)
     assert isinstance(data, FaceDataModule)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]

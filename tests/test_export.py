@@ -39,9 +39,10 @@ def exported(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
 
 
 def csv_scores(text: str) -> dict[str, tuple[float, str]]:
-    """Each path's p_fake and label (eval's predictions.csv calls it ``predicted``)."""
+    """Each path's p_fake and label (eval's predictions.csv calls it ``predicted``; its ``label`` is the
+    true one)."""
     return {
-        r["path"]: (float(r["p_fake"]), r.get("label") or r["predicted"])
+        r["path"]: (float(r["p_fake"]), r["predicted"] if "predicted" in r else r["label"])
         for r in csv.DictReader(io.StringIO(text))
     }
 
@@ -124,6 +125,10 @@ def test_export_files_and_safetensors(trained, exported) -> None:
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), expected, atol=1e-6, rtol=0)
     assert max(card["parity"]["max_abs_diff"].values()) < 1e-4 and card["parity"]["label_flips"] == 0
+    own = card["parity"]["own_size"]  # each graph resizing the images itself: reported, not held to 1e-4
+    assert set(own) == {"model.onnx", "model.torchscript.pt"} and all(
+        v["max_abs_diff"] < 1e-2 for v in own.values()
+    )
 
 
 def test_model_card(trained, exported) -> None:

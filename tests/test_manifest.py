@@ -201,3 +201,17 @@ def test_a_split_the_folders_lack_is_carved_from_train(tmp_path: Path) -> None:
     }
     again = build_manifest(tmp_path, **split_settings(test_fraction=0.2))
     assert [r.split for r in again] == [r.split for r in records]
+
+
+def test_a_split_carved_from_small_strata_is_not_empty() -> None:
+    """Two generators of 3 real + 3 fake train images each, no val folder: 15 % of each (class, method)
+    stratum rounds to none, so val is carved by class alone (one of each) rather than left empty."""
+    from ffd.data.splits import carve_missing
+
+    rows = [Record(f"/{g}/{c}{i}.png", label, "genimage", sha256=f"{g}{c}{i}", split=split, method=g)
+            for g in ("adm", "glide") for label, c in ((0, "r"), (1, "f"))
+            for i, split in enumerate(["train"] * 3 + ["test"])]  # fmt: skip
+    train = [r for r in rows if r.split == "train"]
+    carve_missing(rows, train, 0.15, 0.15, seed=0)
+    val = [r for r in rows if r.split == "val"]
+    assert sorted(r.label for r in val) == [0, 1] and sum(r.split == "test" for r in rows) == 4

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,16 +82,26 @@ def carve_missing(
 
 
 def _deal(records: Sequence[Record], val: float, test_fraction: float, seed: int, fold: Fold | None) -> None:
-    """Deal rows without a split into train/val/test (or cross-validation folds): stratified image rows,
-    grouped video rows (``_split_groups``)."""
-    strata: dict[tuple[int, str, str], list[Record]] = defaultdict(list)
-    for r in records:
-        if not r.video:
-            strata[(r.label, r.difficulty, r.method)].append(r)
+    """Deal rows without a split into train/val/test (or cross-validation folds): image rows stratified
+    by class, difficulty and method, grouped video rows (``_split_groups``)."""
+    images = [r for r in records if not r.video]
     _split_groups([r for r in records if r.video], val, test_fraction, seed, fold)
+    _deal_strata(images, lambda r: (r.label, r.difficulty, r.method), val, test_fraction, seed, fold)
+    wanted = [s for s, f in (("val", val), ("test", test_fraction)) if f and fold is None]
+    if any(all(r.split != s for r in images) for s in wanted):
+        # Strata too small for a fraction of each to round to a row (a few images per generator): the
+        # split by class alone, rather than none.
+        _deal_strata(images, lambda r: r.label, val, test_fraction, seed, fold)
+
+
+def _deal_strata(images: Sequence[Record], key: Callable[[Record], Any], val: float, test_fraction: float,
+                 seed: int, fold: Fold | None) -> None:  # fmt: skip
+    strata: dict[Any, list[Record]] = defaultdict(list)
+    for r in images:
+        strata[key(r)].append(r)
     rng = np.random.default_rng(seed)
-    for key in sorted(strata):
-        rows = sorted(strata[key], key=lambda r: r.sha256)
+    for k in sorted(strata):
+        rows = sorted(strata[k], key=lambda r: r.sha256)
         order = rng.permutation(len(rows))
         n_test, n_val = round(len(rows) * test_fraction), round(len(rows) * val)
         for rank, j in enumerate(order):

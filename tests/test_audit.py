@@ -52,6 +52,7 @@ def test_cv_refuses_presplit_data(tmp_path: Path) -> None:
         build_manifest(tmp_path, **split_settings(), fold=(2, 0))
 
 
+@pytest.mark.slow
 def test_cross_validate_trains_every_fold(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
     cfg = make_cfg("+debug=fdr", f"data.root={tiny_synthetic}", *TINY, "cv.folds=3")
     summary = cross_validate(cfg, train)
@@ -129,6 +130,7 @@ def test_metadata_baseline_does_not_flag_the_synthetic_set(tiny_synthetic: Path)
     assert not metadata_baseline(build_manifest(tiny_synthetic, **split_settings()), seed=0)["shortcut"]
 
 
+@pytest.mark.slow
 def test_audit_writes_one_report(make_cfg, tiny_synthetic: Path, tmp_path: Path) -> None:
     cfg = make_cfg("+debug=fdr", f"data.root={tiny_synthetic}", *TINY, "control_repeats=2", config="audit")
     report = audit(cfg)

@@ -241,6 +241,7 @@ def test_breakdown_by_method() -> None:
     assert breakdowns(plain, torch.tensor([-1.0, 1.0]), 0.0) == {}
 
 
+@pytest.mark.slow
 def test_train_on_genimage_keeps_its_split_and_methods(tmp_path: Path) -> None:
     data = genimage(tmp_path / "GenImage")
     run = tmp_path / "run"

@@ -72,7 +72,7 @@ def uncalibrated(ckpt: Path) -> None:
     "recipe",
     [
         pytest.param("univfd", marks=pytest.mark.slow),
-        "dinov2_probe",  # the fastest (~15 s): the embedding head, its feature cache, eval's heatmaps, ONNX
+        pytest.param("dinov2_probe", marks=pytest.mark.slow),
         pytest.param("clip_layernorm", marks=pytest.mark.slow),
         pytest.param("npr", marks=pytest.mark.slow),
     ],

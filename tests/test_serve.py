@@ -223,6 +223,7 @@ def test_uploads_stay_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
         asyncio.run(read_uploads(request(), 2 * 2**20, 4, 10))  # no Content-Length: capped while streaming
 
 
+@pytest.mark.slow
 def test_token_and_log_dir(trained, tmp_path: Path) -> None:
     ckpt, _ = trained
     image = split_images(ckpt, 1)[0]

@@ -34,7 +34,9 @@ from ffd.engine.scoring import score_files
 
 T = TypeVar("T")
 Pending = tuple[Item, "asyncio.Future[float]"]
-COMING_WAIT_S = float(__import__("os").environ.get("FFD_XW", "0.05"))  # TEMP
+# The longest a gathering batch waits for an image still being decoded (``Batcher.coming``): about
+# one upload's decode, so the forward pass takes it too instead of running again for it alone.
+COMING_WAIT_S = 0.05
 
 
 class Overloaded(Exception):

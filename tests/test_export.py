@@ -85,7 +85,8 @@ def test_every_consumer_gives_evals_p_fake(make_cfg, trained, exported, tmp_path
     script = [sys.executable, "-c", TORCHSCRIPT, str(out), size, str(card["threshold_logit"]), *paths]
     lines = subprocess.run(script, check=True, capture_output=True, text=True).stdout
     got["torchscript"] = csv_scores("path,p_fake,label\n" + lines)
-    with running_service(out, f"hydra.run.dir={tmp_path / 'serve'}", log=tmp_path / "serve.log") as url:
+    with running_service(out, f"hydra.run.dir={tmp_path / 'serve'}", log=tmp_path / "serve.log") as running:
+        url = running.url
         got["service on the export folder"] = {}
         for path in paths:
             answer = httpx.post(f"{url}/v1/predict", files={"file": (path, Path(path).read_bytes())})

@@ -48,7 +48,8 @@ def service(trained, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("serve")
     overrides = [f"hydra.run.dir={root / 'run'}", "serve.max_files=4", "serve.max_upload_mb=4",
                  "limits.max_pixels=1000000"]  # fmt: skip
-    with running_service(ckpt, *overrides, log=root / "serve.log") as url:
+    with running_service(ckpt, *overrides, log=root / "serve.log") as running:
+        url = running.url
         yield url, root
 
 
@@ -230,7 +231,8 @@ def test_token_and_log_dir(trained, tmp_path: Path) -> None:
     log_dir = tmp_path / "kept"
     overrides = [f"hydra.run.dir={tmp_path / 'run'}", f"serve.log_dir={log_dir}"]
     env = {"FFD_SERVE_TOKEN": "s3cret"}
-    with running_service(ckpt, *overrides, log=tmp_path / "serve.log", env=env) as url:
+    with running_service(ckpt, *overrides, log=tmp_path / "serve.log", env=env) as running:
+        url = running.url
         files = [("file", (image.name, image.read_bytes()))]
         assert httpx.post(f"{url}/v1/predict", files=files).status_code == 401
         wrong = httpx.get(f"{url}/v1/model", headers={"Authorization": "Bearer nope"})

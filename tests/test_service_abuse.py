@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffd.service.client import Running, memory_mib, service_process
+from ffd.service.client import Running, memory_mib, running_service
 
 pytestmark = pytest.mark.slow
 
@@ -202,7 +202,7 @@ def server(trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
     root = tmp_path_factory.mktemp("abuse")
     overrides = [f"hydra.run.dir={root / 'run'}", f"serve.body_timeout_s={BODY_TIMEOUT_S}",
                  f"serve.max_queue={MAX_QUEUE}"]  # fmt: skip
-    with service_process(ckpt, *overrides, log=root / "serve.log") as running:
+    with running_service(ckpt, *overrides, log=root / "serve.log") as running:
         yield running
 
 

@@ -39,14 +39,14 @@ def die_with_parent() -> None:
 
 @dataclass(frozen=True)
 class Running:
-    """A service started by ``service_process``: its base URL and its process id."""
+    """A service started by ``running_service``: its base URL and its process id."""
 
     url: str
     pid: int
 
 
 @contextlib.contextmanager
-def service_process(
+def running_service(
     ckpt_path: str | Path, *overrides: str, log: Path, env: dict[str, str] | None = None, wait_s: float = 180
 ) -> Iterator[Running]:
     """``python -m ffd.serve ckpt_path=... serve.port=0 OVERRIDES`` in its own process group, its output
@@ -73,15 +73,6 @@ def service_process(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-@contextlib.contextmanager
-def running_service(
-    ckpt_path: str | Path, *overrides: str, log: Path, env: dict[str, str] | None = None, wait_s: float = 180
-) -> Iterator[str]:
-    """``service_process``, yielding the service's base URL."""
-    with service_process(ckpt_path, *overrides, log=log, env=env, wait_s=wait_s) as running:
-        yield running.url
 
 
 def memory_mib(pid: int) -> dict[str, float]:

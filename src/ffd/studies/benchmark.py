@@ -174,7 +174,8 @@ def measure_service(run_dir: Path, out: Path, seconds: float = 20) -> dict[str, 
     result: dict[str, Any] = {}
     for name, model in (("checkpoint", best_checkpoint(run_dir)), ("onnx", out / "export")):
         folder = out / f"serve_{name}"
-        with running_service(model, f"hydra.run.dir={folder}", log=folder / "serve.log") as url:
+        with running_service(model, f"hydra.run.dir={folder}", log=folder / "serve.log") as running:
+            url = running.url
             put_load(url, images, 2, 3)  # warm-up
             result[name] = {f"clients_{n}": put_load(url, images, n, seconds) for n in (1, 8)}
             result[name]["healthz"] = httpx.get(f"{url}/healthz").json()

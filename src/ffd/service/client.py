@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -105,36 +106,79 @@ def local_only(url: str) -> None:
         raise FfdError(f"{url}: load is only put on this machine's own service (127.0.0.1).")
 
 
+def predict_request(host: str, name: str, data: bytes, headers: dict[str, str]) -> bytes:
+    """The whole HTTP/1.1 request (keep-alive) that posts one file to /v1/predict as multipart/form-data."""
+    boundary = f"ffd-{uuid.uuid4().hex}"
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    body = b"".join([
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{quoted}\"\r\n".encode(),
+        b"Content-Type: application/octet-stream\r\n\r\n", data, f"\r\n--{boundary}--\r\n".encode(),
+    ])  # fmt: skip
+    head = {"Host": host, "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(len(body)), **headers}  # fmt: skip
+    lines = "".join(f"{k}: {v}\r\n" for k, v in head.items())
+    return f"POST /v1/predict HTTP/1.1\r\n{lines}\r\n".encode() + body
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, bytes, bool]:
+    """One request on a kept-alive connection: (status, body, whether the server keeps the connection)."""
+    writer.write(request)
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(head[0].split(" ", 2)[1])
+    fields = {
+        k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in head[1:] if ":" in line)
+    }
+    body = await reader.readexactly(int(fields.get("content-length", "0")))
+    return status, body, fields.get("connection", "").lower() != "close"
+
+
 async def _load(
     url: str, images: Sequence[tuple[str, bytes]], clients: int, duration_s: float, headers: dict[str, str]
 ) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: Counter = Counter()
     errors: list[str] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
-        stop = time.perf_counter() + duration_s
+    parts = urlparse(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    requests = [predict_request(parts.netloc, name, data, headers) for name, data in images]
+    stop = time.perf_counter() + duration_s
 
-        async def one_client(first: int) -> None:
-            k = first
-            while time.perf_counter() < stop:
-                name, data = images[k % len(images)]
-                k += clients
-                start = time.perf_counter()
-                try:
-                    response = await client.post("/v1/predict", files={"file": (name, data)})
-                except httpx.HTTPError as err:
-                    statuses["no answer"] += 1
-                    errors.append(f"{type(err).__name__}: {err}")
-                    continue
+    async def one_client(first: int) -> None:
+        k, connection = first, None
+        while time.perf_counter() < stop:
+            request = requests[k % len(requests)]
+            k += clients
+            start = time.perf_counter()
+            try:
+                connection = connection or await asyncio.open_connection(host, port)
+                status, body, kept = await asyncio.wait_for(exchange(*connection, request), 60)
+            except (
+                OSError,
+                EOFError,
+                ValueError,
+                IndexError,
+                TimeoutError,
+                asyncio.LimitOverrunError,
+            ) as err:
+                statuses["no answer"] += 1  # the connection is lost, or the answer is not HTTP
+                errors.append(f"{type(err).__name__}: {err}")
+                kept = False
+            else:
                 latencies.append(time.perf_counter() - start)
-                statuses[response.status_code] += 1
-                if response.status_code != 200:
-                    errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                statuses[status] += 1
+                if status != 200:
+                    errors.append(f"HTTP {status}: {body[:200].decode(errors='replace')}")
+            if not kept and connection is not None:
+                connection[1].close()
+                connection = None
+        if connection is not None:
+            connection[1].close()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(one_client(i) for i in range(clients)))
-        wall = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client(i) for i in range(clients)))
+    wall = time.perf_counter() - start
     ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {
         "clients": clients,

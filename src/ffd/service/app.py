@@ -248,8 +248,8 @@ def _overload_answers(app: FastAPI) -> None:
         return JSONResponse({"detail": f"the service cannot score now: {err}"}, 503)
 
 
-def _authorization(settings: Settings) -> Callable[[Request], None]:
-    def authorized(request: Request) -> None:
+def _authorization(settings: Settings) -> Callable[[Request], Awaitable[None]]:
+    async def authorized(request: Request) -> None:  # async: FastAPI would run a plain def in a thread
         if settings.token is None:
             return
         given = request.headers.get("authorization", "")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
+import math
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,16 @@ import torch
 
 from ffd.engine.runtimes.runner import Runner, as_array
 
-# Images per OpenVINO request: a batch's requests are shared among the streams as each one frees up,
-# so a stream slowed by other work takes fewer of them (the size is measured: see docs/performance.md).
+# Images per OpenVINO request at most: a batch's requests are shared among the streams as each one frees
+# up, so a stream slowed by other work takes fewer of them (the size is measured: see docs/performance.md).
 PART = 4
+
+
+def part_size(images: int, streams: int) -> int:
+    """Images per request for a batch: ``PART``, or fewer, so that a small batch (the service's, of a
+    few images) still runs on every stream: batches of 2-4 images ran ~1.6x faster split over two
+    streams than in one request (docs/serve.md)."""
+    return max(1, min(PART, math.ceil(images / streams)))
 
 
 def openvino_bf16() -> bool:
@@ -31,8 +40,10 @@ def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = No
 
     It runs in OpenVINO's throughput mode (one stream per core on a small CPU, each running its
     requests on its own threads, with no synchronisation between the cores after every layer as
-    one request on all of them has), on requests of ``PART`` images queued to the streams as they
-    free up. ``Runner.map`` keeps the next batches' requests queued while a batch finishes.
+    one request on all of them has), on requests of ``part_size`` images queued to the streams as
+    they free up. ``Runner.start`` returns once a batch's requests are queued, so a caller can start
+    the next batch (``Runner.map``, the service's batcher) while this one finishes: no stream waits
+    for the slower one between batches. A thread of its own waits for the requests (no work there).
     """
     import openvino as ov
 
@@ -47,52 +58,34 @@ def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = No
          "PERFORMANCE_HINT": "THROUGHPUT"},
     )  # fmt: skip
     streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    requests = [compiled.create_infer_request() for _ in range(2 * streams)]
+    idle = deque(compiled.create_infer_request() for _ in range(2 * streams))
+    free = threading.Semaphore(len(idle))
+    waiter = ThreadPoolExecutor(1, thread_name_prefix="ffd-openvino")  # in order: the oldest request first
 
-    def pipeline(batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idle = deque(requests)
-        running: deque[tuple[Any, list[np.ndarray]]] = deque()  # (request, its batch's results), oldest first
-
-        def finish_oldest() -> None:
-            request, results = running.popleft()
-            try:
-                request.wait()  # raises what the request raised
-                results.append(request.get_output_tensor(0).data.copy())
-            finally:
-                idle.append(request)
-
-        def start(x: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray], int]:
-            results: list[np.ndarray] = []
-            parts = torch.split(x, PART)
-            for part in parts:
-                if not idle:
-                    finish_oldest()
-                request = idle.popleft()
-                running.append((request, results))
-                request.start_async({0: as_array(part)})
-            return x, results, len(parts)
-
-        def features(batch: tuple[torch.Tensor, list[np.ndarray], int]) -> tuple[torch.Tensor, torch.Tensor]:
-            x, results, parts = batch
-            while len(results) < parts:  # the oldest requests are this batch's
-                finish_oldest()
-            return x, torch.from_numpy(results[0] if parts == 1 else np.concatenate(results))
-
+    def output(request: Any) -> np.ndarray:
         try:
-            previous = None
-            for x in batches:
-                current = start(x)
-                if previous is not None:  # its features are due while this batch's requests run
-                    yield features(previous)
-                previous = current
-            if previous is not None:
-                yield features(previous)
-        finally:  # given up on (an error, a caller that stopped): no request is left running
-            for request, _ in running:
-                with contextlib.suppress(Exception):
-                    request.wait()
+            request.wait()  # raises what the request raised
+            return request.get_output_tensor(0).data.copy()
+        finally:
+            idle.append(request)
+            free.release()
 
-    return Runner("openvino", precision, lambda x: next(pipeline([x]))[1], pipeline)
+    def queued(part: torch.Tensor) -> Future[np.ndarray]:
+        free.acquire()  # blocks while every request runs, until the waiter frees the oldest
+        request = idle.popleft()
+        try:
+            request.start_async({0: as_array(part)})
+        except BaseException:
+            idle.append(request)
+            free.release()
+            raise
+        return waiter.submit(output, request)
+
+    def start(x: torch.Tensor) -> Future[torch.Tensor]:
+        parts = [queued(part) for part in torch.split(x, part_size(len(x), streams))]
+        return waiter.submit(lambda: torch.from_numpy(np.concatenate([p.result() for p in parts])))
+
+    return Runner("openvino", precision, lambda x: start(x).result(), start)
 
 
 def _pixels_in(model: Any, pixels: Mapping) -> Any:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +43,9 @@ class Runner:
     name: str
     precision: str
     run: Callable[[torch.Tensor], torch.Tensor]
-    # Batches -> (batch, features) in order, the next batches started before a batch is done (OpenVINO).
-    pipeline: Callable[[Iterable[torch.Tensor]], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    # A batch -> its features later: returns once the runtime has the batch (OpenVINO), so the caller can
+    # start the next one while this one runs. None: the runtime works in the caller's thread (``run``).
+    start: Callable[[torch.Tensor], Future[torch.Tensor]] | None = None
 
     @property
     def label(self) -> str:
@@ -71,12 +74,23 @@ class Runner:
 
     def map(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Each batch with its features, in order. A runtime that runs several requests at once
-        (OpenVINO) starts the next batches while this one finishes, so no core waits between them."""
-        if self.pipeline is not None:
-            yield from self.pipeline(batches)
-        else:
+        (OpenVINO, ``start``) has the next batch before this one finishes, so no core waits between them."""
+        if self.start is None:
             for x in batches:
                 yield x, self(x)
+            return
+        started: deque[tuple[torch.Tensor, Future[torch.Tensor]]] = deque()
+        try:
+            for x in batches:
+                started.append((x, self.start(x)))
+                if len(started) > 1:
+                    x, features = started.popleft()
+                    yield x, features.result()
+            while started:
+                x, features = started.popleft()
+                yield x, features.result()
+        finally:  # given up on (an error, a caller that stopped): nothing is left running
+            wait([features for _, features in started])
 
 
 def as_array(x: torch.Tensor) -> Any:

@@ -30,6 +30,7 @@ from PIL import Image
 from ffd.config import CONF_MODULE, compose_config, register_resolvers
 from ffd.data.settings import Limits
 from ffd.data.synthetic import ensure_synthetic
+from ffd.engine.scorers import at_once
 from ffd.errors import FfdError
 from ffd.models.module import FakeFaceClassifier
 
@@ -261,8 +262,9 @@ class OverconfidentHead(L.Callback):
 def stand_in_served(logit: Callable, size: int, explainer=None, band=None, training_run=None):
     """What the service needs of a served model, around ``logit`` (a batch of uint8 images -> logits):
     threshold 0.5, no heatmaps unless ``explainer``, abstention ``band`` (default: none)."""
-    scorer = SimpleNamespace(logit=logit, threshold=0.5, threshold_logit=0.0, abstain_band=band,
-                             preprocess={"size": size}, training_run=training_run)  # fmt: skip
+    scorer = SimpleNamespace(logit=logit, start_logit=at_once(logit), in_flight=1, threshold=0.5,
+                             threshold_logit=0.0, abstain_band=band, preprocess={"size": size},
+                             training_run=training_run)  # fmt: skip
     note = "" if explainer else "No heatmaps."
     return SimpleNamespace(scorer=scorer, size=size, explainer=explainer, explain_note=note, card={})
 

@@ -116,7 +116,7 @@ def test_every_caller_scores_through_it(
     assert passes["calls"] == 1 and passes["scored"] == 6 and passes["decoded"] == 0
 
     async def serve() -> list[float]:
-        batcher = Batcher(scorer.logit, 4, 0.05, 16, ThreadPoolExecutor(1))
+        batcher = Batcher(scorer.start_logit, 4, 0.05, 16, ThreadPoolExecutor(1))
         batcher.start()
         items = [Item(f, "ok", image=im) for f, im in zip(test_files, images, strict=False)]
         scores = await asyncio.gather(*(batcher.score(it) for it in items))
@@ -126,3 +126,22 @@ def test_every_caller_scores_through_it(
     passes.clear()
     asyncio.run(serve())
     assert passes["scored"] == 6 and passes["decoded"] == 0 and passes["calls"] >= 1
+
+
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_started_batches_give_the_logits_of_logit(trained, test_files: list[Path], runtime: str) -> None:
+    """``start_logit`` (the service's path) gives ``logit``'s values, with several batches started
+    before the first is finished where the runtime runs in threads of its own (OpenVINO)."""
+    from ffd.engine.runtimes.chooser import available
+
+    if not available(runtime):
+        pytest.skip(f"needs the optional {runtime} package")
+    ckpt, _ = trained
+    scorer = CheckpointScorer(load_checkpoint(ckpt), runtime, None)
+    scorer.warm_up(4)
+    assert scorer.in_flight == (2 if runtime == "openvino" else 1)
+    images = torch.stack([Decoder(64, LIMITS)(f).image for f in test_files[:6]])
+    batches = [images[:4], images[4:], images[1:3]]
+    started = [scorer.start_logit(x) for x in batches]
+    for x, s in zip(batches, started, strict=True):
+        torch.testing.assert_close(s.finish(s.trunk.result()), scorer.logit(x), atol=1e-5, rtol=0)

@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ffd.config import compose_config
 from ffd.data.decoding import Item
 from ffd.data.records import read_manifest
 from ffd.data.video.crops import CropSettings
+from ffd.engine.scorers import Started, at_once
 from ffd.errors import ConfigError, FfdError
 from ffd.models.checkpoint import run_folder
 from ffd.service.batcher import Batcher
@@ -305,7 +307,7 @@ def test_batcher_gathers_concurrent_images_and_keeps_going_after_an_error() -> N
 
     async def scenario() -> tuple[list[float], str]:
         batcher = Batcher(
-            score, max_batch=4, max_wait_s=0.05, max_queue=8, model_thread=ThreadPoolExecutor(1)
+            at_once(score), max_batch=4, max_wait_s=0.05, max_queue=8, model_thread=ThreadPoolExecutor(1)
         )
         batcher.start()
 
@@ -324,6 +326,55 @@ def test_batcher_gathers_concurrent_images_and_keeps_going_after_an_error() -> N
     assert scores == [0, 1, 2, 3, 4, 5, 7]
     assert calls == [(4, 8, 8, 3), (2, 8, 8, 3), (1, 13, 13, 3), (1, 9, 8, 3)]
     assert "'largest_batch': 4" in stats
+
+
+def test_batcher_gives_a_runtime_of_its_own_threads_the_next_batch_before_this_one_is_done() -> None:
+    """With ``in_flight`` 2 a second batch enters the model while the first still runs; each request
+    still gets its own image's logit, and a batch that fails fails only its own requests."""
+    runtime, release = ThreadPoolExecutor(2), threading.Event()
+    running, most, lock = [0], [0], threading.Lock()
+
+    def trunk(x: torch.Tensor) -> torch.Tensor:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        release.wait(10)
+        with lock:
+            running[0] -= 1
+        if x.shape[1] == 13:
+            raise RuntimeError("runtime failure")
+        return x.float().mean((1, 2, 3))
+
+    def start(x: torch.Tensor) -> Started:
+        return Started(runtime.submit(trunk, x), lambda features: features * 10)
+
+    async def scenario() -> tuple[list[float], BaseException | float]:
+        batcher = Batcher(start, 4, 0.01, 16, ThreadPoolExecutor(1), in_flight=2)
+        batcher.start()
+
+        def score(side: int, value: int) -> asyncio.Task[float]:
+            image = torch.full((side, side, 3), value, dtype=torch.uint8)
+            return asyncio.create_task(batcher.score(Item(Path("x.png"), "ok", image=image)))
+
+        first = [score(8, v) for v in range(4)]
+        while most[0] < 1:
+            await asyncio.sleep(0.01)
+        second = [score(13, 1), score(13, 2)]
+        for _ in range(500):  # the second batch in the model too, or 5 s gone
+            if most[0] >= 2:
+                break
+            await asyncio.sleep(0.01)
+        release.set()
+        got = await asyncio.gather(*first)
+        failed = (await asyncio.gather(*second, return_exceptions=True))[0]
+        after = await score(8, 9)
+        await batcher.stop()
+        return [*got, after], failed
+
+    scores, failed = asyncio.run(scenario())
+    assert most[0] == 2
+    assert scores == [0, 10, 20, 30, 90]
+    assert isinstance(failed, RuntimeError) and "runtime failure" in str(failed)
 
 
 @pytest.mark.slow

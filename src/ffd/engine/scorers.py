@@ -11,6 +11,9 @@ ONNX scorer needs onnxruntime only, not Lightning.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +27,27 @@ from ffd.errors import FfdError
 ONNX_METADATA_KEY = "ffd"  # metadata_props entry: the card's input facts (see export.card_io), training_run
 
 
+@dataclass
+class Started:
+    """A batch on its way through a model (``Scorer.start_logit``): ``trunk`` resolves once the runtime
+    is done with it (at once where the runtime works in the caller's thread), and ``finish`` turns
+    what it resolved to into the batch's logits (in the model's thread)."""
+
+    trunk: Future[Any]
+    finish: Callable[[Any], torch.Tensor]
+
+
+def at_once(logit: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], Started]:
+    """``logit`` as a ``start_logit``: the batch is scored as it starts."""
+
+    def start(images: torch.Tensor) -> Started:
+        done: Future[torch.Tensor] = Future()
+        done.set_result(logit(images))
+        return Started(done, lambda logits: logits)
+
+    return start
+
+
 class Scorer(Protocol):
     preprocess: dict[str, Any]
     threshold_logit: float  # logit >= threshold_logit: fake
@@ -35,6 +59,14 @@ class Scorer(Protocol):
     def logit(self, images: torch.Tensor) -> torch.Tensor:
         """Decoded uint8 RGB images (N, H, W, 3) -> each one's calibrated logit of fake (N,), fp32."""
         ...
+
+    def start_logit(self, images: torch.Tensor) -> Started:
+        """``logit`` in two steps, for a caller that starts the next batch while the runtime has this
+        one; ``in_flight`` batches at once keep the runtime busy (1: it works in the caller's thread)."""
+        ...
+
+    @property
+    def in_flight(self) -> int: ...
 
 
 class CheckpointScorer:
@@ -76,11 +108,30 @@ class CheckpointScorer:
             x = self.net.preprocess(images)
             if self.runner is None:
                 self.runner = self._choose(x)
-            return self.net.head(self.runner(x).to(self.device)).float().cpu()
+            return self._head(self.runner(x))
 
     def logit(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.net.calibrated(self.raw_logits(images).to(self.device))[1].cpu()
+            return self._calibrated(self.raw_logits(images))
+
+    def start_logit(self, images: torch.Tensor) -> Started:
+        if self.runner is None or self.runner.start is None:
+            return at_once(self.logit)(images)
+        with torch.no_grad():
+            x = self.net.preprocess(images.to(self.device, non_blocking=True))
+        return Started(self.runner.start(x), lambda features: self._calibrated(self._head(features)))
+
+    @property
+    def in_flight(self) -> int:
+        return 2 if self.runner is not None and self.runner.start is not None else 1
+
+    def _head(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net.head(features.to(self.device)).float().cpu()
+
+    def _calibrated(self, raw_logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net.calibrated(raw_logits.to(self.device))[1].cpu()
 
     def warm_up(self, batch: int) -> str:
         """Choose the backbone's runtime now (else the first batch does), on ``batch`` random images
@@ -137,6 +188,11 @@ class OnnxScorer:
 
     def logit(self, images: torch.Tensor) -> torch.Tensor:
         return self(images)[1]
+
+    def start_logit(self, images: torch.Tensor) -> Started:
+        return at_once(self.logit)(images)
+
+    in_flight = 1
 
 
 def load_scorer(path: str | Path, runtime: str, runtime_dir: Path | None) -> Scorer:

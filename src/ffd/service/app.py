@@ -219,8 +219,8 @@ def create_app(served: ServedModel, settings: Settings, model_thread: ThreadPool
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        service.batcher = Batcher(served.scorer.logit, settings.max_batch, settings.max_wait_ms / 1000,
-                                  settings.max_queue, model_thread)  # fmt: skip
+        service.batcher = Batcher(served.scorer.start_logit, settings.max_batch, settings.max_wait_ms / 1000,
+                                  settings.max_queue, model_thread, served.scorer.in_flight)  # fmt: skip
         service.batcher.start()
         yield
         await service.batcher.stop()

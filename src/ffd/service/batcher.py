@@ -4,14 +4,17 @@ Each request first takes places for its images (``Batcher.admit``): at most ``ma
 are in the service at once (decoding, waiting or in the model), and a request that would pass that
 is refused at once (``Overloaded``, HTTP 429) rather than queued without end. It then hands its
 decoded images to ``Batcher.score`` and awaits their logits. One task gathers what has arrived, up
-to ``max_batch`` images, waiting at most ``max_wait_s`` after the first, and runs the model on them
-in the model's one thread (images of different sizes go in separate forward passes, as in
-``ffd.predict``); while the model runs, the next batch gathers. The event loop never waits on the
-model.
+to ``max_batch`` images, waiting at most ``max_wait_s`` after the first, and starts the model on
+them in the model's one thread (images of different sizes go in separate forward passes, as in
+``ffd.predict``); while the model runs, the next batch gathers. A runtime that runs in threads of
+its own (OpenVINO: ``Scorer.in_flight`` 2) gets the next batch as soon as it has this one, so a
+stream that is done early takes the next batch's images instead of waiting for the others: with
+one batch at a time, 8 clients' batches of a few images left a core idle. The event loop never
+waits on the model.
 
-All of the model's work, loading included, belongs in that one thread: torch runs a team of OpenMP
-threads per calling thread, and with two (the main thread's and the model thread's) the forward
-pass ran far slower on a small CPU.
+All of the model's work in torch, loading included, belongs in that one thread: torch runs a team
+of OpenMP threads per calling thread, and with two (the main thread's and the model thread's) the
+forward pass ran far slower on a small CPU.
 
 If that task ever ends (a bug), every waiting request gets ``Stopped`` (HTTP 503) and ``problem``
 says why, for ``/healthz``.
@@ -30,6 +33,7 @@ from typing import Any, TypeVar
 import torch
 
 from ffd.data.decoding import Item
+from ffd.engine.scorers import Started
 from ffd.engine.scoring import score_files
 
 T = TypeVar("T")
@@ -55,25 +59,29 @@ class Batcher:
     """Scores decoded images in batches across requests (see the module's docstring).
 
     Args:
-        score: Stacked uint8 images (N, H, W, 3) -> their logits (N,).
+        start: Stacked uint8 images (N, H, W, 3) -> their logits, started (``Scorer.start_logit``).
         max_batch: Images per forward pass at most.
         max_wait_s: How long the first image of a batch waits for others.
         max_queue: Images admitted at once at most.
         model_thread: The model's one thread.
+        in_flight: Batches in the model at once (``Scorer.in_flight``).
     """
 
     def __init__(
         self,
-        score: Callable[[torch.Tensor], torch.Tensor],
+        start: Callable[[torch.Tensor], Started],
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
         model_thread: ThreadPoolExecutor,
+        in_flight: int = 1,
     ):
-        self._score, self.max_batch, self.max_wait_s, self.max_queue = score, max_batch, max_wait_s, max_queue
+        self._start, self.max_batch, self.max_wait_s, self.max_queue = start, max_batch, max_wait_s, max_queue
         self._pool = model_thread  # one worker: the thread the model was loaded in
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
-        self._batch: list[Pending] = []  # in the model now
+        self._slots = asyncio.Semaphore(in_flight)
+        self._batches: dict[asyncio.Task[None], list[Pending]] = {}  # in the model now
+        self._last_done = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.admitted = 0  # images taken in and not yet answered
@@ -135,12 +143,11 @@ class Batcher:
         """Run other work on the model (Grad-CAM) in its thread, between batches."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def _score_items(self, items: list[Item]) -> list[tuple[int, list[float]]]:
-        """(batch size, logits) of each forward pass over the items, in order (one image size a pass)."""
-        return [
-            (len(b.ok), b.output.tolist() if b.output is not None else [])
-            for b in score_files(items, self._score, self.max_batch)
-        ]
+    def _start_passes(self, items: list[Item]) -> list[tuple[int, Started]]:
+        """In the model thread: a forward pass started for each image size among the items, in order,
+        with its number of images."""
+        passes = score_files(items, self._start, self.max_batch)
+        return [(len(b.ok), b.output) for b in passes if b.output is not None]
 
     @contextlib.contextmanager
     def coming(self) -> Iterator[None]:
@@ -182,35 +189,55 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            self._batch = await self._gather()
-            if not self._batch:
+            await self._slots.acquire()  # a place in the model: then what waits is the next batch
+            batch = await self._gather()
+            if not batch:
+                self._slots.release()
                 continue
-            self._batch.sort(key=lambda p: tuple(p[0].image.shape))  # type: ignore[union-attr]  # a size per pass
-            start = time.perf_counter()
-            try:
-                passes = await self.in_model_thread(self._score_items, [item for item, _ in self._batch])
-            except Exception as err:  # the requests see the error; the service goes on
-                for _, future in self._batch:
-                    if not future.done():
-                        future.set_exception(err)
-                continue
-            per_image = (time.perf_counter() - start) / len(self._batch)
-            self.seconds_per_image = per_image if not self.stats["images"] else (
-                0.8 * self.seconds_per_image + 0.2 * per_image
-            )  # fmt: skip
-            scores = [p for _, batch in passes for p in batch]
-            self.stats["images"] += len(scores)
-            self.stats["forward_passes"] += len(passes)
-            self.stats["largest_batch"] = max([self.stats["largest_batch"], *(n for n, _ in passes)])
-            for (_, future), p in zip(self._batch, scores, strict=True):
+            batch.sort(key=lambda p: tuple(p[0].image.shape))  # type: ignore[union-attr]  # a size per pass
+            task = asyncio.create_task(self._through_model(batch))
+            self._batches[task] = batch
+            task.add_done_callback(self._left_model)
+
+    def _left_model(self, task: asyncio.Task[None]) -> None:
+        self._batches.pop(task, None)
+        self._slots.release()
+
+    async def _through_model(self, batch: list[Pending]) -> None:
+        """One batch started, finished and answered; an error goes to its requests, the service goes on."""
+        start = time.perf_counter()
+        try:
+            passes = await self.in_model_thread(self._start_passes, [item for item, _ in batch])
+            logits: list[float] = []
+            for _, started in passes:
+                trunk = await asyncio.wrap_future(started.trunk)
+                logits += (await self.in_model_thread(started.finish, trunk)).tolist()
+        except Exception as err:
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(p)
-            self._batch = []
+                    future.set_exception(err)
+            return
+        # Model time per image, for Retry-After: a batch that started while another ran counts from then.
+        now = time.perf_counter()
+        per_image = (now - max(start, self._last_done)) / len(batch)
+        self._last_done = now
+        self.seconds_per_image = (
+            0.8 * self.seconds_per_image + 0.2 * per_image if self.stats["images"] else per_image
+        )
+        self.stats["images"] += len(logits)
+        self.stats["forward_passes"] += len(passes)
+        self.stats["largest_batch"] = max([self.stats["largest_batch"], *(n for n, _ in passes)])
+        for (_, future), p in zip(batch, logits, strict=True):
+            if not future.done():
+                future.set_result(p)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         """The batching task ended: nothing waiting will be scored, so every waiter hears why."""
         why = Stopped("the service is shutting down" if self._stopping else (self.problem or "stopped"))
-        waiting = [*self._batch, *(self._queue.get_nowait() for _ in range(self._queue.qsize()))]
+        for in_model_task in self._batches:
+            in_model_task.cancel()
+        in_model = [p for batch in self._batches.values() for p in batch]
+        waiting = [*in_model, *(self._queue.get_nowait() for _ in range(self._queue.qsize()))]
         for _, future in waiting:
             if not future.done():
                 future.set_exception(why)

@@ -6,13 +6,15 @@ import copy
 import os
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from filelock import FileLock
 from torch import nn
 
-from ffd.engine.runtimes.runner import PixelsIn, Runner, as_array
+from ffd.engine.runtimes.runner import PixelsIn, Runner, as_array, in_parts
 from ffd.files import publish_file
 
 
@@ -42,17 +44,28 @@ def export_trunk(module: nn.Module, example: torch.Tensor, path: Path, pixels: M
 
 
 def onnxruntime_runner(onnx_file: Path) -> Runner:
+    """The trunk in onnxruntime, run as OpenVINO's throughput mode runs: one stream per core (each
+    request runs on its calling thread, so the cores don't wait for each other after every layer as
+    one request on all of them does), on requests of ``part_size`` images taken by whichever stream
+    is free. One session holds the weights: onnxruntime runs concurrent requests on one session.
+    ``Runner.start`` returns once a batch's requests are queued (``Runner.map``, the service's
+    batcher). On a 2-core AMD EPYC, 8 service clients got 108 img/s this way against 81 with one
+    request on both cores at a time (docs/serve.md).
+    """
     import onnxruntime as ort
 
+    streams = torch.get_num_threads()
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    # Idle threads sleep instead of spinning: the thread that decodes or makes the next batch's
-    # views needs a core between forward passes.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = 1  # a request on its calling thread: no thread pool, no spinning
+    options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    pool = ThreadPoolExecutor(streams, thread_name_prefix="ffd-onnxruntime")
+    waiter = ThreadPoolExecutor(1, thread_name_prefix="ffd-onnxruntime-wait")
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        (f,) = session.run(None, {"x": as_array(x)})
-        return torch.from_numpy(f)
+    def request(part: torch.Tensor) -> np.ndarray:
+        return session.run(None, {"x": as_array(part)})[0]
 
-    return Runner("onnxruntime", "32-true", run)
+    def start(x: torch.Tensor) -> Future[torch.Tensor]:
+        return in_parts(x, streams, lambda part: pool.submit(request, part), waiter)
+
+    return Runner("onnxruntime", "32-true", lambda x: start(x).result(), start)

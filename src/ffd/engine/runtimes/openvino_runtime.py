@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -13,18 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ffd.engine.runtimes.runner import Runner, as_array
-
-# Images per OpenVINO request at most: a batch's requests are shared among the streams as each one frees
-# up, so a stream slowed by other work takes fewer of them (the size is measured: see docs/performance.md).
-PART = 4
-
-
-def part_size(images: int, streams: int) -> int:
-    """Images per request for a batch: ``PART``, or fewer, so that a small batch (the service's, of a
-    few images) still runs on every stream: batches of 2-4 images ran ~1.6x faster split over two
-    streams than in one request (docs/serve.md)."""
-    return max(1, min(PART, math.ceil(images / streams)))
+from ffd.engine.runtimes.runner import Runner, as_array, in_parts
 
 
 def openvino_bf16() -> bool:
@@ -82,8 +70,7 @@ def openvino_runner(onnx_file: Path, precision: str, pixels: Mapping | None = No
         return waiter.submit(output, request)
 
     def start(x: torch.Tensor) -> Future[torch.Tensor]:
-        parts = [queued(part) for part in torch.split(x, part_size(len(x), streams))]
-        return waiter.submit(lambda: torch.from_numpy(np.concatenate([p.result() for p in parts])))
+        return in_parts(x, streams, queued, waiter)
 
     return Runner("openvino", precision, lambda x: start(x).result(), start)
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 PROBE_BATCHES = 3  # timed batches per candidate (after one warm-up batch)
 PROBE_SECONDS = 1.0
+# Images per request at most, for a runtime that runs requests side by side (its streams): a batch's
+# requests are shared among the streams as each one frees up, so a stream slowed by other work takes
+# fewer of them (the size is measured: see docs/performance.md).
+PART = 4
 
 
 class PixelsIn(nn.Module):
@@ -91,6 +97,25 @@ class Runner:
                 yield x, features.result()
         finally:  # given up on (an error, a caller that stopped): nothing is left running
             wait([features for _, features in started])
+
+
+def part_size(images: int, streams: int) -> int:
+    """Images per request for a batch: ``PART``, or fewer, so that a small batch (the service's, of a
+    few images) still runs on every stream: batches of 2-4 images ran ~1.6x faster split over two
+    streams than in one request (docs/serve.md)."""
+    return max(1, min(PART, math.ceil(images / streams)))
+
+
+def in_parts(
+    x: torch.Tensor,
+    streams: int,
+    queued: Callable[[torch.Tensor], Future[np.ndarray]],
+    waiter: ThreadPoolExecutor,
+) -> Future[torch.Tensor]:
+    """x's features, later: x in requests of ``part_size`` images, each queued to the streams as
+    ``queued`` does, and put back together in order by ``waiter`` (one thread, no work of its own)."""
+    parts = [queued(part) for part in torch.split(x, part_size(len(x), streams))]
+    return waiter.submit(lambda: torch.from_numpy(np.concatenate([p.result() for p in parts])))
 
 
 def as_array(x: torch.Tensor) -> Any:

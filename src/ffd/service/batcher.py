@@ -6,11 +6,11 @@ is refused at once (``Overloaded``, HTTP 429) rather than queued without end. It
 decoded images to ``Batcher.score`` and awaits their logits. One task gathers what has arrived, up
 to ``max_batch`` images, waiting at most ``max_wait_s`` after the first, and starts the model on
 them in the model's one thread (images of different sizes go in separate forward passes, as in
-``ffd.predict``); while the model runs, the next batch gathers. A runtime that runs in threads of
-its own (OpenVINO: ``Scorer.in_flight`` 2) gets the next batch as soon as it has this one, so a
-stream that is done early takes the next batch's images instead of waiting for the others: with
-one batch at a time, 8 clients' batches of a few images left a core idle. The event loop never
-waits on the model.
+``ffd.predict``); while the model runs, the next batch gathers. A runtime that runs in threads
+of its own (OpenVINO, onnxruntime: ``Scorer.in_flight`` 2) gets the next batch as soon as it has
+this one, so a stream that is done early takes the next batch's images instead of waiting for the
+others: with one batch at a time, 8 clients' batches of a few images left a core idle. The event
+loop never waits on the model.
 
 All of the model's work in torch, loading included, belongs in that one thread: torch runs a team
 of OpenMP threads per calling thread, and with two (the main thread's and the model thread's) the

@@ -49,8 +49,8 @@ class Runner:
     name: str
     precision: str
     run: Callable[[torch.Tensor], torch.Tensor]
-    # A batch -> its features later: returns once the runtime has the batch (OpenVINO), so the caller can
-    # start the next one while this one runs. None: the runtime works in the caller's thread (``run``).
+    # A batch -> its features later: returns once the runtime has the batch (OpenVINO, onnxruntime), so the
+    # caller can start the next one while this one runs. None: the runtime works in the caller's thread.
     start: Callable[[torch.Tensor], Future[torch.Tensor]] | None = None
 
     @property
@@ -80,7 +80,8 @@ class Runner:
 
     def map(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Each batch with its features, in order. A runtime that runs several requests at once
-        (OpenVINO, ``start``) has the next batch before this one finishes, so no core waits between them."""
+        (``start``: OpenVINO, onnxruntime) has the next batch before this one finishes, so no core waits
+        between them."""
         if self.start is None:
             for x in batches:
                 yield x, self(x)
@@ -102,7 +103,7 @@ class Runner:
 def part_size(images: int, streams: int) -> int:
     """Images per request for a batch: ``PART``, or fewer, so that a small batch (the service's, of a
     few images) still runs on every stream: batches of 2-4 images ran ~1.6x faster split over two
-    streams than in one request (docs/serve.md)."""
+    streams than in one request (docs/performance.md)."""
     return max(1, min(PART, math.ceil(images / streams)))
 
 
